@@ -1,0 +1,233 @@
+//! The three kinds of component and the factories that create them.
+//!
+//! A graph holds *factories*: they check their inputs and declare output
+//! schemas when the graph is built, before anything runs, and create one
+//! runnable instance per parallel slot when it starts. The runnable traits
+//! ([`Source`], [`Operator`], [`Sink`]) each have one required method; the
+//! rest is defaulted, so a simple component stays small.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::event_time::EventTimeConfig;
+use crate::message::EventTime;
+
+/// Which of a node's parallel instances this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Zero-based index of this instance.
+    pub index: usize,
+    /// How many instances the node has.
+    pub parallelism: usize,
+}
+
+impl InstanceInfo {
+    /// The only instance of a node with parallelism 1.
+    pub const SINGLE: InstanceInfo = InstanceInfo {
+        index: 0,
+        parallelism: 1,
+    };
+}
+
+/// What a source returns from [`Source::next`].
+#[derive(Debug)]
+pub enum SourceStep {
+    /// New rows.
+    Batch(RecordBatch),
+    /// Nothing arrived for now; the runtime calls again.
+    Idle,
+    /// A bounded source has produced everything it will.
+    Finished,
+}
+
+/// A running source instance: produces batches in its factory's schema.
+///
+/// `next` should return within about 100 ms (with [`SourceStep::Idle`] when
+/// nothing arrived), because the runtime checks for shutdown between calls.
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// Produces the next batch.
+    async fn next(&mut self) -> Result<SourceStep>;
+}
+
+/// Declares a source in a graph and creates its instances.
+pub trait SourceFactory: Send + Sync + 'static {
+    /// The schema of every batch the source produces.
+    fn schema(&self) -> SchemaRef;
+
+    /// Creates the instance `instance.index` of `instance.parallelism`.
+    /// Instances must split the input between them, not each read all of it.
+    fn create(&self, instance: InstanceInfo) -> Result<Box<dyn Source>>;
+
+    /// The event-time column this source suggests when the pipeline names
+    /// none (the Nexmark generator's `date_time`, say).
+    fn default_event_time(&self) -> Option<EventTimeConfig> {
+        None
+    }
+
+    /// How many events a bounded source will produce in all, when known up
+    /// front. Used for progress reporting only.
+    fn expected_events(&self) -> Option<u64> {
+        None
+    }
+
+    /// The largest parallelism the source supports.
+    fn max_parallelism(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// What an operator instance knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Name of the node in the graph.
+    pub node: Arc<str>,
+    /// Which parallel instance this is.
+    pub instance: InstanceInfo,
+    /// The current watermark (minimum over inputs), if any has arrived.
+    pub watermark: Option<EventTime>,
+}
+
+/// Collects what an operator emits while it handles one message; the
+/// runtime sends it downstream afterwards.
+#[derive(Debug, Default)]
+pub struct Collector {
+    batches: Vec<(usize, RecordBatch)>,
+}
+
+impl Collector {
+    /// Emits a batch on the main output. Empty batches are skipped.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        self.emit_to(0, batch);
+    }
+
+    /// Emits a batch on output `port`: 0 is the main output, 1.. are the
+    /// named outputs in the order [`OperatorFactory::named_outputs`] lists
+    /// them.
+    pub fn emit_to(&mut self, port: usize, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.batches.push((port, batch));
+        }
+    }
+
+    /// Takes everything emitted so far, with its port.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, (usize, RecordBatch)> {
+        self.batches.drain(..)
+    }
+}
+
+/// A running operator instance: a step between inputs and outputs.
+///
+/// # Example
+///
+/// An operator that keeps every other batch:
+///
+/// ```
+/// use flumen_core::prelude::*;
+///
+/// struct EveryOther { keep: bool }
+///
+/// #[async_trait]
+/// impl Operator for EveryOther {
+///     async fn process_batch(&mut self, _input: usize, batch: RecordBatch,
+///                            _ctx: &mut Context, out: &mut Collector) -> Result<()> {
+///         if self.keep { out.emit(batch) }
+///         self.keep = !self.keep;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Operator: Send + 'static {
+    /// Handles a batch that arrived on input `input` (the index in the
+    /// node's input list).
+    async fn process_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()>;
+
+    /// Called when the watermark (minimum over all inputs) advances. The
+    /// runtime forwards the watermark downstream after this returns.
+    async fn on_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _ctx: &mut Context,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once when every input has ended, before end-of-stream is sent
+    /// downstream.
+    async fn on_end(&mut self, _ctx: &mut Context, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Declares an operator in a graph: checks its inputs, declares its output
+/// schemas, and creates its instances.
+pub trait OperatorFactory: Send + Sync + 'static {
+    /// How many inputs the operator takes.
+    fn input_count(&self) -> RangeInclusive<usize> {
+        1..=1
+    }
+
+    /// Whether every input must have the same schema (a union). The graph
+    /// checks it and names the inputs that differ.
+    fn same_input_schemas(&self) -> bool {
+        false
+    }
+
+    /// Checks the input schemas and returns the schema of the main output.
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef>;
+
+    /// Extra named outputs (usable as `node.name` in inputs), with their
+    /// schemas. The main output is port 0; these are ports 1.. in order.
+    fn named_outputs(&self, _inputs: &[SchemaRef]) -> Result<Vec<(String, SchemaRef)>> {
+        Ok(Vec::new())
+    }
+
+    /// Creates instance `instance.index` of `instance.parallelism`.
+    fn create(&self, instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>>;
+}
+
+/// A running sink instance: writes batches out of the pipeline.
+#[async_trait]
+pub trait Sink: Send + 'static {
+    /// Writes one batch.
+    async fn write(&mut self, batch: RecordBatch, ctx: &mut Context) -> Result<()>;
+
+    /// Called when the watermark advances.
+    async fn on_watermark(&mut self, _watermark: EventTime, _ctx: &mut Context) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once at end of stream: flush and close.
+    async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Declares a sink in a graph and creates its instances.
+pub trait SinkFactory: Send + Sync + 'static {
+    /// Checks that the sink can write batches of this schema.
+    fn check_input(&self, _schema: &SchemaRef) -> Result<()> {
+        Ok(())
+    }
+
+    /// Creates instance `instance.index` of `instance.parallelism`.
+    fn create(&self, instance: InstanceInfo, schema: SchemaRef) -> Result<Box<dyn Sink>>;
+
+    /// The largest parallelism the sink supports (1 for stdout, say).
+    fn max_parallelism(&self) -> Option<usize> {
+        None
+    }
+}

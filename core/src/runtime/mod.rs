@@ -1,0 +1,347 @@
+//! Runs a [`Pipeline`]: one tokio task per node instance, bounded channels
+//! between them.
+//!
+//! Channels hold at most [`RunOptions::channel_capacity`] batches, so a slow
+//! sink fills the channels before it and the sources wait: memory stays
+//! bounded by the graph's size, not by the input's.
+
+mod channels;
+mod stats;
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
+pub use self::stats::NodeStats;
+use self::tasks::TaskEnv;
+use crate::component::InstanceInfo;
+use crate::error::{Error, Result};
+use crate::event_time::WatermarkGenerator;
+use crate::graph::{NodeKind, Pipeline};
+use crate::message::Message;
+use crate::partition::Partitioning;
+
+/// How the runtime asks tasks to stop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Signals {
+    /// Stop reading sources; let what was read flow to the sinks.
+    pub(crate) drain: tokio_util::sync::CancellationToken,
+    /// Stop now: something failed or the user insisted.
+    pub(crate) abort: tokio_util::sync::CancellationToken,
+}
+
+/// How a pipeline runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Batches each channel holds before its sender waits.
+    pub channel_capacity: usize,
+    /// Drain on the first SIGINT (Ctrl-C) or SIGTERM and stop at once on the
+    /// second. Turn off when the embedding program handles signals itself
+    /// and uses [`ShutdownHandle`].
+    pub handle_signals: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            channel_capacity: 8,
+            handle_signals: true,
+        }
+    }
+}
+
+/// Stops a running pipeline from elsewhere in the program.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    signals: Signals,
+}
+
+impl ShutdownHandle {
+    /// Stops reading the sources and lets what was read flow through to the
+    /// sinks; `run` then returns normally.
+    pub fn drain(&self) {
+        self.signals.drain.cancel();
+    }
+
+    /// Stops every task now; `run` returns [`Error::Interrupted`].
+    pub fn abort(&self) {
+        self.signals.abort.cancel();
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Wall-clock time of the run.
+    pub duration: Duration,
+    /// Per node, in topological order.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// Counters of one node at the end of a run.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    /// Node name.
+    pub name: String,
+    /// `source`, `operator` or `sink`.
+    pub kind: &'static str,
+    /// Rows received.
+    pub rows_in: u64,
+    /// Rows emitted.
+    pub rows_out: u64,
+}
+
+impl RunReport {
+    /// The report of the node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeReport> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+impl Pipeline {
+    /// A handle to stop the pipeline once it runs.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            signals: self.signals.clone(),
+        }
+    }
+
+    /// Live counters of every node, in the order of [`Pipeline::nodes`].
+    pub fn stats(&self) -> Arc<[Arc<NodeStats>]> {
+        self.stats.clone()
+    }
+
+    /// Runs until every sink has finished, with default [`RunOptions`]
+    /// (which drain on SIGINT/SIGTERM).
+    ///
+    /// Returns the first error any node raised, with the node's name; the
+    /// other nodes are stopped.
+    pub async fn run(self) -> Result<RunReport> {
+        self.run_with(RunOptions::default()).await
+    }
+
+    /// Runs with the given options. See [`Pipeline::run`].
+    pub async fn run_with(self, options: RunOptions) -> Result<RunReport> {
+        let started = Instant::now();
+        let capacity = options.channel_capacity.max(1);
+        let signals = self.signals.clone();
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let signal_task = options
+            .handle_signals
+            .then(|| tokio::spawn(handle_os_signals(signals.clone(), interrupted.clone())));
+
+        let (inputs, outputs) = self.wire(capacity);
+        let mut tasks = JoinSet::new();
+        let mut names = HashMap::new();
+        let instances = self.create_instances(inputs, outputs)?;
+        for (node, task) in instances {
+            let id = tasks.spawn(task).id();
+            names.insert(id, node);
+        }
+
+        let mut failure: Option<Error> = None;
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let error = match joined {
+                Ok((_, Ok(()))) => continue,
+                Ok((_, Err(error))) => error,
+                Err(join_error) => {
+                    let node = names.get(&join_error.id()).map_or("?", |n: &Arc<str>| n);
+                    let what = match join_error.try_into_panic() {
+                        Ok(panic) => panic_message(&*panic),
+                        Err(_) => "task was cancelled".to_string(),
+                    };
+                    Error::internal(format!("node panicked: {what}")).in_node(node)
+                }
+            };
+            if failure.is_none() && !error.is_shutting_down() {
+                failure = Some(error);
+            }
+            signals.abort.cancel();
+        }
+        if let Some(task) = signal_task {
+            task.abort();
+        }
+
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if signals.abort.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            tracing::info!("drained after interrupt");
+        }
+        Ok(RunReport {
+            duration: started.elapsed(),
+            nodes: self
+                .nodes
+                .iter()
+                .zip(self.stats.iter())
+                .map(|(node, stats)| NodeReport {
+                    name: node.name.clone(),
+                    kind: node.kind.label(),
+                    rows_in: stats.rows_in(),
+                    rows_out: stats.rows_out(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Creates every channel: per edge, one per (producer instance,
+    /// consumer instance) pair that exchanges data. Returns each instance's
+    /// receiving and sending ends, indexed `[node][instance]`.
+    fn wire(&self, capacity: usize) -> (Vec<Vec<Vec<InputChannel>>>, Vec<Vec<Outputs>>) {
+        let mut inputs: Vec<Vec<Vec<InputChannel>>> = self
+            .nodes
+            .iter()
+            .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
+            .collect();
+        let mut outputs: Vec<Vec<Outputs>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (0..n.parallelism)
+                    .map(|_| Outputs::new(n.outputs.len()))
+                    .collect()
+            })
+            .collect();
+
+        for (consumer, node) in self.nodes.iter().enumerate() {
+            for (input, edge) in node.inputs.iter().enumerate() {
+                let producers = self.nodes[edge.from].parallelism;
+                for producer in 0..producers {
+                    let mut channel = |instance: usize| {
+                        let (tx, rx) = mpsc::channel::<Message>(capacity);
+                        inputs[consumer][instance].push(InputChannel { rx, input });
+                        tx
+                    };
+                    let sender = match &edge.partitioning {
+                        Partitioning::Forward => EdgeSender::forward(channel(producer)),
+                        other => {
+                            let senders = (0..node.parallelism).map(&mut channel).collect();
+                            match other {
+                                Partitioning::Broadcast => EdgeSender::broadcast(senders),
+                                Partitioning::Hash(_) => {
+                                    EdgeSender::hash(senders, edge.key_columns.clone())
+                                }
+                                _ => EdgeSender::round_robin(senders, producer),
+                            }
+                        }
+                    };
+                    outputs[edge.from][producer].add_edge(edge.port, sender);
+                }
+            }
+        }
+        (inputs, outputs)
+    }
+
+    /// Creates every instance before any task starts, so that a component
+    /// that fails to create stops the run before anything was read.
+    #[allow(clippy::type_complexity)]
+    fn create_instances(
+        &self,
+        mut inputs: Vec<Vec<Vec<InputChannel>>>,
+        mut outputs: Vec<Vec<Outputs>>,
+    ) -> Result<Vec<(Arc<str>, futures::future::BoxFuture<'static, Result<()>>)>> {
+        use futures::FutureExt;
+
+        let mut tasks = Vec::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            let name: Arc<str> = node.name.as_str().into();
+            let node_inputs = std::mem::take(&mut inputs[n]);
+            let node_outputs = std::mem::take(&mut outputs[n]);
+            for (index, (channels, outputs)) in
+                node_inputs.into_iter().zip(node_outputs).enumerate()
+            {
+                let instance = InstanceInfo {
+                    index,
+                    parallelism: node.parallelism,
+                };
+                let env = TaskEnv {
+                    node: name.clone(),
+                    instance,
+                    stats: self.stats[n].clone(),
+                    signals: self.signals.clone(),
+                };
+                let in_node = |e: Error| e.in_node(&node.name);
+                let task = match &node.kind {
+                    NodeKind::Source(factory) => {
+                        let source = factory.create(instance).map_err(in_node)?;
+                        let watermarks = node
+                            .event_time
+                            .as_ref()
+                            .map(|(config, column)| WatermarkGenerator::new(config, *column));
+                        tasks::run_source(env, source, outputs, watermarks).boxed()
+                    }
+                    NodeKind::Operator(factory) => {
+                        let schemas: Vec<_> = node
+                            .input_schemas(&self.nodes)
+                            .into_iter()
+                            .cloned()
+                            .collect();
+                        let operator = factory.create(instance, &schemas).map_err(in_node)?;
+                        tasks::run_operator(env, operator, Inputs::new(channels), outputs).boxed()
+                    }
+                    NodeKind::Sink(factory) => {
+                        let schema = node.input_schemas(&self.nodes)[0].clone();
+                        let sink = factory.create(instance, schema).map_err(in_node)?;
+                        tasks::run_sink(env, sink, Inputs::new(channels)).boxed()
+                    }
+                };
+                let node_name = node.name.clone();
+                tasks.push((
+                    name.clone(),
+                    task.map(move |r| r.map_err(|e| e.in_node(&node_name)))
+                        .boxed(),
+                ));
+            }
+        }
+        Ok(tasks)
+    }
+}
+
+/// First signal: drain. Second: abort.
+async fn handle_os_signals(signals: Signals, interrupted: Arc<AtomicBool>) {
+    if wait_for_signal().await.is_err() {
+        return;
+    }
+    interrupted.store(true, Ordering::Relaxed);
+    tracing::info!("interrupt received: draining (interrupt again to stop at once)");
+    signals.drain.cancel();
+    if wait_for_signal().await.is_ok() {
+        tracing::warn!("second interrupt: stopping without draining");
+        signals.abort.cancel();
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}

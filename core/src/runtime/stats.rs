@@ -1,0 +1,61 @@
+//! Live counters per node, readable while the pipeline runs (progress bars,
+//! the end-of-run summary).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::record_batch::RecordBatch;
+
+/// Counters of one node, summed over its instances.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    rows_in: AtomicU64,
+    rows_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    instances_finished: AtomicU64,
+}
+
+impl NodeStats {
+    /// Rows received (operators, sinks).
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in.load(Ordering::Relaxed)
+    }
+
+    /// Rows emitted (sources, operators).
+    pub fn rows_out(&self) -> u64 {
+        self.rows_out.load(Ordering::Relaxed)
+    }
+
+    /// Arrow memory of the batches received.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Arrow memory of the batches emitted.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// How many of the node's instances have finished.
+    pub fn instances_finished(&self) -> u64 {
+        self.instances_finished.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_in(&self, batch: &RecordBatch) {
+        self.rows_in
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_out(&self, batch: &RecordBatch) {
+        self.rows_out
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        self.bytes_out
+            .fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_finished(&self) {
+        self.instances_finished.fetch_add(1, Ordering::Relaxed);
+    }
+}

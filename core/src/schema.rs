@@ -1,0 +1,139 @@
+//! Declaring a schema in configuration: `{ auction: int64, price: int64,
+//! date_time: timestamp }`.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Columns and their types, in order, as written in a pipeline file.
+///
+/// Types are friendly names (`int64`, `string`, `timestamp`, `list<int64>`,
+/// see [`parse_type`]). Every column is nullable, so a record that lacks a
+/// field decodes with a null there.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(transparent)]
+pub struct SchemaSpec {
+    /// Column name to type name, in column order.
+    pub columns: IndexMap<String, String>,
+}
+
+impl SchemaSpec {
+    /// Resolves the type names. `key` is the configuration path used in
+    /// errors, e.g. `sources.bids.schema`.
+    pub fn to_schema(&self, key: &str) -> Result<SchemaRef> {
+        if self.columns.is_empty() {
+            return Err(Error::config(key, "declares no columns"));
+        }
+        let fields = self
+            .columns
+            .iter()
+            .map(|(name, type_name)| {
+                let data_type = parse_type(type_name)
+                    .map_err(|message| Error::config(format!("{key}.{name}"), message))?;
+                Ok(Field::new(name, data_type, true))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+impl<const N: usize> From<[(&str, &str); N]> for SchemaSpec {
+    fn from(columns: [(&str, &str); N]) -> Self {
+        SchemaSpec {
+            columns: columns
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// The type names a schema may use.
+pub const TYPE_NAMES: &str = "bool, int8, int16, int32, int64, uint8, uint16, uint32, uint64, \
+     float32, float64, string, binary, date, timestamp (milliseconds), timestamp_s, timestamp_us, \
+     timestamp_ns, list<TYPE>, or an Arrow type such as Decimal128(10, 2)";
+
+/// Parses a friendly type name (`int64`, `bigint`, `string`, `timestamp`,
+/// `list<string>`) or, failing that, an Arrow type as Arrow prints it.
+pub fn parse_type(name: &str) -> std::result::Result<DataType, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    let data_type = match lower.as_str() {
+        "bool" | "boolean" => DataType::Boolean,
+        "int8" | "tinyint" => DataType::Int8,
+        "int16" | "smallint" => DataType::Int16,
+        "int32" | "int" | "integer" => DataType::Int32,
+        "int64" | "bigint" | "long" => DataType::Int64,
+        "uint8" => DataType::UInt8,
+        "uint16" => DataType::UInt16,
+        "uint32" => DataType::UInt32,
+        "uint64" => DataType::UInt64,
+        "float32" | "float" | "real" => DataType::Float32,
+        "float64" | "double" => DataType::Float64,
+        "string" | "utf8" | "text" | "varchar" => DataType::Utf8,
+        "binary" | "bytes" => DataType::Binary,
+        "date" | "date32" => DataType::Date32,
+        "timestamp" | "timestamp_ms" => DataType::Timestamp(TimeUnit::Millisecond, None),
+        "timestamp_s" => DataType::Timestamp(TimeUnit::Second, None),
+        "timestamp_us" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        "timestamp_ns" => DataType::Timestamp(TimeUnit::Nanosecond, None),
+        _ => {
+            if let Some(item) = lower
+                .strip_prefix("list<")
+                .and_then(|rest| rest.strip_suffix('>'))
+            {
+                let item = parse_type(item)?;
+                return Ok(DataType::List(Arc::new(Field::new_list_field(item, true))));
+            }
+            return name
+                .trim()
+                .parse::<DataType>()
+                .map_err(|_| format!("unknown type `{name}`; expected one of: {TYPE_NAMES}"));
+        }
+    };
+    Ok(data_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn friendly_and_arrow_names() {
+        assert_eq!(parse_type("BIGINT").unwrap(), DataType::Int64);
+        assert_eq!(
+            parse_type("list<string>").unwrap(),
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+        );
+        assert_eq!(
+            parse_type("Decimal128(10, 2)").unwrap(),
+            DataType::Decimal128(10, 2)
+        );
+        assert!(
+            parse_type("int65")
+                .unwrap_err()
+                .starts_with("unknown type `int65`; expected one of: bool")
+        );
+    }
+
+    #[test]
+    fn columns_keep_their_order_and_errors_name_the_column() {
+        let spec: SchemaSpec = serde_json::from_str(r#"{"z": "int64", "a": "string"}"#).unwrap();
+        let schema = spec.to_schema("schema").unwrap();
+        assert_eq!(schema.field(0).name(), "z");
+        let bad: SchemaSpec = serde_json::from_str(r#"{"price": "money"}"#).unwrap();
+        let err = bad
+            .to_schema("sources.bids.schema")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "invalid configuration at `sources.bids.schema.price`: unknown type `money`"
+            ),
+            "{err}"
+        );
+    }
+}

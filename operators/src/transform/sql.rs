@@ -1,0 +1,242 @@
+//! Filter and projection written as SQL expressions, planned once with
+//! DataFusion and evaluated per batch as physical expressions.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use async_trait::async_trait;
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use flumen_core::prelude::*;
+
+/// Keeps the rows matching a SQL predicate and/or computes new columns from
+/// SQL expressions.
+///
+/// `select` items are SQL expressions with an optional alias; `*` stands for
+/// every input column. The filter runs first, so `select` sees only the
+/// rows that pass.
+///
+/// ```
+/// use flumen_operators::SqlTransform;
+///
+/// // Nexmark q1: prices in euros.
+/// let q1 = SqlTransform::new()
+///     .select(["auction", "bidder", "price * 0.908 AS price_eur", "date_time"]);
+/// // Nexmark q2: bids on a few auctions.
+/// let q2 = SqlTransform::new()
+///     .filter("auction % 123 = 0")
+///     .select(["auction", "price"]);
+/// # let _ = (q1, q2);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SqlTransform {
+    filter: Option<String>,
+    select: Option<Vec<String>>,
+}
+
+impl SqlTransform {
+    /// A transform that passes everything through until given a filter or
+    /// a projection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps only the rows for which `predicate` is true (not false or
+    /// null).
+    pub fn filter(mut self, predicate: impl Into<String>) -> Self {
+        self.filter = Some(predicate.into());
+        self
+    }
+
+    /// Replaces the columns with these expressions.
+    pub fn select<S: Into<String>>(mut self, expressions: impl IntoIterator<Item = S>) -> Self {
+        self.select = Some(expressions.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Plans the expressions against the input schema: names are resolved,
+    /// types checked and coerced, once.
+    fn plan(&self, input: &SchemaRef) -> Result<Plan> {
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(input.as_ref().clone())?;
+
+        let filter = match &self.filter {
+            Some(sql) => {
+                let expr = parse(&ctx, sql, &df_schema, "filter")?;
+                let data_type = expr.get_type(&df_schema)?;
+                if !matches!(data_type, DataType::Boolean | DataType::Null) {
+                    return Err(Error::config(
+                        "filter",
+                        format!("`{sql}` is {data_type}, expected a true/false condition"),
+                    ));
+                }
+                Some(physical(&ctx, expr, &df_schema)?)
+            }
+            None => None,
+        };
+
+        let Some(select) = &self.select else {
+            return Ok(Plan {
+                filter,
+                projection: None,
+                schema: input.clone(),
+            });
+        };
+        let mut fields = Vec::new();
+        let mut exprs = Vec::new();
+        for (i, sql) in select.iter().enumerate() {
+            if sql.trim() == "*" {
+                for (index, field) in input.fields().iter().enumerate() {
+                    fields.push(field.as_ref().clone());
+                    exprs.push(
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            field.name(),
+                            index,
+                        )) as Arc<dyn PhysicalExpr>,
+                    );
+                }
+                continue;
+            }
+            let expr = parse(&ctx, sql, &df_schema, &format!("select[{i}]"))?;
+            let name = output_name(&expr);
+            let physical = physical(&ctx, expr, &df_schema)?;
+            let data_type = physical.data_type(input)?;
+            let nullable = physical.nullable(input)?;
+            fields.push(Field::new(name, data_type, nullable));
+            exprs.push(physical);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        if let Some(duplicate) = first_duplicate(&schema) {
+            return Err(Error::config(
+                "select",
+                format!(
+                    "column `{duplicate}` is produced twice; give one of them another name with AS"
+                ),
+            ));
+        }
+        Ok(Plan {
+            filter,
+            projection: Some(exprs),
+            schema,
+        })
+    }
+}
+
+/// Coerces and simplifies `expr` as DataFusion's planner does (some
+/// functions, such as `coalesce`, only exist in simplified form), then
+/// plans it as a physical expression.
+fn physical(ctx: &SessionContext, expr: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::builder()
+            .with_schema(Arc::new(schema.clone()))
+            .with_config_options(ctx.copied_config().options().clone())
+            .build(),
+    );
+    let expr = simplifier.coerce(expr, schema)?;
+    let expr = simplifier.simplify(expr)?;
+    Ok(ctx.create_physical_expr(expr, schema)?)
+}
+
+fn parse(ctx: &SessionContext, sql: &str, schema: &DFSchema, key: &str) -> Result<Expr> {
+    let expr = ctx
+        .parse_sql_expr(sql, schema)
+        .map_err(|e| Error::config(key, format!("`{sql}`: {}", e.strip_backtrace())))?;
+    // Resolve the type now, so an ill-typed expression fails here rather
+    // than on the first batch.
+    expr.get_type(schema)
+        .map_err(|e| Error::config(key, format!("`{sql}`: {}", e.strip_backtrace())))?;
+    Ok(expr)
+}
+
+/// The alias if there is one, the column name for a bare column, the SQL
+/// text otherwise (as DataFusion names it).
+fn output_name(expr: &Expr) -> String {
+    match expr {
+        Expr::Alias(alias) => alias.name.clone(),
+        Expr::Column(column) => column.name.clone(),
+        other => other.schema_name().to_string(),
+    }
+}
+
+fn first_duplicate(schema: &Schema) -> Option<&str> {
+    let fields = schema.fields();
+    fields.iter().enumerate().find_map(|(i, f)| {
+        fields[..i]
+            .iter()
+            .any(|g| g.name() == f.name())
+            .then_some(f.name().as_str())
+    })
+}
+
+struct Plan {
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    projection: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    schema: SchemaRef,
+}
+
+impl OperatorFactory for SqlTransform {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        Ok(self.plan(&inputs[0])?.schema)
+    }
+
+    fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(self.plan(&inputs[0])?))
+    }
+}
+
+impl Plan {
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let batch = match &self.filter {
+            Some(predicate) => {
+                let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let mask = mask.as_boolean_opt().ok_or_else(|| {
+                    Error::internal(format!(
+                        "filter evaluated to {}, not a boolean",
+                        mask.data_type()
+                    ))
+                })?;
+                if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {
+                    batch
+                } else {
+                    filter_record_batch(&batch, mask)?
+                }
+            }
+            None => batch,
+        };
+        let Some(projection) = &self.projection else {
+            return Ok(batch);
+        };
+        let rows = batch.num_rows();
+        let columns = projection
+            .iter()
+            .map(|expr| Ok(expr.evaluate(&batch)?.into_array(rows)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &options,
+        )?)
+    }
+}
+
+#[async_trait]
+impl Operator for Plan {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        out.emit(self.apply(batch)?);
+        Ok(())
+    }
+}

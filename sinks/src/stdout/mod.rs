@@ -1,0 +1,111 @@
+//! Prints batches to standard output.
+
+use std::io::Write;
+
+use arrow::record_batch::RecordBatch;
+use flumen_core::prelude::*;
+use serde::Deserialize;
+
+use crate::encoding::{Encoder, TextFormat};
+
+/// How the stdout sink prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StdoutFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// A table per batch, for people.
+    Table,
+}
+
+/// Prints every row to standard output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {
+    /// `json` (lines), `csv` or `table`.
+    #[serde(default)]
+    pub format: StdoutFormat,
+    /// Print at most this many rows, then count the rest silently. Unset:
+    /// print everything.
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+impl StdoutConfig {
+    /// Checks the settings and returns the sink.
+    pub fn build(&self) -> Result<StdoutSink> {
+        Ok(StdoutSink {
+            config: self.clone(),
+        })
+    }
+}
+
+/// A sink printing to standard output; runs as a single instance so lines
+/// never interleave.
+#[derive(Debug, Clone)]
+pub struct StdoutSink {
+    config: StdoutConfig,
+}
+
+impl SinkFactory for StdoutSink {
+    fn create(&self, _instance: InstanceInfo, _schema: SchemaRef) -> Result<Box<dyn Sink>> {
+        let encoder = match self.config.format {
+            StdoutFormat::Json => Some(Encoder::new(TextFormat::Json)),
+            StdoutFormat::Csv => Some(Encoder::new(TextFormat::Csv)),
+            StdoutFormat::Table => None,
+        };
+        Ok(Box::new(StdoutInstance {
+            encoder,
+            left: self.config.limit.unwrap_or(u64::MAX),
+            buffer: Vec::new(),
+        }))
+    }
+
+    fn max_parallelism(&self) -> Option<usize> {
+        Some(1)
+    }
+}
+
+struct StdoutInstance {
+    encoder: Option<Encoder>,
+    left: u64,
+    buffer: Vec<u8>,
+}
+
+#[async_trait]
+impl Sink for StdoutInstance {
+    async fn write(&mut self, batch: RecordBatch, _ctx: &mut Context) -> Result<()> {
+        if self.left == 0 {
+            return Ok(());
+        }
+        let rows = (batch.num_rows() as u64).min(self.left);
+        self.left -= rows;
+        let batch = batch.slice(0, rows as usize);
+        self.buffer.clear();
+        match &mut self.encoder {
+            Some(encoder) => encoder.encode(&batch, &mut self.buffer)?,
+            None => writeln!(
+                self.buffer,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&[batch])?
+            )?,
+        }
+        let mut stdout = std::io::stdout().lock();
+        match stdout.write_all(&self.buffer) {
+            // Piped into `head`: stop printing, keep the pipeline going.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => self.left = 0,
+            other => other?,
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
+        match std::io::stdout().flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => Ok(other?),
+        }
+    }
+}

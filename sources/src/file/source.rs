@@ -1,0 +1,124 @@
+//! The file source and its instances.
+
+use arrow::datatypes::SchemaRef;
+use flumen_core::prelude::*;
+use flumen_core::storage::Location;
+use object_store::ObjectStoreExt;
+
+use super::config::{FileFormat, FileSourceConfig};
+use super::lines::{CHUNK_BYTES, LineSplit, LineSplitReader, RecordDecoder};
+use super::parquet::ParquetSplitReader;
+
+/// A bounded source reading one file. Built from a [`FileSourceConfig`].
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    config: FileSourceConfig,
+    location: Location,
+    format: FileFormat,
+    schema: SchemaRef,
+}
+
+impl FileSource {
+    pub(super) fn new(
+        config: FileSourceConfig,
+        location: Location,
+        format: FileFormat,
+        schema: SchemaRef,
+    ) -> Self {
+        FileSource {
+            config,
+            location,
+            format,
+            schema,
+        }
+    }
+}
+
+impl SourceFactory for FileSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn create(&self, instance: InstanceInfo) -> Result<Box<dyn Source>> {
+        Ok(Box::new(FileInstance {
+            source: self.clone(),
+            instance,
+            reader: None,
+        }))
+    }
+}
+
+enum Reader {
+    Lines(LineSplitReader),
+    Parquet(ParquetSplitReader),
+    Empty,
+}
+
+struct FileInstance {
+    source: FileSource,
+    instance: InstanceInfo,
+    reader: Option<Reader>,
+}
+
+impl FileSource {
+    /// Finds the file's size and the share of instance `instance`.
+    async fn open(&self, instance: InstanceInfo) -> Result<Reader> {
+        let FileSource {
+            config,
+            location,
+            format,
+            schema,
+        } = self;
+        let size = location
+            .store
+            .head(&location.path)
+            .await
+            .map_err(|e| Error::connector("file", false, e))?
+            .size;
+        if *format == FileFormat::Parquet {
+            let reader = ParquetSplitReader::open(
+                location,
+                size,
+                schema.clone(),
+                config.batch_size,
+                instance,
+            )
+            .await?;
+            return Ok(reader.map_or(Reader::Empty, Reader::Parquet));
+        }
+        let (index, parallelism) = (instance.index as u64, instance.parallelism as u64);
+        let start = size * index / parallelism;
+        let end = size * (index + 1) / parallelism;
+        if start == end {
+            return Ok(Reader::Empty);
+        }
+        let split = LineSplit::new(location, start, end, size, CHUNK_BYTES);
+        let decoder = RecordDecoder::new(
+            *format,
+            schema.clone(),
+            config.batch_size,
+            &config.csv,
+            start == 0,
+        )?;
+        Ok(Reader::Lines(LineSplitReader::new(
+            split,
+            decoder,
+            location.display.clone(),
+        )))
+    }
+}
+
+#[async_trait]
+impl Source for FileInstance {
+    async fn next(&mut self) -> Result<SourceStep> {
+        if self.reader.is_none() {
+            self.reader = Some(self.source.open(self.instance).await?);
+        }
+        let batch = match self.reader.as_mut().expect("opened above") {
+            Reader::Lines(reader) => reader.next_batch().await?,
+            Reader::Parquet(reader) => reader.next_batch().await?,
+            Reader::Empty => None,
+        };
+        Ok(batch.map_or(SourceStep::Finished, SourceStep::Batch))
+    }
+}

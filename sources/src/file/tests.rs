@@ -1,0 +1,242 @@
+use std::io::Write;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use flumen_core::prelude::*;
+use flumen_core::storage;
+use flumen_core::testing::CollectSink;
+use proptest::prelude::*;
+
+use super::lines::LineSplit;
+use super::*;
+
+fn write_file(dir: &tempfile::TempDir, name: &str, content: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(content.as_bytes())
+        .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn json_lines(rows: usize) -> String {
+    (0..rows)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"name\": \"{}\", \"ts\": \"2026-11-26T14:00:{:02}\"}}\n",
+                "x".repeat(i % 17),
+                i % 60
+            )
+        })
+        .collect()
+}
+
+async fn read(config: FileSourceConfig, parallelism: usize) -> Result<Vec<i64>> {
+    let (sink, collected) = CollectSink::new();
+    let mut graph = GraphBuilder::new();
+    graph
+        .source("file", config.build()?)
+        .parallelism(parallelism);
+    graph.sink("out", sink, ["file"]);
+    let options = RunOptions {
+        handle_signals: false,
+        ..RunOptions::default()
+    };
+    graph.build()?.run_with(options).await?;
+    let mut ids: Vec<i64> = collected
+        .batches()
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("id")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn json_lines_read_once_at_any_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "events.jsonl", &json_lines(5_000));
+    let config = FileSourceConfig {
+        batch_size: 300,
+        ..FileSourceConfig::new(&path).with_schema([
+            ("id", "int64"),
+            ("name", "string"),
+            ("ts", "timestamp"),
+        ])
+    };
+    for parallelism in [1, 2, 3, 8] {
+        assert_eq!(
+            read(config.clone(), parallelism).await.unwrap(),
+            (0..5_000).collect::<Vec<_>>(),
+            "parallelism {parallelism}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn schema_is_inferred_from_a_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "events.ndjson", &json_lines(10));
+    let source = FileSourceConfig::new(&path).build().unwrap();
+    let names: Vec<_> = source
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["id", "name", "ts"]);
+    assert_eq!(
+        read(FileSourceConfig::new(&path), 2).await.unwrap(),
+        (0..10).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn csv_with_a_header_split_in_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut content = String::from("id,name\n");
+    for i in 0..1000 {
+        content.push_str(&format!("{i},name {i}\n"));
+    }
+    let path = write_file(&dir, "people.csv", &content);
+    let config = FileSourceConfig::new(&path).with_schema([("id", "int64"), ("name", "string")]);
+    assert_eq!(
+        read(config, 2).await.unwrap(),
+        (0..1000).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn parquet_row_groups_are_shared_out() {
+    use ::parquet::arrow::ArrowWriter;
+    use ::parquet::file::properties::WriterProperties;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ids.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("double", DataType::Int64, false),
+    ]));
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(100))
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema.clone(),
+        Some(properties),
+    )
+    .unwrap();
+    for chunk in 0..10 {
+        let ids: Vec<i64> = (chunk * 100..(chunk + 1) * 100).collect();
+        let doubled: Vec<i64> = ids.iter().map(|i| i * 2).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(Int64Array::from(doubled)),
+            ],
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+    }
+    writer.close().unwrap();
+    let path = path.to_str().unwrap();
+    // Inferred schema, three instances over ten row groups.
+    assert_eq!(
+        read(FileSourceConfig::new(path), 3).await.unwrap(),
+        (0..1000).collect::<Vec<_>>()
+    );
+    // A declared subset, in another order, with a wider type.
+    let declared =
+        FileSourceConfig::new(path).with_schema([("double", "float64"), ("id", "int64")]);
+    assert_eq!(
+        read(declared, 1).await.unwrap(),
+        (0..1000).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_line_is_reported_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "bad.jsonl", "{\"id\": 1}\n{\"id\": oops}\n");
+    let config = FileSourceConfig::new(&path).with_schema([("id", "int64")]);
+    let err = read(config, 1).await.unwrap_err().to_string();
+    assert!(err.starts_with("`file` failed: bad record: "), "{err}");
+    assert!(err.contains("bad.jsonl"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let err = FileSourceConfig::new("data/events.txt")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid configuration at `format`: cannot tell the format"),
+        "{err}"
+    );
+    let err = FileSourceConfig::new("s3x://bucket/a.json")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unsupported storage scheme `s3x://`"), "{err}");
+    let err = FileSourceConfig::new("/nonexistent/a.json")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid configuration at `path`: cannot read `/nonexistent/a.json`"),
+        "{err}"
+    );
+}
+
+async fn split_all(content: &[u8], splits: u64, chunk: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lines");
+    std::fs::write(&path, content).unwrap();
+    let location = storage::resolve(path.to_str().unwrap(), "path").unwrap();
+    let size = content.len() as u64;
+    let mut all = Vec::new();
+    for i in 0..splits {
+        let (start, end) = (size * i / splits, size * (i + 1) / splits);
+        if start == end {
+            continue;
+        }
+        let mut split = LineSplit::new(&location, start, end, size, chunk);
+        while let Some(bytes) = split.next().await.unwrap() {
+            all.extend_from_slice(&bytes);
+        }
+    }
+    all
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Splits cut at line boundaries: together they hand out every byte
+    /// exactly once, in order, whatever the line lengths, the number of
+    /// splits and the read chunk size.
+    #[test]
+    fn splits_cover_every_line_exactly_once(
+        lines in prop::collection::vec("[a-z]{0,30}", 0..60),
+        trailing_newline in any::<bool>(),
+        splits in 1u64..9,
+        chunk in 1u64..50,
+    ) {
+        let mut content = lines.join("\n");
+        if trailing_newline && !content.is_empty() {
+            content.push('\n');
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let read = runtime.block_on(split_all(content.as_bytes(), splits, chunk));
+        prop_assert_eq!(String::from_utf8(read).unwrap(), content);
+    }
+}
