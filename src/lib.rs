@@ -23,6 +23,8 @@
 //! The crates behind this one: [`core`] (data model, graph, runtime),
 //! [`operators`], [`sources`] and [`sinks`].
 
+pub mod config;
+
 pub use flumen_core as core;
 pub use flumen_operators as operators;
 pub use flumen_sinks as sinks;

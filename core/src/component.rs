@@ -53,6 +53,12 @@ pub enum SourceStep {
 pub trait Source: Send + 'static {
     /// Produces the next batch.
     async fn next(&mut self) -> Result<SourceStep>;
+
+    /// Events this instance knows of but has not read yet, if it can tell
+    /// (a bounded source's remainder, a broker's consumer lag).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Declares a source in a graph and creates its instances.

@@ -32,10 +32,12 @@ pub enum Error {
 
     /// The dataflow graph is not well formed: a dangling input, a cycle, an
     /// unknown column, a schema mismatch.
-    #[error("invalid pipeline: `{node}`: {message}")]
+    #[error("invalid pipeline: `{node}`: {}{message}", key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
     Graph {
         /// The node at fault.
         node: String,
+        /// The setting of the node at fault, if one is, e.g. `inputs[1]`.
+        key: Option<String>,
         /// What is wrong with it.
         message: String,
     },
@@ -109,6 +111,20 @@ impl Error {
     pub fn graph(node: impl Into<String>, message: impl fmt::Display) -> Self {
         Error::Graph {
             node: node.into(),
+            key: None,
+            message: message.to_string(),
+        }
+    }
+
+    /// A graph error in setting `key` of `node`.
+    pub fn graph_at(
+        node: impl Into<String>,
+        key: impl Into<String>,
+        message: impl fmt::Display,
+    ) -> Self {
+        Error::Graph {
+            node: node.into(),
+            key: Some(key.into()),
             message: message.to_string(),
         }
     }

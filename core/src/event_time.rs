@@ -18,7 +18,7 @@ use crate::message::{EventTime, Watermark};
 /// The watermark of a source is the largest event time it has seen minus
 /// `max_out_of_orderness`: events up to that much older than the newest one
 /// still count as on time.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeConfig {
     /// Column holding each event's time: a timestamp column, or an integer
@@ -29,12 +29,14 @@ pub struct EventTimeConfig {
     /// be on time (for example `2s`). The watermark trails the largest event
     /// time by this much.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub max_out_of_orderness: Duration,
 
     /// After this long without data the source is marked idle, so that it no
     /// longer holds back the watermark of nodes that also read other inputs
     /// (for example `30s`). Unset: never idle.
     #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Duration>,
 }
 

@@ -316,6 +316,10 @@ impl Pipeline {
     }
 }
 
+/// For each input of a node: the declaration it reads and the named output,
+/// if not the main one.
+type Upstream = Vec<(usize, Option<String>)>;
+
 struct Planner {
     decls: Vec<NodeDecl>,
     by_name: HashMap<String, usize>,
@@ -356,7 +360,7 @@ impl Planner {
     }
 
     /// For each node, the declaration index and port name of each input.
-    fn resolve_upstream(&self) -> Result<Vec<Vec<(usize, Option<String>)>>> {
+    fn resolve_upstream(&self) -> Result<Vec<Upstream>> {
         let mut all = Vec::with_capacity(self.decls.len());
         for decl in &self.decls {
             let arity = match &decl.kind {
@@ -370,21 +374,27 @@ impl Planner {
                     (a, &usize::MAX) => format!("at least {a}"),
                     (a, b) => format!("{a} to {b}"),
                 };
-                return Err(Error::graph(
+                return Err(Error::graph_at(
                     &decl.name,
+                    "inputs",
                     format!("takes {expected} input(s), got {}", decl.inputs.len()),
                 ));
             }
             let mut resolved = Vec::with_capacity(decl.inputs.len());
-            for input in &decl.inputs {
-                resolved.push(self.resolve_input(decl, input)?);
+            for (i, input) in decl.inputs.iter().enumerate() {
+                resolved.push(self.resolve_input(decl, i, input)?);
             }
             all.push(resolved);
         }
         Ok(all)
     }
 
-    fn resolve_input(&self, decl: &NodeDecl, input: &Input) -> Result<(usize, Option<String>)> {
+    fn resolve_input(
+        &self,
+        decl: &NodeDecl,
+        index: usize,
+        input: &Input,
+    ) -> Result<(usize, Option<String>)> {
         let (node, port) = match input.from.split_once('.') {
             Some((node, port)) => (node, Some(port.to_string())),
             None => (input.from.as_str(), None),
@@ -396,8 +406,9 @@ impl Planner {
                 .filter(|d| !matches!(d.kind, NodeKind::Sink(_)))
                 .map(|d| d.name.as_str())
                 .collect();
-            return Err(Error::graph(
+            return Err(Error::graph_at(
                 &decl.name,
+                format!("inputs[{index}]"),
                 format!(
                     "input `{}` is not defined; defined: {}",
                     input.from,
@@ -406,15 +417,16 @@ impl Planner {
             ));
         };
         if matches!(self.decls[upstream].kind, NodeKind::Sink(_)) {
-            return Err(Error::graph(
+            return Err(Error::graph_at(
                 &decl.name,
+                format!("inputs[{index}]"),
                 format!("input `{node}` is a sink; sinks have no outputs"),
             ));
         }
         Ok((upstream, port))
     }
 
-    fn topological_order(&self, upstream: &[Vec<(usize, Option<String>)>]) -> Result<Vec<usize>> {
+    fn topological_order(&self, upstream: &[Upstream]) -> Result<Vec<usize>> {
         let n = self.decls.len();
         let mut pending_inputs: Vec<usize> = vec![0; n];
         let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -448,11 +460,7 @@ impl Planner {
 
     /// Walks inputs backwards from a node left over by the topological sort
     /// until one repeats: that stretch is a cycle.
-    fn find_cycle(
-        &self,
-        upstream: &[Vec<(usize, Option<String>)>],
-        pending: &[usize],
-    ) -> Vec<usize> {
+    fn find_cycle(&self, upstream: &[Upstream], pending: &[usize]) -> Vec<usize> {
         let start = pending
             .iter()
             .position(|&p| p > 0)
@@ -484,14 +492,14 @@ impl Planner {
     ) -> Result<Node> {
         let decl = &self.decls[d];
         let name = decl.name.as_str();
-        let in_node = |e: Error| Error::graph(name, graph_message(e));
+        let in_node = |e: Error| in_node(name, e);
         if decl.parallelism == 0 {
-            return Err(Error::graph(name, "parallelism must be at least 1"));
+            return Err(Error::graph_at(name, "parallelism", "must be at least 1"));
         }
 
         let mut inputs = Vec::with_capacity(upstream.len());
         let mut input_schemas = Vec::with_capacity(upstream.len());
-        for ((from_decl, port_name), input) in upstream.iter().zip(&decl.inputs) {
+        for (i, ((from_decl, port_name), input)) in upstream.iter().zip(&decl.inputs).enumerate() {
             let from = &planned[index_of[*from_decl]];
             let port = match port_name {
                 None => 0,
@@ -510,8 +518,9 @@ impl Planner {
                         } else {
                             format!("outputs of `{}`: {}", from.name, named.join(", "))
                         };
-                        Error::graph(
+                        Error::graph_at(
                             name,
+                            format!("inputs[{i}]"),
                             format!("input `{}` is not defined; {known}", input.from),
                         )
                     })?,
@@ -574,7 +583,11 @@ impl Planner {
             }
         };
         if decl.event_time.is_some() && !matches!(decl.kind, NodeKind::Source(_)) {
-            return Err(Error::graph(name, "event_time can only be set on a source"));
+            return Err(Error::graph_at(
+                name,
+                "event_time",
+                "can only be set on a source",
+            ));
         }
 
         Ok(Node {
@@ -589,13 +602,18 @@ impl Planner {
     }
 }
 
-/// The message of an error raised while checking a node, without repeating
-/// the node name the caller attaches.
-fn graph_message(err: Error) -> String {
+/// Attributes an error raised while checking node `name` to the node,
+/// keeping the setting it is about.
+fn in_node(name: &str, err: Error) -> Error {
     match err {
-        Error::Graph { message, .. } => message,
-        Error::Config { path, message } => format!("{path}: {message}"),
-        other => other.to_string(),
+        Error::Graph { key, message, .. } => Error::Graph {
+            node: name.to_string(),
+            key,
+            message,
+        },
+        Error::Config { path, message } => Error::graph_at(name, path, message),
+        Error::DataFusion(e) => Error::graph(name, e.strip_backtrace()),
+        other => Error::graph(name, other),
     }
 }
 
@@ -615,10 +633,11 @@ fn check_name(name: &str) -> Result<()> {
 
 fn check_max_parallelism(decl: &NodeDecl, max: Option<usize>) -> Result<()> {
     match max {
-        Some(max) if decl.parallelism > max => Err(Error::graph(
+        Some(max) if decl.parallelism > max => Err(Error::graph_at(
             &decl.name,
+            "parallelism",
             format!(
-                "parallelism {} is more than this component supports ({max})",
+                "{} is more than this component supports ({max})",
                 decl.parallelism
             ),
         )),
@@ -634,8 +653,8 @@ fn resolve_partitioning(
     match &input.partitioning {
         None if from_parallelism == parallelism => Ok(Partitioning::Forward),
         None => Ok(Partitioning::RoundRobin),
-        Some(Partitioning::Forward) if from_parallelism != parallelism => Err(Error::graph(
-            &input.from,
+        Some(Partitioning::Forward) if from_parallelism != parallelism => Err(Error::config(
+            "partitioning",
             format!(
                 "a forward edge needs the same parallelism on both sides, \
                  but `{}` has {from_parallelism} and its reader {parallelism}; \
@@ -643,8 +662,8 @@ fn resolve_partitioning(
                 input.from
             ),
         )),
-        Some(Partitioning::Hash(keys)) if keys.is_empty() => Err(Error::graph(
-            &input.from,
+        Some(Partitioning::Hash(keys)) if keys.is_empty() => Err(Error::config(
+            "partitioning",
             "hash partitioning needs at least one key column",
         )),
         Some(p) => Ok(p.clone()),
@@ -656,8 +675,8 @@ fn key_indices(from: &str, keys: &[String], schema: &SchemaRef) -> Result<Vec<us
         .map(|key| {
             schema.index_of(key).map_err(|_| {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                Error::graph(
-                    from,
+                Error::config(
+                    "partitioning",
                     format!(
                         "hash key `{key}` is not a column of `{from}`; columns: {}",
                         names.join(", ")
@@ -677,8 +696,9 @@ fn check_same_schemas(decl: &NodeDecl, schemas: &[SchemaRef]) -> Result<()> {
             .map(|f| (f.name(), f.data_type()))
             .eq(schema.fields().iter().map(|f| (f.name(), f.data_type())))
         {
-            return Err(Error::graph(
+            return Err(Error::graph_at(
                 &decl.name,
+                "inputs",
                 format!(
                     "inputs `{}` and `{}` have different schemas, so they cannot be merged:\n  {}: {}\n  {}: {}",
                     decl.inputs[0].from,

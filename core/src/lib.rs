@@ -20,6 +20,8 @@ pub mod storage;
 pub mod testing;
 pub mod watermark;
 
+pub use self::error::{Error, Result};
+
 /// The names most code that builds or extends pipelines needs.
 pub mod prelude {
     pub use std::sync::Arc;

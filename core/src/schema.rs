@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// Types are friendly names (`int64`, `string`, `timestamp`, `list<int64>`,
 /// see [`parse_type`]). Every column is nullable, so a record that lacks a
 /// field decodes with a null there.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SchemaSpec {
     /// Column name to type name, in column order.

@@ -5,7 +5,9 @@ use flumen_core::prelude::*;
 use serde::Deserialize;
 
 /// How a sink turns batches into text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TextFormat {
     /// One JSON object per row and line.

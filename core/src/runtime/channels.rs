@@ -87,6 +87,11 @@ impl Inputs {
         }
     }
 
+    /// Messages waiting in this instance's channels.
+    pub(crate) fn queued(&self) -> usize {
+        self.channels.iter().map(|c| c.rx.len()).sum()
+    }
+
     /// Receives from the channels in turn, starting after the one that
     /// delivered last, so that no upstream instance starves the others.
     async fn recv_raw(&mut self) -> Result<(usize, Message)> {

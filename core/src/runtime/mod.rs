@@ -6,6 +6,7 @@
 //! bounded by the graph's size, not by the input's.
 
 mod channels;
+pub mod metrics;
 mod stats;
 mod tasks;
 
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
+use self::metrics::{MetricsKind, NodeMetrics};
 pub use self::stats::NodeStats;
 use self::tasks::TaskEnv;
 use crate::component::InstanceInfo;
@@ -82,6 +84,9 @@ pub struct RunReport {
     pub duration: Duration,
     /// Per node, in topological order.
     pub nodes: Vec<NodeReport>,
+    /// Whether the run was asked to stop early (an interrupt, or
+    /// [`ShutdownHandle::drain`]) and drained rather than finished.
+    pub drained: bool,
 }
 
 /// Counters of one node at the end of a run.
@@ -139,7 +144,7 @@ impl Pipeline {
         let (inputs, outputs) = self.wire(capacity);
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
-        let instances = self.create_instances(inputs, outputs)?;
+        let instances = self.create_instances(inputs, outputs, capacity)?;
         for (node, task) in instances {
             let id = tasks.spawn(task).id();
             names.insert(id, node);
@@ -178,6 +183,7 @@ impl Pipeline {
             tracing::info!("drained after interrupt");
         }
         Ok(RunReport {
+            drained: signals.drain.is_cancelled(),
             duration: started.elapsed(),
             nodes: self
                 .nodes
@@ -214,8 +220,7 @@ impl Pipeline {
 
         for (consumer, node) in self.nodes.iter().enumerate() {
             for (input, edge) in node.inputs.iter().enumerate() {
-                let producers = self.nodes[edge.from].parallelism;
-                for producer in 0..producers {
+                for (producer, producer_outputs) in outputs[edge.from].iter_mut().enumerate() {
                     let mut channel = |instance: usize| {
                         let (tx, rx) = mpsc::channel::<Message>(capacity);
                         inputs[consumer][instance].push(InputChannel { rx, input });
@@ -234,7 +239,7 @@ impl Pipeline {
                             }
                         }
                     };
-                    outputs[edge.from][producer].add_edge(edge.port, sender);
+                    producer_outputs.add_edge(edge.port, sender);
                 }
             }
         }
@@ -248,6 +253,7 @@ impl Pipeline {
         &self,
         mut inputs: Vec<Vec<Vec<InputChannel>>>,
         mut outputs: Vec<Vec<Outputs>>,
+        channel_capacity: usize,
     ) -> Result<Vec<(Arc<str>, futures::future::BoxFuture<'static, Result<()>>)>> {
         use futures::FutureExt;
 
@@ -263,10 +269,23 @@ impl Pipeline {
                     index,
                     parallelism: node.parallelism,
                 };
+                let kind = match node.kind {
+                    NodeKind::Source(_) => MetricsKind::Source,
+                    NodeKind::Operator(_) => MetricsKind::Operator,
+                    NodeKind::Sink(_) => MetricsKind::Sink,
+                };
+                let metrics = NodeMetrics::new(
+                    kind,
+                    &node.name,
+                    index,
+                    channel_capacity,
+                    self.stats[n].clone(),
+                );
+                let errors = metrics.error_counter();
                 let env = TaskEnv {
                     node: name.clone(),
                     instance,
-                    stats: self.stats[n].clone(),
+                    metrics,
                     signals: self.signals.clone(),
                 };
                 let in_node = |e: Error| e.in_node(&node.name);
@@ -295,11 +314,15 @@ impl Pipeline {
                     }
                 };
                 let node_name = node.name.clone();
-                tasks.push((
-                    name.clone(),
-                    task.map(move |r| r.map_err(|e| e.in_node(&node_name)))
-                        .boxed(),
-                ));
+                let task = task.map(move |result| {
+                    result.map_err(|e| {
+                        if !e.is_shutting_down() {
+                            errors.increment(1);
+                        }
+                        e.in_node(&node_name)
+                    })
+                });
+                tasks.push((name.clone(), task.boxed()));
             }
         }
         Ok(tasks)

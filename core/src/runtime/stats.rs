@@ -3,8 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::record_batch::RecordBatch;
-
 /// Counters of one node, summed over its instances.
 #[derive(Debug, Default)]
 pub struct NodeStats {
@@ -41,21 +39,17 @@ impl NodeStats {
         self.instances_finished.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn record_in(&self, batch: &RecordBatch) {
-        self.rows_in
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        self.bytes_in
-            .fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+    pub(crate) fn add_in(&self, rows: u64, bytes: u64) {
+        self.rows_in.fetch_add(rows, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_out(&self, batch: &RecordBatch) {
-        self.rows_out
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        self.bytes_out
-            .fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+    pub(crate) fn add_out(&self, rows: u64, bytes: u64) {
+        self.rows_out.fetch_add(rows, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_finished(&self) {
+    pub(crate) fn add_finished(&self) {
         self.instances_finished.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::Signals;
 use super::channels::{Inputs, Outputs, Received};
-use super::stats::NodeStats;
+use super::metrics::NodeMetrics;
 use crate::component::{Collector, Context, InstanceInfo, Operator, Sink, Source, SourceStep};
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
@@ -15,7 +15,7 @@ use crate::message::{Message, Watermark};
 pub(crate) struct TaskEnv {
     pub(crate) node: Arc<str>,
     pub(crate) instance: InstanceInfo,
-    pub(crate) stats: Arc<NodeStats>,
+    pub(crate) metrics: NodeMetrics,
     pub(crate) signals: Signals,
 }
 
@@ -26,6 +26,17 @@ impl TaskEnv {
             instance: self.instance,
             watermark: None,
         }
+    }
+
+    /// Waits for the next input, unless the run is being aborted.
+    async fn receive(&self, inputs: &mut Inputs) -> Result<Received> {
+        let received = tokio::select! {
+            biased;
+            _ = self.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+            received = inputs.recv() => received?,
+        };
+        self.metrics.record_queued(inputs.queued());
+        Ok(received)
     }
 }
 
@@ -42,15 +53,21 @@ pub(crate) async fn run_source(
         if env.signals.drain.is_cancelled() {
             break;
         }
+        let started = Instant::now();
         match source.next().await? {
             SourceStep::Batch(batch) => {
-                env.stats.record_out(&batch);
+                env.metrics.record_batch_time(started.elapsed());
+                env.metrics.record_out(&batch);
+                if let Some(lag) = source.lag() {
+                    env.metrics.record_source_lag(lag);
+                }
                 let watermark = match &mut watermarks {
                     Some(generator) => generator.observe(&batch)?,
                     None => None,
                 };
                 outputs.send_batch(0, batch).await?;
                 if let Some(watermark) = watermark {
+                    env.metrics.record_watermark(watermark);
                     outputs.send_to_all(Message::Watermark(watermark)).await?;
                 }
             }
@@ -67,7 +84,7 @@ pub(crate) async fn run_source(
         .send_to_all(Message::Watermark(Watermark::MAX))
         .await?;
     outputs.send_to_all(Message::End).await?;
-    env.stats.record_finished();
+    env.metrics.record_finished();
     Ok(())
 }
 
@@ -80,20 +97,18 @@ pub(crate) async fn run_operator(
     let mut ctx = env.context();
     let mut out = Collector::default();
     loop {
-        let received = tokio::select! {
-            biased;
-            _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
-            received = inputs.recv() => received?,
-        };
-        match received {
+        match env.receive(&mut inputs).await? {
             Received::Batch { input, batch } => {
-                env.stats.record_in(&batch);
+                env.metrics.record_in(&batch);
+                let started = Instant::now();
                 operator
                     .process_batch(input, batch, &mut ctx, &mut out)
                     .await?;
+                env.metrics.record_batch_time(started.elapsed());
                 flush(&env, &mut out, &mut outputs).await?;
             }
             Received::Watermark(watermark) => {
+                env.metrics.record_watermark(watermark);
                 if let Watermark::EventTime(time) = watermark {
                     ctx.watermark = Some(time);
                     operator.on_watermark(time, &mut ctx, &mut out).await?;
@@ -105,7 +120,7 @@ pub(crate) async fn run_operator(
                 operator.on_end(&mut ctx, &mut out).await?;
                 flush(&env, &mut out, &mut outputs).await?;
                 outputs.send_to_all(Message::End).await?;
-                env.stats.record_finished();
+                env.metrics.record_finished();
                 return Ok(());
             }
         }
@@ -114,7 +129,7 @@ pub(crate) async fn run_operator(
 
 async fn flush(env: &TaskEnv, out: &mut Collector, outputs: &mut Outputs) -> Result<()> {
     for (port, batch) in out.drain() {
-        env.stats.record_out(&batch);
+        env.metrics.record_out(&batch);
         outputs.send_batch(port, batch).await?;
     }
     Ok(())
@@ -127,24 +142,26 @@ pub(crate) async fn run_sink(
 ) -> Result<()> {
     let mut ctx = env.context();
     loop {
-        let received = tokio::select! {
-            biased;
-            _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
-            received = inputs.recv() => received?,
-        };
-        match received {
+        match env.receive(&mut inputs).await? {
             Received::Batch { batch, .. } => {
-                env.stats.record_in(&batch);
+                env.metrics.record_in(&batch);
+                let started = Instant::now();
+                let written = (batch.num_rows(), batch.get_array_memory_size());
                 sink.write(batch, &mut ctx).await?;
+                env.metrics.record_batch_time(started.elapsed());
+                // What a sink writes is its output.
+                env.metrics.record_written(written.0, written.1);
             }
-            Received::Watermark(Watermark::EventTime(time)) => {
-                ctx.watermark = Some(time);
-                sink.on_watermark(time, &mut ctx).await?;
+            Received::Watermark(watermark) => {
+                env.metrics.record_watermark(watermark);
+                if let Watermark::EventTime(time) = watermark {
+                    ctx.watermark = Some(time);
+                    sink.on_watermark(time, &mut ctx).await?;
+                }
             }
-            Received::Watermark(Watermark::Idle) => {}
             Received::End => {
                 sink.finish(&mut ctx).await?;
-                env.stats.record_finished();
+                env.metrics.record_finished();
                 return Ok(());
             }
         }

@@ -5,7 +5,7 @@ use flumen_core::prelude::*;
 use serde::Deserialize;
 
 /// Discards every row; the run summary and metrics still count them.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeConfig {}
 

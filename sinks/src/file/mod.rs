@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use crate::encoding::{Encoder, TextFormat};
 
 /// Writes rows to a local file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The file to write (replaced if it exists). With parallelism above 1

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use crate::encoding::{Encoder, TextFormat};
 
 /// How the stdout sink prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StdoutFormat {
     /// One JSON object per line.
@@ -22,7 +24,7 @@ pub enum StdoutFormat {
 }
 
 /// Prints every row to standard output.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {
     /// `json` (lines), `csv` or `table`.

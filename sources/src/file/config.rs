@@ -8,12 +8,12 @@ use arrow::datatypes::SchemaRef;
 use flumen_core::prelude::*;
 use flumen_core::schema::SchemaSpec;
 use flumen_core::storage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::source::FileSource;
 
 /// The encoding of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileFormat {
     /// One JSON object per line (NDJSON).
@@ -38,7 +38,7 @@ impl FileFormat {
 }
 
 /// Options for CSV files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsvOptions {
     /// Whether the first line names the columns (and is skipped).
@@ -66,7 +66,7 @@ impl Default for CsvOptions {
 }
 
 /// Reads one file of records, then ends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// The file: a local path, or a `file://` URL.

@@ -176,7 +176,7 @@ fn memchr(bytes: &[u8], from: usize) -> Option<usize> {
 /// Arrow's incremental decoders for the line formats.
 pub(super) enum RecordDecoder {
     Json(arrow::json::reader::Decoder),
-    Csv(arrow::csv::reader::Decoder),
+    Csv(Box<arrow::csv::reader::Decoder>),
 }
 
 impl RecordDecoder {
@@ -195,13 +195,13 @@ impl RecordDecoder {
                     .with_batch_size(batch_size)
                     .build_decoder()?,
             ),
-            FileFormat::Csv => RecordDecoder::Csv(
+            FileFormat::Csv => RecordDecoder::Csv(Box::new(
                 arrow::csv::ReaderBuilder::new(schema)
                     .with_batch_size(batch_size)
                     .with_header(csv.header && first_split)
                     .with_delimiter(csv.delimiter as u8)
                     .build_decoder(),
-            ),
+            )),
             FileFormat::Parquet => return Err(Error::internal("Parquet is not a line format")),
         })
     }

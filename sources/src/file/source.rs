@@ -49,7 +49,7 @@ impl SourceFactory for FileSource {
 }
 
 enum Reader {
-    Lines(LineSplitReader),
+    Lines(Box<LineSplitReader>),
     Parquet(ParquetSplitReader),
     Empty,
 }
@@ -100,11 +100,11 @@ impl FileSource {
             &config.csv,
             start == 0,
         )?;
-        Ok(Reader::Lines(LineSplitReader::new(
+        Ok(Reader::Lines(Box::new(LineSplitReader::new(
             split,
             decoder,
             location.display.clone(),
-        )))
+        ))))
     }
 }
 

@@ -10,7 +10,7 @@ use super::model::EventKind;
 use super::source::NexmarkSource;
 
 /// Generates Nexmark auction events: persons, auctions or bids.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NexmarkConfig {
     /// Which events this source emits: `bid`, `auction` or `person`. Two
@@ -40,6 +40,7 @@ pub struct NexmarkConfig {
 
     /// Event time of the first event, e.g. `2026-01-01T00:00:00Z`.
     #[serde(default = "default_start_time", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub start_time: SystemTime,
 
     /// Events generated per batch (the batch holds those of `kind`).

@@ -38,6 +38,8 @@ const HOT_URLS: [&str; 4] = [
 /// Half the bids come from a hot channel, the rest from this many others.
 const CHANNELS: usize = 10_000;
 const HOT_CHANNEL_RATIO: u64 = 2;
+/// Seeds the URLs of the non-hot channels (the same in every run).
+const CHANNEL_SEED: u64 = 0x006e_6578_6d61_726b;
 
 /// Average encoded sizes the `extra` padding aims for, in bytes.
 const AVG_PERSON_BYTES: usize = 200;
@@ -169,7 +171,7 @@ fn channels() -> &'static [(String, String)] {
     CHANNEL_URLS.get_or_init(|| {
         (0..CHANNELS)
             .map(|i| {
-                let mut rng = EventRng::for_event(0x6e65_786d_6172_6b, i as u64);
+                let mut rng = EventRng::for_event(CHANNEL_SEED, i as u64);
                 let mut path = String::new();
                 for _ in 0..3 {
                     rng.letters(5, &mut path);

@@ -35,7 +35,17 @@ pub const PERSON_ID_LEAD: u64 = 10;
 pub const AUCTION_ID_LEAD: u64 = 10;
 
 /// The three kinds of Nexmark event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A new user.
@@ -77,7 +87,13 @@ impl EventKind {
 /// Base-0 id of the newest person at event `event`.
 pub fn last_base0_person_id(event: u64) -> u64 {
     let epoch = event / PROPORTION_DENOMINATOR;
-    let offset = (event % PROPORTION_DENOMINATOR).min(PERSON_PROPORTION - 1);
+    let offset = event % PROPORTION_DENOMINATOR;
+    // Past this round's persons: the round's last person.
+    let offset = if offset >= PERSON_PROPORTION {
+        PERSON_PROPORTION - 1
+    } else {
+        offset
+    };
     epoch * PERSON_PROPORTION + offset
 }
 
@@ -134,11 +150,14 @@ pub struct EventRng {
 impl EventRng {
     /// The generator for event `event` under `seed`.
     pub fn for_event(seed: u64, event: u64) -> Self {
-        let mut rng = EventRng {
-            state: seed ^ event.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        // Scramble the starting point, so that neighbouring events do not
+        // walk the same sequence one step apart.
+        let mut start = EventRng {
+            state: seed ^ event.wrapping_mul(0xD1B5_4A32_D192_ED03),
         };
-        rng.next_u64();
-        rng
+        EventRng {
+            state: start.next_u64(),
+        }
     }
 
     /// 64 random bits.
@@ -180,7 +199,7 @@ impl EventRng {
         let start = out.len();
         for _ in 0..len {
             let r = self.next_u64();
-            if r % 13 == 0 {
+            if r.is_multiple_of(13) {
                 out.push(' ');
             } else {
                 out.push((b'a' + ((r >> 32) % 26) as u8) as char);
@@ -255,6 +274,22 @@ mod tests {
             (15_000..18_500).contains(&under_10_dollars),
             "{under_10_dollars}"
         );
+    }
+
+    #[test]
+    fn neighbouring_events_draw_unrelated_numbers() {
+        let draws = |event| {
+            let mut rng = EventRng::for_event(0, event);
+            [rng.next_u64(), rng.next_u64(), rng.next_u64()]
+        };
+        for event in 0..1000 {
+            let (a, b) = (draws(event), draws(event + 1));
+            assert!(
+                a.iter().all(|x| !b.contains(x)),
+                "events {event} and {}",
+                event + 1
+            );
+        }
     }
 
     #[test]

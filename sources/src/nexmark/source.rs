@@ -122,4 +122,11 @@ impl Source for NexmarkInstance {
             }
         }
     }
+
+    fn lag(&self) -> Option<u64> {
+        // This instance's share of the events of its kind not yet generated.
+        let total = self.end?;
+        let next = (self.next_chunk * self.chunk).min(total);
+        Some((self.kind.count_in(total) - self.kind.count_in(next)) / self.step)
+    }
 }

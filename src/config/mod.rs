@@ -1,0 +1,21 @@
+//! Pipeline files: YAML naming sources, transforms and sinks, checked and
+//! built into a runnable [`Pipeline`](flumen_core::graph::Pipeline).
+//!
+//! Errors point at the file, line, column and key path, and suggest the
+//! closest valid name. See `docs/pipeline-files.md` for the format and
+//! `docs/reference.md` for every component's keys.
+
+mod builtin;
+mod error;
+mod pipeline;
+mod registry;
+mod schema;
+mod yaml;
+
+pub use self::error::{ConfigError, did_you_mean};
+pub use self::pipeline::{Component, LoadedPipeline, PartitioningConfig, common_keys};
+pub use self::registry::{
+    BuildError, ComponentConfig, ComponentType, Registry, Section, operator, sink, source,
+};
+pub use self::schema::{pipeline_schema, reference_markdown};
+pub use self::yaml::{Document, Position, interpolate};

@@ -1,0 +1,559 @@
+//! A pipeline file: named sources, transforms and sinks, checked and built
+//! into a [`Pipeline`].
+//!
+//! ```yaml
+//! sources:
+//!   bids:
+//!     type: nexmark
+//!     events: 1000000
+//! transforms:
+//!   in_euros:
+//!     type: sql
+//!     inputs: [bids]
+//!     select: [auction, "price * 0.908 AS price_eur"]
+//! sinks:
+//!   out:
+//!     type: stdout
+//!     inputs: [in_euros]
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use flumen_core::event_time::EventTimeConfig;
+use flumen_core::graph::{GraphBuilder, Input, Pipeline};
+use flumen_core::partition::Partitioning;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{ConfigError, did_you_mean};
+use super::registry::{BuildError, Registry, Section};
+use super::yaml::{Document, interpolate};
+
+/// How the rows of each input are split between a component's instances.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PartitioningConfig {
+    /// Instance *i* reads instance *i* of each input (same parallelism).
+    Forward,
+    /// Batches go to the instances in turn.
+    RoundRobin,
+    /// Every instance receives every batch.
+    Broadcast,
+    /// Rows with equal values in these columns go to the same instance:
+    /// `partitioning: { hash: [auction] }`.
+    Hash(Vec<String>),
+}
+
+impl From<PartitioningConfig> for Partitioning {
+    fn from(config: PartitioningConfig) -> Self {
+        match config {
+            PartitioningConfig::Forward => Partitioning::Forward,
+            PartitioningConfig::RoundRobin => Partitioning::RoundRobin,
+            PartitioningConfig::Broadcast => Partitioning::Broadcast,
+            PartitioningConfig::Hash(keys) => Partitioning::Hash(keys),
+        }
+    }
+}
+
+/// The keys every component of a section has, besides its own.
+pub fn common_keys(section: Section) -> &'static [&'static str] {
+    match section {
+        Section::Sources => &["type", "parallelism", "event_time"],
+        Section::Transforms | Section::Sinks => &["type", "inputs", "parallelism", "partitioning"],
+    }
+}
+
+/// One component as the file declares it.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// Which section it is in.
+    pub section: Section,
+    /// Its name.
+    pub name: String,
+    /// Its `type`.
+    pub type_name: String,
+    /// Names of the outputs it reads.
+    pub inputs: Vec<String>,
+    /// How many instances run.
+    pub parallelism: usize,
+    /// How inputs are split between instances.
+    pub partitioning: Option<Partitioning>,
+    /// Event time, for sources.
+    pub event_time: Option<EventTimeConfig>,
+    /// The component's own keys.
+    settings: Value,
+}
+
+impl Component {
+    /// `sources.bids`.
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.section.key(), self.name)
+    }
+}
+
+/// A checked pipeline file, with its built graph.
+#[derive(Debug)]
+pub struct LoadedPipeline {
+    /// The components, in file order.
+    pub components: Vec<Component>,
+    /// The graph, ready to run.
+    pub pipeline: Pipeline,
+}
+
+impl LoadedPipeline {
+    /// Reads and checks the pipeline file at `path`, with `${VAR}` taken
+    /// from the process environment. Checks everything that needs no
+    /// network.
+    pub fn load(path: &Path, registry: &Registry) -> Result<LoadedPipeline, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("cannot read pipeline file `{file}`: {e}")))?;
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::parse(&file, &text, &env, registry)
+    }
+
+    /// Checks pipeline file text; `file` names it in errors.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: &HashMap<String, String>,
+        registry: &Registry,
+    ) -> Result<LoadedPipeline, ConfigError> {
+        let interpolated = interpolate(text, env).map_err(|e| e.in_file(file, text))?;
+        let document = Document::parse(&interpolated).map_err(|e| e.in_file(file, text))?;
+        let parser = FileParser {
+            file,
+            text,
+            interpolated: &interpolated,
+            document: &document,
+        };
+        let components = parser.components()?;
+        let pipeline = parser.build(&components, registry)?;
+        Ok(LoadedPipeline {
+            components,
+            pipeline,
+        })
+    }
+
+    /// The component called `name`.
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// Where an error points: at a key, or at the value under it.
+#[derive(Clone, Copy)]
+enum Target {
+    Key,
+    Value,
+}
+
+struct FileParser<'a> {
+    file: &'a str,
+    text: &'a str,
+    interpolated: &'a str,
+    document: &'a Document,
+}
+
+impl FileParser<'_> {
+    /// Attaches the file, the position of `path` and the quoted line.
+    fn locate(&self, error: ConfigError, target: Target) -> ConfigError {
+        let position = error.path.as_deref().and_then(|path| match target {
+            Target::Key => self.document.position_of_key(path),
+            Target::Value => self.document.position_of_value(path),
+        });
+        let error = error.at_position(position);
+        // Quote the line only if interpolation left it as written: a
+        // substituted value may be a secret, and would shift columns.
+        let line = position.map(|p| p.line as usize - 1);
+        let unchanged =
+            line.is_some_and(|l| self.text.lines().nth(l) == self.interpolated.lines().nth(l));
+        if unchanged {
+            error.in_file(self.file, self.text)
+        } else {
+            error.in_file(self.file, "")
+        }
+    }
+
+    fn error(
+        &self,
+        path: impl Into<String>,
+        target: Target,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        self.locate(ConfigError::new(message).at(path), target)
+    }
+
+    fn components(&self) -> Result<Vec<Component>, ConfigError> {
+        let root = match &self.document.value {
+            Value::Object(root) => root,
+            Value::Null => {
+                return Err(self.error(
+                    "",
+                    Target::Key,
+                    "the pipeline file is empty; it needs `sources:` and `sinks:`",
+                ));
+            }
+            _ => {
+                return Err(self.error(
+                    "",
+                    Target::Value,
+                    "expected a mapping with `sources:`, `transforms:` and `sinks:`",
+                ));
+            }
+        };
+        let sections: Vec<&str> = Section::ALL.iter().map(|s| s.key()).collect();
+        for key in root.keys() {
+            if !sections.contains(&key.as_str()) {
+                return Err(self
+                    .error(
+                        key.clone(),
+                        Target::Key,
+                        format!(
+                            "unknown section `{key}`; expected one of: {}",
+                            sections.join(", ")
+                        ),
+                    )
+                    .maybe_help(did_you_mean(key, sections.iter().copied())));
+            }
+        }
+
+        let mut components: Vec<Component> = Vec::new();
+        for section in Section::ALL {
+            let entries = match root.get(section.key()) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Object(entries)) => entries,
+                Some(_) => {
+                    return Err(self.error(
+                        section.key(),
+                        Target::Value,
+                        format!(
+                            "expected a mapping from {} names to their settings",
+                            section.singular()
+                        ),
+                    ));
+                }
+            };
+            for (name, value) in entries {
+                if let Some(other) = components.iter().find(|c| c.name == *name) {
+                    return Err(self.error(
+                        format!("{}.{name}", section.key()),
+                        Target::Key,
+                        format!(
+                            "`{name}` is already the name of a {}; names must be unique",
+                            other.section.singular()
+                        ),
+                    ));
+                }
+                components.push(self.component(section, name, value)?);
+            }
+        }
+        if !components.iter().any(|c| c.section == Section::Sinks) {
+            return Err(self.error(
+                "",
+                Target::Key,
+                "the pipeline has no sinks; add one under `sinks:`",
+            ));
+        }
+        Ok(components)
+    }
+
+    fn component(
+        &self,
+        section: Section,
+        name: &str,
+        value: &Value,
+    ) -> Result<Component, ConfigError> {
+        let path = format!("{}.{name}", section.key());
+        let Value::Object(map) = value else {
+            return Err(self.error(
+                &path,
+                Target::Value,
+                format!(
+                    "expected the {}'s settings: a mapping with `type`",
+                    section.singular()
+                ),
+            ));
+        };
+        let mut settings = map.clone();
+        let type_name = match settings.remove("type") {
+            Some(Value::String(type_name)) => type_name,
+            Some(_) => {
+                return Err(self.error(
+                    format!("{path}.type"),
+                    Target::Value,
+                    "expected the name of a component type",
+                ));
+            }
+            None => {
+                return Err(self.error(
+                    &path,
+                    Target::Key,
+                    format!(
+                        "missing `type`: which kind of {} this is",
+                        section.singular()
+                    ),
+                ));
+            }
+        };
+
+        let inputs = match (section, settings.remove("inputs")) {
+            (Section::Sources, None) => Vec::new(),
+            (Section::Sources, Some(_)) => {
+                return Err(self.error(
+                    format!("{path}.inputs"),
+                    Target::Key,
+                    "sources have no inputs",
+                ));
+            }
+            (_, None) => {
+                let misspelled = settings
+                    .keys()
+                    .find(|k| did_you_mean(k, ["inputs"]).is_some());
+                return Err(self
+                    .error(
+                        &path,
+                        Target::Key,
+                        format!(
+                            "missing `inputs`: the names of the components this {} reads",
+                            section.singular()
+                        ),
+                    )
+                    .maybe_help(
+                        misspelled.map(|k| format!("did you mean `inputs` rather than `{k}`?")),
+                    ));
+            }
+            (_, Some(Value::String(one))) => vec![one],
+            (_, Some(value)) => self.typed::<Vec<String>>(&format!("{path}.inputs"), &value)?,
+        };
+        if section != Section::Sources && inputs.is_empty() {
+            return Err(self.error(format!("{path}.inputs"), Target::Value, "lists no inputs"));
+        }
+        let parallelism = match settings.remove("parallelism") {
+            None => 1,
+            Some(value) => match self.typed::<usize>(&format!("{path}.parallelism"), &value)? {
+                0 => {
+                    return Err(self.error(
+                        format!("{path}.parallelism"),
+                        Target::Value,
+                        "must be at least 1",
+                    ));
+                }
+                n => n,
+            },
+        };
+        let partitioning = match (section, settings.remove("partitioning")) {
+            (_, None) => None,
+            (Section::Sources, Some(_)) => {
+                return Err(self.error(
+                    format!("{path}.partitioning"),
+                    Target::Key,
+                    "sources have no inputs to partition; set `partitioning` on the components that read them",
+                ));
+            }
+            (_, Some(value)) => Some(
+                self.typed::<PartitioningConfig>(&format!("{path}.partitioning"), &value)?
+                    .into(),
+            ),
+        };
+        let event_time = match (section, settings.remove("event_time")) {
+            (_, None) => None,
+            (Section::Sources, Some(value)) => {
+                Some(self.typed::<EventTimeConfig>(&format!("{path}.event_time"), &value)?)
+            }
+            (_, Some(_)) => {
+                return Err(self.error(
+                    format!("{path}.event_time"),
+                    Target::Key,
+                    "event time is set on sources",
+                ));
+            }
+        };
+        Ok(Component {
+            section,
+            name: name.to_string(),
+            type_name,
+            inputs,
+            parallelism,
+            partitioning,
+            event_time,
+            settings: Value::Object(settings),
+        })
+    }
+
+    /// Deserializes one of the common keys.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        value: &Value,
+    ) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let inner = e.path().to_string();
+            let full = if inner == "." {
+                path.to_string()
+            } else {
+                format!("{path}.{inner}")
+            };
+            self.settings_error(&full, &e.into_inner().to_string(), &[])
+        })
+    }
+
+    /// An error from deserializing settings, with a suggestion for a
+    /// misspelled key or value.
+    fn settings_error(&self, path: &str, message: &str, extra_keys: &[&str]) -> ConfigError {
+        let unknown =
+            message.starts_with("unknown field") || message.starts_with("unknown variant");
+        let help = unknown
+            .then(|| suggest_from_serde_message(message, extra_keys))
+            .flatten();
+        let (path, target) = match (message.starts_with("unknown field"), first_quoted(message)) {
+            (true, Some(field)) if !path.ends_with(field) => {
+                (format!("{path}.{field}"), Target::Key)
+            }
+            (true, _) => (path.to_string(), Target::Key),
+            _ => (path.to_string(), Target::Value),
+        };
+        self.error(path, target, message).maybe_help(help)
+    }
+
+    fn build(
+        &self,
+        components: &[Component],
+        registry: &Registry,
+    ) -> Result<Pipeline, ConfigError> {
+        let readable: BTreeSet<&str> = components
+            .iter()
+            .filter(|c| c.section != Section::Sinks)
+            .map(|c| c.name.as_str())
+            .collect();
+        let mut graph = GraphBuilder::new();
+        for component in components {
+            let path = component.path();
+            let section = component.section;
+            let Some(component_type) = registry.get(section, &component.type_name) else {
+                return Err(self.unknown_type(component, registry));
+            };
+            for (i, input) in component.inputs.iter().enumerate() {
+                let node = input
+                    .split_once('.')
+                    .map_or(input.as_str(), |(node, _)| node);
+                if readable.contains(node) {
+                    continue;
+                }
+                let input_path = format!("{path}.inputs[{i}]");
+                let message = if components.iter().any(|c| c.name == node) {
+                    format!("input `{input}` is a sink; sinks have no outputs")
+                } else {
+                    let defined: Vec<&str> = readable.iter().copied().collect();
+                    format!(
+                        "input `{input}` is not defined; defined: {}",
+                        defined.join(", ")
+                    )
+                };
+                return Err(self
+                    .error(input_path, Target::Value, message)
+                    .maybe_help(did_you_mean(node, readable.iter().copied())));
+            }
+            let node = component_type
+                .build(&component.settings)
+                .map_err(|e| match e {
+                    BuildError::Invalid {
+                        path: inner,
+                        message,
+                    } => {
+                        let full = if inner == "." {
+                            path.clone()
+                        } else {
+                            format!("{path}.{inner}")
+                        };
+                        self.settings_error(&full, &message, common_keys(section))
+                    }
+                    BuildError::Rejected(error) => self.core_error(components, error),
+                })?;
+            let inputs = component.inputs.iter().map(|from| Input {
+                from: from.clone(),
+                partitioning: component.partitioning.clone(),
+            });
+            let mut added = graph
+                .node(&component.name, node, inputs.collect())
+                .parallelism(component.parallelism)
+                .component_type(&component.type_name);
+            if let Some(event_time) = &component.event_time {
+                added = added.event_time(event_time.clone());
+            }
+            let _ = added;
+        }
+        graph.build().map_err(|e| self.core_error(components, e))
+    }
+
+    fn unknown_type(&self, component: &Component, registry: &Registry) -> ConfigError {
+        let section = component.section;
+        let names: Vec<&str> = registry.types(section).iter().map(|t| t.name).collect();
+        let elsewhere = Section::ALL
+            .into_iter()
+            .find(|s| *s != section && registry.get(*s, &component.type_name).is_some());
+        let help = match elsewhere {
+            Some(other) => Some(format!(
+                "`{}` is a {} type; put it under `{}:`",
+                component.type_name,
+                other.singular(),
+                other.key()
+            )),
+            None => did_you_mean(&component.type_name, names.iter().copied()),
+        };
+        self.error(
+            format!("{}.type", component.path()),
+            Target::Value,
+            format!(
+                "unknown {} type `{}`; {} types: {}",
+                section.singular(),
+                component.type_name,
+                section.singular(),
+                names.join(", ")
+            ),
+        )
+        .maybe_help(help)
+    }
+
+    /// Points an error from building or checking the graph at the
+    /// component (and key) it is about.
+    fn core_error(&self, components: &[Component], error: flumen_core::Error) -> ConfigError {
+        use flumen_core::Error;
+        match error {
+            Error::Graph { node, key, message } => {
+                let base = components
+                    .iter()
+                    .find(|c| c.name == node)
+                    .map_or(node.clone(), Component::path);
+                match key {
+                    Some(key) => self.error(format!("{base}.{key}"), Target::Value, message),
+                    // About the component as a whole: name it.
+                    None => self.error(base, Target::Key, format!("`{node}` {message}")),
+                }
+            }
+            Error::Config { path, message } => self.error(path, Target::Value, message),
+            other => ConfigError::new(other.to_string()).in_file(self.file, ""),
+        }
+    }
+}
+
+/// The `did you mean` for serde's "unknown field `x`, expected one of `a`,
+/// `b`" (or "unknown variant"), also considering `extra` names.
+fn suggest_from_serde_message(message: &str, extra: &[&str]) -> Option<String> {
+    let word = first_quoted(message)?;
+    let expected = message.split_once("expected")?.1;
+    let candidates: Vec<&str> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .chain(extra.iter().copied())
+        .filter(|c| *c != "type")
+        .collect();
+    did_you_mean(word, candidates)
+}
+
+fn first_quoted(message: &str) -> Option<&str> {
+    message.split('`').nth(1)
+}

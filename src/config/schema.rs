@@ -1,0 +1,284 @@
+//! The JSON Schema of pipeline files, and the configuration reference
+//! rendered from it. Both come from the config structs' doc comments.
+
+use schemars::SchemaGenerator;
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use super::pipeline::PartitioningConfig;
+use super::registry::{Registry, Section};
+use flumen_core::event_time::EventTimeConfig;
+
+fn common_properties(section: Section, generator: &mut SchemaGenerator) -> Map<String, Value> {
+    let mut properties = Map::new();
+    if section != Section::Sources {
+        properties.insert(
+            "inputs".into(),
+            json!({
+                "description": "Names of the components this one reads (`name`, or `name.output` for a named output).",
+                "type": "array",
+                "items": { "type": "string" },
+                "minItems": 1
+            }),
+        );
+        let mut partitioning = generator.subschema_for::<PartitioningConfig>().to_value();
+        partitioning["description"] = "How the rows of each input are split between this component's instances. Default: forward when the parallelism matches, round_robin otherwise.".into();
+        properties.insert("partitioning".into(), partitioning);
+    }
+    properties.insert(
+        "parallelism".into(),
+        json!({
+            "description": "How many instances of the component run in parallel.",
+            "type": "integer",
+            "minimum": 1,
+            "default": 1
+        }),
+    );
+    if section == Section::Sources {
+        let mut event_time = generator.subschema_for::<EventTimeConfig>().to_value();
+        event_time["description"] =
+            "Where the events' time comes from, for watermarks and event-time windows.".into();
+        properties.insert("event_time".into(), event_time);
+    }
+    properties
+}
+
+/// The JSON Schema of a pipeline file with the types in `registry`.
+pub fn pipeline_schema(registry: &Registry) -> Value {
+    let mut generator = SchemaSettings::draft2020_12().into_generator();
+    let mut sections = Map::new();
+    for section in Section::ALL {
+        let mut variants = Vec::new();
+        for component_type in registry.types(section) {
+            let mut schema = component_type.schema(&mut generator).to_value();
+            let object = schema
+                .as_object_mut()
+                .expect("component configs are structs");
+            object.remove("$schema");
+            object.remove("title");
+            object.insert(
+                "description".into(),
+                Value::String(component_type.description.into()),
+            );
+            object.insert("additionalProperties".into(), Value::Bool(false));
+            let properties = object
+                .entry("properties")
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("properties is an object");
+            properties.insert("type".into(), json!({ "const": component_type.name }));
+            properties.extend(common_properties(section, &mut generator));
+            let required = object
+                .entry("required")
+                .or_insert_with(|| Value::Array(Vec::new()))
+                .as_array_mut()
+                .expect("required is an array");
+            required.push("type".into());
+            if section != Section::Sources {
+                required.push("inputs".into());
+            }
+            variants.push(schema);
+        }
+        sections.insert(
+            section.key().into(),
+            json!({
+                "description": format!("The pipeline's {}, by name.", section.key()),
+                "type": "object",
+                "additionalProperties": { "oneOf": variants }
+            }),
+        );
+    }
+    let definitions: Map<String, Value> = generator.take_definitions(true);
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Flumen pipeline",
+        "description": "A Flumen pipeline file: sources, transforms and sinks, by name.",
+        "type": "object",
+        "properties": sections,
+        "additionalProperties": false,
+        "$defs": definitions
+    })
+}
+
+/// The configuration reference in Markdown: every component type with its
+/// keys, types, defaults and descriptions.
+pub fn reference_markdown(registry: &Registry) -> String {
+    let schema = pipeline_schema(registry);
+    let definitions = schema["$defs"].as_object().cloned().unwrap_or_default();
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the configuration structs by `flumen config reference`; \
+         the JSON Schema (`flumen config schema`) carries the same text.\n\n\
+         Every component has a `type`. Transforms and sinks have `inputs`; any \
+         component may set `parallelism`; transforms and sinks may set `partitioning`; \
+         sources may set `event_time`. See [pipeline files](pipeline-files.md).\n",
+    );
+    for section in Section::ALL {
+        out.push_str(&format!("\n## {}\n", capitalize(section.key())));
+        for variant in schema["properties"][section.key()]["additionalProperties"]["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = variant["properties"]["type"]["const"]
+                .as_str()
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "\n### `{name}` {}\n\n{}\n\n| key | type | default | description |\n| --- | --- | --- | --- |\n",
+                section.singular(),
+                variant["description"].as_str().unwrap_or_default()
+            ));
+            let required: Vec<&str> = variant["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let properties = variant["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let mut keys: Vec<&String> = properties.keys().filter(|k| *k != "type").collect();
+            // Required keys first, the keys every component has last;
+            // otherwise the order the config struct declares them in.
+            keys.sort_by_key(|k| (!required.contains(&k.as_str()), common_rank(k)));
+            for key in keys {
+                let required = required.contains(&key.as_str());
+                push_rows(&mut out, key, &properties[key], required, &definitions);
+            }
+        }
+    }
+    out
+}
+
+/// One table row for a key, and rows for the keys of a nested settings
+/// object (`csv.header`, `event_time.column`).
+fn push_rows(
+    out: &mut String,
+    key: &str,
+    property: &Value,
+    required: bool,
+    definitions: &Map<String, Value>,
+) {
+    let resolved = resolve(property, definitions);
+    let default = match property.get("default").or(resolved.get("default")) {
+        _ if required => "required".to_string(),
+        Some(Value::Null) | None => String::new(),
+        Some(value) => format!("`{value}`"),
+    };
+    let description = property
+        .get("description")
+        .or(resolved.get("description"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .replace('\n', " ");
+    out.push_str(&format!(
+        "| `{key}` | {} | {default} | {description} |\n",
+        type_name(property, definitions)
+    ));
+    if let Some(nested) = resolved.get("properties").and_then(Value::as_object) {
+        let nested_required: Vec<&str> = resolved["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for (name, schema) in nested {
+            push_rows(
+                out,
+                &format!("{key}.{name}"),
+                schema,
+                nested_required.contains(&name.as_str()),
+                definitions,
+            );
+        }
+    }
+}
+
+fn common_rank(key: &str) -> u8 {
+    match key {
+        "inputs" => 0,
+        "parallelism" | "partitioning" | "event_time" => 2,
+        _ => 1,
+    }
+}
+
+fn capitalize(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map_or(String::new(), |c| {
+        c.to_uppercase().collect::<String>() + chars.as_str()
+    })
+}
+
+/// Follows a `$ref` (possibly inside `allOf`/`anyOf` for nullable values).
+fn resolve(schema: &Value, definitions: &Map<String, Value>) -> Value {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        return definitions.get(name).cloned().unwrap_or(Value::Null);
+    }
+    for combinator in ["allOf", "anyOf", "oneOf"] {
+        if let Some(first) = schema
+            .get(combinator)
+            .and_then(Value::as_array)
+            .and_then(|items| items.iter().find(|i| i.get("type") != Some(&json!("null"))))
+        {
+            return resolve(first, definitions);
+        }
+    }
+    schema.clone()
+}
+
+/// A short, human type name for a property schema.
+fn type_name(schema: &Value, definitions: &Map<String, Value>) -> String {
+    let resolved = resolve(schema, definitions);
+    if let Some(values) = resolved.get("enum").and_then(Value::as_array) {
+        return values
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join(" \\| ");
+    }
+    if let Some(variants) = resolved.get("oneOf").and_then(Value::as_array) {
+        let names: Vec<String> = variants
+            .iter()
+            .map(|v| {
+                v.get("const")
+                    .or_else(|| v.get("enum").and_then(|e| e.get(0)))
+                    .and_then(Value::as_str)
+                    .map(|c| format!("`{c}`"))
+                    .or_else(|| {
+                        v.get("required")
+                            .and_then(|r| r.get(0))
+                            .and_then(Value::as_str)
+                            .map(|k| format!("`{{{k}: ...}}`"))
+                    })
+                    .unwrap_or_else(|| "...".into())
+            })
+            .collect();
+        return names.join(" \\| ");
+    }
+    let types: Vec<&str> = match resolved.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect(),
+        _ => vec![],
+    };
+    match types.first().copied() {
+        Some("array") => format!("list of {}", type_name(&resolved["items"], definitions)),
+        Some("object")
+            if resolved
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
+            "map".into()
+        }
+        Some("object") => "object".into(),
+        Some("integer") => "integer".into(),
+        Some(other) => other.into(),
+        None => "any".into(),
+    }
+}
