@@ -700,7 +700,7 @@ fn check_same_schemas(decl: &NodeDecl, schemas: &[SchemaRef]) -> Result<()> {
                 &decl.name,
                 "inputs",
                 format!(
-                    "inputs `{}` and `{}` have different schemas, so they cannot be merged:\n  {}: {}\n  {}: {}",
+                    "`{}` and `{}` have different schemas, so they cannot be merged:\n  {}: {}\n  {}: {}",
                     decl.inputs[0].from,
                     input.from,
                     decl.inputs[0].from,

@@ -490,7 +490,7 @@ fn graph_errors_name_the_node_and_the_problem() {
     });
     assert_eq!(
         dangling,
-        "invalid pipeline: `out`: input `bidz` is not defined; defined: bids, persons"
+        "invalid pipeline: `out`: inputs[0]: input `bidz` is not defined; defined: bids, persons"
     );
 
     let cycle = graph_error(|g| {
@@ -519,7 +519,7 @@ fn graph_errors_name_the_node_and_the_problem() {
     });
     assert_eq!(
         unknown_key,
-        "invalid pipeline: `count`: hash key `auction` is not a column of `bids`; columns: key, ts"
+        "invalid pipeline: `count`: partitioning: hash key `auction` is not a column of `bids`; columns: key, ts"
     );
 
     let other_schema = Arc::new(Schema::new(vec![Field::new("key", DataType::Utf8, false)]));
@@ -529,7 +529,7 @@ fn graph_errors_name_the_node_and_the_problem() {
         g.sink("out", CollectSink::new().0, ["a", "b"]);
     });
     assert!(
-        mismatch.starts_with("invalid pipeline: `out`: inputs `a` and `b` have different schemas"),
+        mismatch.starts_with("invalid pipeline: `out`: inputs: `a` and `b` have different schemas"),
         "{mismatch}"
     );
     assert!(mismatch.contains("b: key: Utf8"), "{mismatch}");

@@ -286,7 +286,7 @@ async fn union_merges_inputs_with_one_schema() {
     let err = graph.build().unwrap_err().to_string();
     assert!(
         err.starts_with(
-            "invalid pipeline: `all`: inputs `web` and `legacy` have different schemas"
+            "invalid pipeline: `all`: inputs: `web` and `legacy` have different schemas"
         ),
         "{err}"
     );

@@ -140,6 +140,6 @@ fn stdout_runs_as_one_instance() {
     let err = graph.build().unwrap_err().to_string();
     assert_eq!(
         err,
-        "invalid pipeline: `out`: parallelism 2 is more than this component supports (1)"
+        "invalid pipeline: `out`: parallelism: 2 is more than this component supports (1)"
     );
 }

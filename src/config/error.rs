@@ -109,12 +109,7 @@ impl fmt::Display for ConfigError {
             let number = position.line.to_string();
             let pad = " ".repeat(number.len());
             let column = (position.column as usize).saturating_sub(1);
-            let token = line
-                .chars()
-                .skip(column)
-                .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ']')
-                .count()
-                .max(1);
+            let token = underline_width(&line.chars().skip(column).collect::<String>());
             write!(
                 f,
                 "\n {pad} |\n {number} | {line}\n {pad} | {}{}",
@@ -127,6 +122,23 @@ impl fmt::Display for ConfigError {
         }
         Ok(())
     }
+}
+
+/// How much of the text from an error's column to underline: a flow item
+/// (up to `,`, `]` or `}`), a key (up to its `:`), or a value (up to a
+/// comment or the end of the line).
+fn underline_width(rest: &str) -> usize {
+    let mut end = rest
+        .find([',', ']', '}'])
+        .unwrap_or(rest.len())
+        .min(rest.find(" #").unwrap_or(rest.len()));
+    if let Some(colon) = rest[..end]
+        .find(':')
+        .filter(|c| rest[*c + 1..].starts_with([' ', '\n']) || *c + 1 == rest.len())
+    {
+        end = colon;
+    }
+    rest[..end].trim_end().chars().count().max(1)
 }
 
 /// The candidate closest to `word`, if it is close enough to be a typo.
@@ -161,6 +173,14 @@ mod tests {
             err.to_string(),
             "unknown source type `kafak`\n  --> pipeline.yaml:3:11 (at `sources.bids.type`)\n   |\n 3 |     type: kafak\n   |           ^^^^^\n  = help: did you mean `kafka`?"
         );
+    }
+
+    #[test]
+    fn underlines_the_offending_item_key_or_value() {
+        assert_eq!(underline_width("bidz, persons]"), 4);
+        assert_eq!(underline_width("price + 1  # cents"), 9);
+        assert_eq!(underline_width("out:"), 3);
+        assert_eq!(underline_width("2026-01-01T00:00:00Z"), 20);
     }
 
     #[test]

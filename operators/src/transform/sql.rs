@@ -1,6 +1,7 @@
 //! Filter and projection written as SQL expressions, planned once with
 //! DataFusion and evaluated per batch as physical expressions.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -13,6 +14,7 @@ use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::prelude::SessionContext;
 use flumen_core::prelude::*;
 
@@ -85,30 +87,53 @@ impl SqlTransform {
         let Some(select) = &self.select else {
             return Ok(Plan {
                 filter,
+                columns: None,
                 projection: None,
                 schema: input.clone(),
             });
         };
+        // Parse every item against the whole input first, so that errors
+        // name the item as written.
+        let mut items = Vec::with_capacity(select.len());
+        for (i, sql) in select.iter().enumerate() {
+            items.push(match sql.trim() {
+                "*" => None,
+                _ => Some(parse(&ctx, sql, &df_schema, &format!("select[{i}]"))?),
+            });
+        }
+        // With a filter, only the columns the projection reads need
+        // filtering: narrowing the batch first saves copying the others.
+        let used: BTreeSet<usize> = match items.iter().any(Option::is_none) {
+            true => (0..input.fields().len()).collect(),
+            false => items
+                .iter()
+                .flatten()
+                .flat_map(|expr| expr.column_refs())
+                .filter_map(|column| input.index_of(&column.name).ok())
+                .collect(),
+        };
+        let columns = (filter.is_some() && used.len() < input.fields().len())
+            .then(|| used.into_iter().collect::<Vec<_>>());
+        let projected_input = match &columns {
+            Some(columns) => Arc::new(input.project(columns)?),
+            None => input.clone(),
+        };
+        let projected_df = DFSchema::try_from(projected_input.as_ref().clone())?;
+
         let mut fields = Vec::new();
         let mut exprs = Vec::new();
-        for (i, sql) in select.iter().enumerate() {
-            if sql.trim() == "*" {
-                for (index, field) in input.fields().iter().enumerate() {
+        for item in items {
+            let Some(expr) = item else {
+                for (index, field) in projected_input.fields().iter().enumerate() {
                     fields.push(field.as_ref().clone());
-                    exprs.push(
-                        Arc::new(datafusion::physical_expr::expressions::Column::new(
-                            field.name(),
-                            index,
-                        )) as Arc<dyn PhysicalExpr>,
-                    );
+                    exprs.push(Arc::new(Column::new(field.name(), index)) as Arc<dyn PhysicalExpr>);
                 }
                 continue;
-            }
-            let expr = parse(&ctx, sql, &df_schema, &format!("select[{i}]"))?;
+            };
             let name = output_name(&expr);
-            let physical = physical(&ctx, expr, &df_schema)?;
-            let data_type = physical.data_type(input)?;
-            let nullable = physical.nullable(input)?;
+            let physical = physical(&ctx, expr, &projected_df)?;
+            let data_type = physical.data_type(&projected_input)?;
+            let nullable = physical.nullable(&projected_input)?;
             fields.push(Field::new(name, data_type, nullable));
             exprs.push(physical);
         }
@@ -123,6 +148,7 @@ impl SqlTransform {
         }
         Ok(Plan {
             filter,
+            columns,
             projection: Some(exprs),
             schema,
         })
@@ -177,6 +203,9 @@ fn first_duplicate(schema: &Schema) -> Option<&str> {
 
 struct Plan {
     filter: Option<Arc<dyn PhysicalExpr>>,
+    /// The input columns the projection reads, when filtering only those
+    /// is cheaper than filtering all.
+    columns: Option<Vec<usize>>,
     projection: Option<Vec<Arc<dyn PhysicalExpr>>>,
     schema: SchemaRef,
 }
@@ -202,6 +231,10 @@ impl Plan {
                         mask.data_type()
                     ))
                 })?;
+                let batch = match &self.columns {
+                    Some(columns) => batch.project(columns)?,
+                    None => batch,
+                };
                 if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {
                     batch
                 } else {
