@@ -19,5 +19,9 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "test services"
+. scripts/services.sh
+start_services
+
 step "tests"
 cargo test --workspace --all-features

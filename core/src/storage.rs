@@ -1,14 +1,63 @@
-//! Where files live: a local path or an object-store URL, resolved to an
-//! [`ObjectStore`] and a path inside it.
+//! Where files live: a local path or an object-store URL (`file://`,
+//! `s3://`), resolved to an [`ObjectStore`] and a path inside it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use url::Url;
 
 use crate::error::{Error, Result};
+
+/// How to reach an object store. Settings left unset come from the standard
+/// environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...),
+/// as the AWS tools read them. Local paths need none of this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageOptions {
+    /// S3 endpoint, for S3-compatible servers (MinIO, moto, R2), e.g.
+    /// `http://127.0.0.1:9000`. Default: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+
+    /// S3 region. Default: `AWS_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+
+    /// S3 access key id. Write `${AWS_ACCESS_KEY_ID}` (or leave unset) to
+    /// keep it out of the file.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+
+    /// S3 secret access key; see `access_key_id`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+
+    /// S3 session token, for temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<String>,
+
+    /// Allow `http://` endpoints. Default: when the endpoint is `http://`.
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+
+    /// Give up on one request after this long and retry it (e.g. `10s`).
+    /// Default: 30s.
+    #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<String>")]
+    pub request_timeout: Option<Duration>,
+
+    /// Any other object_store setting, by its name (e.g.
+    /// `virtual_hosted_style_request: "true"`).
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
 
 /// A location resolved to a store and a path inside it.
 #[derive(Debug, Clone)]
@@ -21,9 +70,11 @@ pub struct Location {
     pub display: String,
 }
 
-/// Resolves `location`: a local path (relative to the working directory)
-/// or a `file://` URL. `key` is the configuration path used in errors.
-pub fn resolve(location: &str, key: &str) -> Result<Location> {
+/// Resolves `location`: a local path (relative to the working directory),
+/// a `file://` URL, or an `s3://bucket/key` URL. `key` is the configuration
+/// path used in errors; options under `{key}` siblings are reported as
+/// `storage.*`.
+pub fn resolve(location: &str, options: &StorageOptions, key: &str) -> Result<Location> {
     let url = match Url::parse(location) {
         Ok(url) if url.scheme().len() > 1 => url,
         // No scheme (or a Windows drive letter): a local path.
@@ -35,21 +86,97 @@ pub fn resolve(location: &str, key: &str) -> Result<Location> {
                 .map_err(|()| Error::config(key, format!("`{location}` is not a usable path")))?
         }
     };
+    let located = |store: Arc<dyn ObjectStore>, path: Path| Location {
+        store,
+        path,
+        display: location.to_string(),
+    };
     match url.scheme() {
         "file" => {
             let path = Path::from_url_path(url.path())
                 .map_err(|e| Error::config(key, format!("`{location}`: {e}")))?;
-            Ok(Location {
-                store: Arc::new(LocalFileSystem::new()),
-                path,
-                display: location.to_string(),
-            })
+            Ok(located(Arc::new(LocalFileSystem::new()), path))
         }
-        other => Err(Error::config(
-            key,
-            format!(
-                "`{location}`: unsupported storage scheme `{other}://`; supported: local paths, file://"
+        #[cfg(feature = "s3")]
+        "s3" | "s3a" => {
+            let store = s3::build(&url, options)?;
+            let path = Path::from_url_path(url.path())
+                .map_err(|e| Error::config(key, format!("`{location}`: {e}")))?;
+            Ok(located(store, path))
+        }
+        other => {
+            let _ = options;
+            Err(Error::config(
+                key,
+                format!(
+                    "`{location}`: unsupported storage scheme `{other}://`; supported: {SUPPORTED}"
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+const SUPPORTED: &str = "local paths, file://, s3://";
+#[cfg(not(feature = "s3"))]
+const SUPPORTED: &str = "local paths, file:// (s3:// needs the `s3` feature)";
+
+#[cfg(feature = "s3")]
+mod s3 {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use object_store::ClientConfigKey;
+    use object_store::ObjectStore;
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use url::Url;
+
+    use super::StorageOptions;
+    use crate::error::{Error, Result};
+
+    pub(super) fn build(url: &Url, options: &StorageOptions) -> Result<Arc<dyn ObjectStore>> {
+        let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+        let settings = [
+            (AmazonS3ConfigKey::Endpoint, &options.endpoint),
+            (AmazonS3ConfigKey::Region, &options.region),
+            (AmazonS3ConfigKey::AccessKeyId, &options.access_key_id),
+            (
+                AmazonS3ConfigKey::SecretAccessKey,
+                &options.secret_access_key,
             ),
-        )),
+            (AmazonS3ConfigKey::Token, &options.session_token),
+        ];
+        for (key, value) in settings {
+            if let Some(value) = value {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let endpoint = options
+            .endpoint
+            .clone()
+            .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
+        let allow_http = options
+            .allow_http
+            .unwrap_or_else(|| endpoint.is_some_and(|e| e.starts_with("http://")));
+        builder = builder.with_allow_http(allow_http);
+        if let Some(timeout) = options.request_timeout {
+            builder = builder.with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}ms", timeout.as_millis()),
+            );
+        }
+        for (name, value) in &options.extra {
+            let key = AmazonS3ConfigKey::from_str(name).map_err(|_| {
+                Error::config(
+                    format!("storage.extra.{name}"),
+                    "is not an S3 setting object_store knows",
+                )
+            })?;
+            builder = builder.with_config(key, value);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::config("storage", format!("cannot reach `{url}`: {e}")))?;
+        Ok(Arc::new(store))
     }
 }

@@ -286,6 +286,25 @@ impl Sink for CollectSink {
     }
 }
 
+/// The S3-API test server started by `scripts/test.sh`, as storage options
+/// for the bucket `flumen-test`. Panics with directions when none runs.
+#[cfg(feature = "s3")]
+pub fn test_s3() -> crate::storage::StorageOptions {
+    let endpoint = std::env::var("FLUMEN_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "this test needs an S3-API server: run it through scripts/test.sh, which starts one, \
+             or set FLUMEN_TEST_S3_ENDPOINT to one with a bucket `flumen-test`"
+        )
+    });
+    crate::storage::StorageOptions {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("flumen".into()),
+        secret_access_key: Some("flumen".into()),
+        ..Default::default()
+    }
+}
+
 /// Runs one operator over `batches` (at parallelism 1) and returns what it
 /// emitted on its main output.
 pub async fn run_operator(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use flumen_core::prelude::*;
 use flumen_core::schema::SchemaSpec;
-use flumen_core::storage;
+use flumen_core::storage::{self, StorageOptions};
 use serde::{Deserialize, Serialize};
 
 use super::source::FileSource;
@@ -69,7 +69,7 @@ impl Default for CsvOptions {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
-    /// The file: a local path, or a `file://` URL.
+    /// The file: a local path, or a `file://` or `s3://bucket/key` URL.
     pub path: String,
 
     /// `json` (one object per line), `csv` or `parquet`. Default: from the
@@ -91,6 +91,11 @@ pub struct FileSourceConfig {
     /// CSV options (header, delimiter).
     #[serde(default)]
     pub csv: CsvOptions,
+
+    /// How to reach an object store, for `s3://` paths (endpoint, region,
+    /// credentials).
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 fn default_batch_size() -> usize {
@@ -106,7 +111,14 @@ impl FileSourceConfig {
             schema: None,
             batch_size: default_batch_size(),
             csv: CsvOptions::default(),
+            storage: StorageOptions::default(),
         }
+    }
+
+    /// Reads through an object store reached with these options.
+    pub fn with_storage(mut self, storage: StorageOptions) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Declares the columns to read.
@@ -118,7 +130,7 @@ impl FileSourceConfig {
     /// Checks the settings and resolves the schema (reading the start of a
     /// local file if none is declared).
     pub fn build(&self) -> Result<FileSource> {
-        let location = storage::resolve(&self.path, "path")?;
+        let location = storage::resolve(&self.path, &self.storage, "path")?;
         let format = match self.format {
             Some(format) => format,
             None => FileFormat::from_extension(&self.path).ok_or_else(|| {

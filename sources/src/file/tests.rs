@@ -163,6 +163,39 @@ async fn parquet_row_groups_are_shared_out() {
     );
 }
 
+#[cfg(feature = "s3")]
+#[tokio::test]
+async fn reads_split_json_lines_from_s3() {
+    use object_store::ObjectStoreExt;
+
+    let storage = flumen_core::testing::test_s3();
+    let url = "s3://flumen-test/file-source/events.jsonl";
+    let location = storage::resolve(url, &storage, "path").unwrap();
+    location
+        .store
+        .put(&location.path, json_lines(3_000).into())
+        .await
+        .unwrap();
+    let config = FileSourceConfig {
+        batch_size: 500,
+        ..FileSourceConfig::new(url)
+            .with_schema([("id", "int64"), ("name", "string"), ("ts", "timestamp")])
+            .with_storage(storage)
+    };
+    for parallelism in [1, 3] {
+        assert_eq!(
+            read(config.clone(), parallelism).await.unwrap(),
+            (0..3_000).collect::<Vec<_>>()
+        );
+    }
+    // A remote file's schema cannot be read when the pipeline is built.
+    let err = FileSourceConfig::new(url).build().unwrap_err().to_string();
+    assert!(
+        err.contains("is not a local file, so its schema must be declared"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn a_malformed_line_is_reported_with_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,7 +235,7 @@ async fn split_all(content: &[u8], splits: u64, chunk: u64) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lines");
     std::fs::write(&path, content).unwrap();
-    let location = storage::resolve(path.to_str().unwrap(), "path").unwrap();
+    let location = storage::resolve(path.to_str().unwrap(), &Default::default(), "path").unwrap();
     let size = content.len() as u64;
     let mut all = Vec::new();
     for i in 0..splits {

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The servers Flumen's tests talk to, run on loopback. Source this file,
+# then `start_services`; `stop_services` (or the EXIT trap it sets) stops
+# them. What a server needs is installed once into ~/.cache/flumen.
+#
+#   S3 API:  moto server (PyPI, in a virtualenv); bucket `flumen-test`
+#            -> FLUMEN_TEST_S3_ENDPOINT
+
+FLUMEN_CACHE="${FLUMEN_CACHE:-$HOME/.cache/flumen}"
+SERVICES_DIR="$(mktemp -d -t flumen-services.XXXXXX)"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for NAME LOG COMMAND...: retries COMMAND for up to 60 s.
+wait_for() {
+  local name=$1 log=$2
+  shift 2
+  for _ in $(seq 1 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  echo "$name did not start; its log:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+start_s3() {
+  local venv="$FLUMEN_CACHE/venv"
+  if ! "$venv/bin/moto_server" --help >/dev/null 2>&1; then
+    echo "installing moto (an S3-API server for tests) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]"
+  fi
+  local port log="$SERVICES_DIR/moto.log"
+  port=$(free_port)
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  echo $! >>"$SERVICES_DIR/pids"
+  export FLUMEN_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  wait_for "moto" "$log" curl -fsS "$FLUMEN_TEST_S3_ENDPOINT/"
+  curl -fsS -X PUT "$FLUMEN_TEST_S3_ENDPOINT/flumen-test" >/dev/null
+  echo "S3 API (moto) at $FLUMEN_TEST_S3_ENDPOINT, bucket flumen-test"
+}
+
+start_services() {
+  trap stop_services EXIT
+  start_s3
+}
+
+stop_services() {
+  if [ -f "$SERVICES_DIR/pids" ]; then
+    xargs kill <"$SERVICES_DIR/pids" 2>/dev/null || true
+  fi
+  rm -rf "$SERVICES_DIR"
+}
