@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flumen_core::graph::{NodeKind, Pipeline};
 use flumen_core::runtime::NodeStats;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::task::JoinHandle;
 
 /// Whether to show progress.
@@ -57,18 +57,23 @@ pub fn start(pipeline: &Pipeline, mode: ProgressMode) -> Progress {
     let read = move || sources.iter().map(|s| s.rows_out()).sum::<u64>();
 
     if std::io::stderr().is_terminal() {
-        let bar = match total {
-            Some(total) => ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{bar:40} {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
-                )
-                .expect("valid template"),
-            ),
-            None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{spinner} {human_pos} events  {per_sec}")
-                    .expect("valid template"),
-            ),
+        let template = match total {
+            Some(_) => "{bar:40} {human_pos}/{human_len} events  {rate}  ETA {eta}",
+            None => "{spinner} {human_pos} events  {rate}",
         };
+        let style = ProgressStyle::with_template(template)
+            .expect("valid template")
+            .with_key(
+                "rate",
+                |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:.0} events/s", state.per_sec());
+                },
+            );
+        let bar = match total {
+            Some(total) => ProgressBar::new(total),
+            None => ProgressBar::new_spinner(),
+        }
+        .with_style(style);
         bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(5));
         let updated = bar.clone();
         let task = tokio::spawn(async move {
