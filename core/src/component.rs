@@ -176,6 +176,47 @@ pub trait Operator: Send + 'static {
     async fn on_end(&mut self, _ctx: &mut Context, _out: &mut Collector) -> Result<()> {
         Ok(())
     }
+
+    /// The watermark to forward downstream once `input` has been handled.
+    /// An operator that emits results for a time only after the watermark
+    /// has passed it by some lateness holds its output watermark back by as
+    /// much, so that its output is never late downstream.
+    fn output_watermark(&self, input: EventTime) -> EventTime {
+        input
+    }
+
+    /// When the operator next wants [`Operator::on_timer`] called, in wall
+    /// clock milliseconds since the epoch (processing-time windows).
+    fn next_timer(&self) -> Option<EventTime> {
+        None
+    }
+
+    /// Called once the wall clock has reached [`Operator::next_timer`], with
+    /// the current wall-clock time.
+    async fn on_timer(
+        &mut self,
+        _now: EventTime,
+        _ctx: &mut Context,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// How much state the operator holds now (buffered rows, keys, window
+    /// partials). Reported as metrics; zero once the operator has emitted
+    /// everything it can.
+    fn state_size(&self) -> StateSize {
+        StateSize::default()
+    }
+}
+
+/// The state an operator instance retains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSize {
+    /// Rows (or keys, or groups) retained.
+    pub rows: u64,
+    /// Approximate memory they take, in bytes.
+    pub bytes: u64,
 }
 
 /// Declares an operator in a graph: checks its inputs, declares its output
@@ -194,6 +235,14 @@ pub trait OperatorFactory: Send + Sync + 'static {
 
     /// Checks the input schemas and returns the schema of the main output.
     fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef>;
+
+    /// The partitioning input `input` needs when the operator runs as
+    /// several instances: typically hashing on the keys it groups or joins
+    /// by, so that all rows of a key meet in one instance. The graph uses it
+    /// when the pipeline gives none, and rejects one that would split a key.
+    fn input_partitioning(&self, _input: usize) -> Option<Vec<String>> {
+        None
+    }
 
     /// Extra named outputs (usable as `node.name` in inputs), with their
     /// schemas. The main output is port 0; these are ports 1.. in order.

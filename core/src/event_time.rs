@@ -1,11 +1,12 @@
 //! Event time: which column holds it, and how sources turn it into
 //! watermarks.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, Int64Array};
 use arrow::compute::kernels::aggregate::max;
-use arrow::datatypes::{DataType, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
@@ -87,6 +88,23 @@ impl EventTimeConfig {
         }
         Ok(index)
     }
+}
+
+/// Schema metadata naming a stream's event-time column. Sources with an
+/// event time set it; operators that keep the column keep it, and windows
+/// name `window_end`. Operators with a time setting default to it.
+pub const EVENT_TIME_KEY: &str = "flumen.event_time";
+
+/// The event-time column a schema names, if any.
+pub fn event_time_column(schema: &Schema) -> Option<&str> {
+    schema.metadata().get(EVENT_TIME_KEY).map(String::as_str)
+}
+
+/// `schema`, naming `column` as its event-time column.
+pub fn with_event_time(schema: &Schema, column: &str) -> SchemaRef {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(EVENT_TIME_KEY.to_string(), column.to_string());
+    Arc::new(schema.clone().with_metadata(metadata))
 }
 
 /// Whether a column of this type can hold event time.

@@ -35,7 +35,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::component::{OperatorFactory, SinkFactory, SourceFactory};
 use crate::error::{Error, Result};
-use crate::event_time::EventTimeConfig;
+use crate::event_time::{EventTimeConfig, with_event_time};
 use crate::partition::Partitioning;
 use crate::runtime::{NodeStats, Signals};
 
@@ -526,8 +526,19 @@ impl Planner {
                     })?,
             };
             let schema = from.outputs[port].schema.clone();
-            let partitioning =
-                resolve_partitioning(input, from.parallelism, decl.parallelism).map_err(in_node)?;
+            let required = match &decl.kind {
+                NodeKind::Operator(factory) if decl.parallelism > 1 => {
+                    factory.input_partitioning(i)
+                }
+                _ => None,
+            };
+            let partitioning = resolve_partitioning(
+                input,
+                from.parallelism,
+                decl.parallelism,
+                required.as_deref(),
+            )
+            .map_err(in_node)?;
             let key_columns = match &partitioning {
                 Partitioning::Hash(keys) => {
                     key_indices(&input.from, keys, &schema).map_err(in_node)?
@@ -547,13 +558,14 @@ impl Planner {
         let outputs = match &decl.kind {
             NodeKind::Source(factory) => {
                 check_max_parallelism(decl, factory.max_parallelism())?;
-                let schema = factory.schema();
+                let mut schema = factory.schema();
                 if let Some(config) = decl
                     .event_time
                     .clone()
                     .or_else(|| factory.default_event_time())
                 {
                     let column = config.column_index(&schema).map_err(in_node)?;
+                    schema = with_event_time(&schema, &config.column);
                     event_time = Some((config, column));
                 }
                 vec![OutputPort { name: None, schema }]
@@ -645,11 +657,34 @@ fn check_max_parallelism(decl: &NodeDecl, max: Option<usize>) -> Result<()> {
     }
 }
 
+/// The partitioning of an edge: as given, else the one the reader needs
+/// (`required` keys), else forward or round-robin.
 fn resolve_partitioning(
     input: &Input,
     from_parallelism: usize,
     parallelism: usize,
+    required: Option<&[String]>,
 ) -> Result<Partitioning> {
+    if let Some(required) = required {
+        // Hashing on some of the required keys keeps each full key in one
+        // instance too; anything else would split a key.
+        return match &input.partitioning {
+            None => Ok(Partitioning::Hash(required.to_vec())),
+            Some(Partitioning::Hash(keys))
+                if !keys.is_empty() && keys.iter().all(|k| required.contains(k)) =>
+            {
+                Ok(Partitioning::Hash(keys.clone()))
+            }
+            Some(other) => Err(Error::config(
+                "partitioning",
+                format!(
+                    "`{other}` would split the rows of one key between instances; \
+                     this component needs `{{ hash: [{}] }}` (or a subset of those columns)",
+                    required.join(", ")
+                ),
+            )),
+        };
+    }
     match &input.partitioning {
         None if from_parallelism == parallelism => Ok(Partitioning::Forward),
         None => Ok(Partitioning::RoundRobin),

@@ -32,7 +32,7 @@ pub mod prelude {
 
     pub use crate::component::{
         Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,
-        SourceFactory, SourceStep,
+        SourceFactory, SourceStep, StateSize,
     };
     pub use crate::error::{Error, Result};
     pub use crate::event_time::EventTimeConfig;

@@ -3,12 +3,14 @@
 //! call is a no-op.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::record_batch::RecordBatch;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use super::stats::NodeStats;
+use crate::component::StateSize;
 use crate::message::{EventTime, Watermark};
 
 /// Events (rows) in and out, by `component` and `direction`.
@@ -33,6 +35,15 @@ pub const WATERMARK_DELAY_SECONDS: &str = "flumen_watermark_delay_seconds";
 /// `instance` (a bounded source's remainder; a broker's consumer lag).
 pub const SOURCE_LAG_EVENTS: &str = "flumen_source_lag_events";
 
+/// Rows on a named output (`late`, a route), by `component` and `output`.
+pub const SIDE_OUTPUT_EVENTS_TOTAL: &str = "flumen_component_side_output_events_total";
+/// Rows, keys or groups an operator instance retains, by `component` and
+/// `instance`.
+pub const STATE_ROWS: &str = "flumen_operator_state_rows";
+/// Approximate bytes an operator instance retains, by `component` and
+/// `instance`.
+pub const STATE_BYTES: &str = "flumen_operator_state_bytes";
+
 /// The metric handles of one node instance, and its share of the node's
 /// live counters.
 pub(crate) struct NodeMetrics {
@@ -46,6 +57,12 @@ pub(crate) struct NodeMetrics {
     queued: Gauge,
     watermark_delay: Gauge,
     source_lag: Gauge,
+    side_outputs: Vec<Counter>,
+    state_rows: Gauge,
+    state_bytes: Gauge,
+    /// The state size last reported (rows, bytes), so that the node's total
+    /// stays a sum over its instances.
+    last_state: (AtomicU64, AtomicU64),
 }
 
 /// What kind of node the metrics describe: each registers only the
@@ -57,14 +74,27 @@ pub(crate) enum MetricsKind {
     Sink,
 }
 
+/// Where a node instance sits, for its metric labels.
+pub(crate) struct MetricsLabels<'a> {
+    pub(crate) kind: MetricsKind,
+    pub(crate) component: &'a str,
+    pub(crate) instance: usize,
+    /// Names of the named outputs, in port order.
+    pub(crate) side_outputs: &'a [String],
+}
+
 impl NodeMetrics {
     pub(crate) fn new(
-        kind: MetricsKind,
-        component: &str,
-        instance: usize,
+        labels: MetricsLabels<'_>,
         channel_capacity: usize,
         stats: Arc<NodeStats>,
     ) -> Self {
+        let MetricsLabels {
+            kind,
+            component,
+            instance,
+            side_outputs,
+        } = labels;
         let component = component.to_string();
         let instance = instance.to_string();
         // Registered now so that they show as 0 rather than not at all.
@@ -77,33 +107,30 @@ impl NodeMetrics {
         if reads {
             gauge!(CHANNEL_CAPACITY, "component" => component.clone()).set(channel_capacity as f64);
         }
+        let operator = kind == MetricsKind::Operator;
         NodeMetrics {
             stats,
-            events_in: if reads {
-                labelled(EVENTS_TOTAL, "in")
-            } else {
-                Counter::noop()
-            },
+            events_in: if reads { labelled(EVENTS_TOTAL, "in") } else { Counter::noop() },
             events_out: labelled(EVENTS_TOTAL, "out"),
-            bytes_in: if reads {
-                labelled(BYTES_TOTAL, "in")
-            } else {
-                Counter::noop()
-            },
+            bytes_in: if reads { labelled(BYTES_TOTAL, "in") } else { Counter::noop() },
             bytes_out: labelled(BYTES_TOTAL, "out"),
             errors,
             batch_seconds: histogram!(BATCH_SECONDS, "component" => component.clone()),
-            queued: if reads {
-                per_instance(QUEUED_BATCHES)
-            } else {
-                Gauge::noop()
-            },
+            queued: if reads { per_instance(QUEUED_BATCHES) } else { Gauge::noop() },
             watermark_delay: per_instance(WATERMARK_DELAY_SECONDS),
-            source_lag: if reads {
-                Gauge::noop()
-            } else {
-                per_instance(SOURCE_LAG_EVENTS)
-            },
+            source_lag: if reads { Gauge::noop() } else { per_instance(SOURCE_LAG_EVENTS) },
+            side_outputs: side_outputs
+                .iter()
+                .map(|output| {
+                    let counter =
+                        counter!(SIDE_OUTPUT_EVENTS_TOTAL, "component" => component.clone(), "output" => output.clone());
+                    counter.absolute(0);
+                    counter
+                })
+                .collect(),
+            state_rows: if operator { per_instance(STATE_ROWS) } else { Gauge::noop() },
+            state_bytes: if operator { per_instance(STATE_BYTES) } else { Gauge::noop() },
+            last_state: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
 
@@ -126,6 +153,26 @@ impl NodeMetrics {
         self.stats.add_out(rows, bytes);
         self.events_out.increment(rows);
         self.bytes_out.increment(bytes);
+    }
+
+    /// Counts rows emitted on named output `port` (1 is the first named one).
+    pub(crate) fn record_side_output(&self, port: usize, batch: &RecordBatch) {
+        if let Some(counter) = self.side_outputs.get(port - 1) {
+            counter.increment(batch.num_rows() as u64);
+        }
+    }
+
+    pub(crate) fn record_state(&self, size: StateSize) {
+        let rows = self.last_state.0.swap(size.rows, Ordering::Relaxed);
+        let bytes = self.last_state.1.swap(size.bytes, Ordering::Relaxed);
+        if (rows, bytes) != (size.rows, size.bytes) {
+            self.stats.add_state(
+                size.rows as i64 - rows as i64,
+                size.bytes as i64 - bytes as i64,
+            );
+            self.state_rows.set(size.rows as f64);
+            self.state_bytes.set(size.bytes as f64);
+        }
     }
 
     pub(crate) fn record_finished(&self) {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
-use self::metrics::{MetricsKind, NodeMetrics};
+use self::metrics::{MetricsKind, MetricsLabels, NodeMetrics};
 pub use self::stats::NodeStats;
 use self::tasks::TaskEnv;
 use crate::component::InstanceInfo;
@@ -100,6 +100,9 @@ pub struct NodeReport {
     pub rows_in: u64,
     /// Rows emitted.
     pub rows_out: u64,
+    /// Rows (keys, groups) the node retained at the end: zero for an
+    /// operator that emitted everything it held.
+    pub state_rows: u64,
 }
 
 impl RunReport {
@@ -194,6 +197,7 @@ impl Pipeline {
                     kind: node.kind.label(),
                     rows_in: stats.rows_in(),
                     rows_out: stats.rows_out(),
+                    state_rows: stats.state_rows(),
                 })
                 .collect(),
         })
@@ -274,13 +278,19 @@ impl Pipeline {
                     NodeKind::Operator(_) => MetricsKind::Operator,
                     NodeKind::Sink(_) => MetricsKind::Sink,
                 };
-                let metrics = NodeMetrics::new(
+                let side_outputs: Vec<String> = node
+                    .outputs
+                    .iter()
+                    .skip(1)
+                    .filter_map(|p| p.name.clone())
+                    .collect();
+                let labels = MetricsLabels {
                     kind,
-                    &node.name,
-                    index,
-                    channel_capacity,
-                    self.stats[n].clone(),
-                );
+                    component: &node.name,
+                    instance: index,
+                    side_outputs: &side_outputs,
+                };
+                let metrics = NodeMetrics::new(labels, channel_capacity, self.stats[n].clone());
                 let errors = metrics.error_counter();
                 let env = TaskEnv {
                     node: name.clone(),

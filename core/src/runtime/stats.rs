@@ -1,7 +1,7 @@
 //! Live counters per node, readable while the pipeline runs (progress bars,
 //! the end-of-run summary).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Counters of one node, summed over its instances.
 #[derive(Debug, Default)]
@@ -11,6 +11,8 @@ pub struct NodeStats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     instances_finished: AtomicU64,
+    state_rows: AtomicI64,
+    state_bytes: AtomicI64,
 }
 
 impl NodeStats {
@@ -34,6 +36,16 @@ impl NodeStats {
         self.bytes_out.load(Ordering::Relaxed)
     }
 
+    /// Rows (keys, groups) the node's instances retain now.
+    pub fn state_rows(&self) -> u64 {
+        self.state_rows.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Approximate bytes the node's instances retain now.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
     /// How many of the node's instances have finished.
     pub fn instances_finished(&self) -> u64 {
         self.instances_finished.load(Ordering::Relaxed)
@@ -47,6 +59,11 @@ impl NodeStats {
     pub(crate) fn add_out(&self, rows: u64, bytes: u64) {
         self.rows_out.fetch_add(rows, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_state(&self, rows: i64, bytes: i64) {
+        self.state_rows.fetch_add(rows, Ordering::Relaxed);
+        self.state_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn add_finished(&self) {

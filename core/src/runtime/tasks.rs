@@ -1,7 +1,7 @@
 //! The loop each node instance runs as a tokio task.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Signals;
 use super::channels::{Inputs, Outputs, Received};
@@ -9,7 +9,7 @@ use super::metrics::NodeMetrics;
 use crate::component::{Collector, Context, InstanceInfo, Operator, Sink, Source, SourceStep};
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
-use crate::message::{Message, Watermark};
+use crate::message::{EventTime, Message, Watermark};
 
 /// What every task knows about itself.
 pub(crate) struct TaskEnv {
@@ -97,7 +97,23 @@ pub(crate) async fn run_operator(
     let mut ctx = env.context();
     let mut out = Collector::default();
     loop {
-        match env.receive(&mut inputs).await? {
+        let received = match operator.next_timer() {
+            None => env.receive(&mut inputs).await?,
+            Some(at) => {
+                let wait =
+                    Duration::from_millis(at.saturating_sub(wall_clock_millis()).max(0) as u64);
+                tokio::select! {
+                    received = env.receive(&mut inputs) => received?,
+                    _ = tokio::time::sleep(wait) => {
+                        operator.on_timer(wall_clock_millis(), &mut ctx, &mut out).await?;
+                        flush(&env, &mut out, &mut outputs).await?;
+                        env.metrics.record_state(operator.state_size());
+                        continue;
+                    }
+                }
+            }
+        };
+        match received {
             Received::Batch { input, batch } => {
                 env.metrics.record_in(&batch);
                 let started = Instant::now();
@@ -109,27 +125,47 @@ pub(crate) async fn run_operator(
             }
             Received::Watermark(watermark) => {
                 env.metrics.record_watermark(watermark);
-                if let Watermark::EventTime(time) = watermark {
-                    ctx.watermark = Some(time);
-                    operator.on_watermark(time, &mut ctx, &mut out).await?;
-                    flush(&env, &mut out, &mut outputs).await?;
-                }
-                outputs.send_to_all(Message::Watermark(watermark)).await?;
+                let forwarded = match watermark {
+                    Watermark::EventTime(time) => {
+                        ctx.watermark = Some(time);
+                        operator.on_watermark(time, &mut ctx, &mut out).await?;
+                        flush(&env, &mut out, &mut outputs).await?;
+                        // The end of all time stays the end of all time.
+                        match time {
+                            EventTime::MAX => Watermark::MAX,
+                            time => Watermark::EventTime(operator.output_watermark(time)),
+                        }
+                    }
+                    Watermark::Idle => Watermark::Idle,
+                };
+                outputs.send_to_all(Message::Watermark(forwarded)).await?;
             }
             Received::End => {
                 operator.on_end(&mut ctx, &mut out).await?;
                 flush(&env, &mut out, &mut outputs).await?;
+                env.metrics.record_state(operator.state_size());
                 outputs.send_to_all(Message::End).await?;
                 env.metrics.record_finished();
                 return Ok(());
             }
         }
+        env.metrics.record_state(operator.state_size());
     }
+}
+
+/// Wall-clock time in milliseconds since the epoch.
+pub(crate) fn wall_clock_millis() -> EventTime {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as EventTime)
 }
 
 async fn flush(env: &TaskEnv, out: &mut Collector, outputs: &mut Outputs) -> Result<()> {
     for (port, batch) in out.drain() {
-        env.metrics.record_out(&batch);
+        match port {
+            0 => env.metrics.record_out(&batch),
+            named => env.metrics.record_side_output(named, &batch),
+        }
         outputs.send_batch(port, batch).await?;
     }
     Ok(())

@@ -16,6 +16,7 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::prelude::SessionContext;
+use flumen_core::event_time::{event_time_column, with_event_time};
 use flumen_core::prelude::*;
 
 /// Keeps the rows matching a SQL predicate and/or computes new columns from
@@ -137,7 +138,16 @@ impl SqlTransform {
             fields.push(Field::new(name, data_type, nullable));
             exprs.push(physical);
         }
-        let schema = Arc::new(Schema::new(fields));
+        let mut schema = Arc::new(Schema::new(fields));
+        // The event-time column stays the event-time column if it is kept
+        // as it was.
+        if let Some(time) = event_time_column(input)
+            && let Some(field) = schema.fields().find(time).map(|(_, f)| f.clone())
+            && field.data_type() == input.field_with_name(time)?.data_type()
+            && kept_as_is(select, time)
+        {
+            schema = with_event_time(&schema, time);
+        }
         if let Some(duplicate) = first_duplicate(&schema) {
             return Err(Error::config(
                 "select",
@@ -189,6 +199,14 @@ fn output_name(expr: &Expr) -> String {
         Expr::Column(column) => column.name.clone(),
         other => other.schema_name().to_string(),
     }
+}
+
+/// Whether `column` is selected unchanged (by name, or by `*`).
+fn kept_as_is(select: &[String], column: &str) -> bool {
+    select.iter().any(|item| {
+        let item = item.trim();
+        item == "*" || item == column || item.trim_matches('"') == column
+    })
 }
 
 fn first_duplicate(schema: &Schema) -> Option<&str> {

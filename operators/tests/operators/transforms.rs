@@ -1,17 +1,16 @@
-//! Operators against DataFusion's batch answers over the same data.
+//! Stateless transforms against DataFusion's answers over the same data.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, ListArray, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use arrow::util::pretty::pretty_format_batches;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use flumen_core::prelude::{GraphBuilder, Input, Result, RunOptions};
 use flumen_core::testing::{CollectSink, MemorySource, run_operator};
 use flumen_operators::{MapBatches, SqlTransform, Union, Unnest};
 use proptest::prelude::*;
+
+use crate::common::{header, query, sorted_lines};
 
 fn bids_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -34,43 +33,8 @@ fn bids(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(bids_schema(), columns).unwrap()
 }
 
-/// Rows of a result as sorted lines, so that results compare regardless of
-/// the order partitions finished in.
-fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
-    let non_empty: Vec<RecordBatch> = batches
-        .iter()
-        .filter(|b| b.num_rows() > 0)
-        .cloned()
-        .collect();
-    if non_empty.is_empty() {
-        return Vec::new();
-    }
-    let text = pretty_format_batches(&non_empty).unwrap().to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .skip(3)
-        .filter(|l| !l.starts_with('+'))
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn header(batches: &[RecordBatch]) -> Vec<String> {
-    batches[0]
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect()
-}
-
 async fn datafusion_answer(sql: &str, input: Vec<RecordBatch>) -> Vec<RecordBatch> {
-    let ctx = SessionContext::new();
-    let schema = input[0].schema();
-    let table = MemTable::try_new(schema, vec![input]).unwrap();
-    ctx.register_table("bids", Arc::new(table)).unwrap();
-    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    query(&[("bids", input)], sql).await
 }
 
 async fn check_against_datafusion(filter: Option<&str>, select: &[&str], input: Vec<RecordBatch>) {

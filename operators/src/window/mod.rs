@@ -1,0 +1,418 @@
+//! Windowed aggregation: tumbling, hopping and session windows over event
+//! or processing time, grouped by key columns.
+//!
+//! Output: one row per window and key, with `window_start`, `window_end`,
+//! the key columns and one column per aggregate. A window is emitted once,
+//! when the watermark passes its end plus the allowed lateness; a row that
+//! arrives after its window was emitted goes to the `late` output.
+
+mod panes;
+mod session;
+mod time;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use flumen_core::event_time::{event_time_column, is_event_time_type, with_event_time};
+use flumen_core::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use self::panes::{PaneSpec, PaneWindows};
+use self::session::{SessionSpec, SessionWindows};
+pub use self::time::TimeDomain;
+use self::time::{RowTime, millis};
+use crate::aggregate::{Aggregates, key_schema};
+
+/// The shape of the windows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowKind {
+    /// Fixed windows one after another: `tumble: 1m`.
+    Tumble(
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        Duration,
+    ),
+    /// Overlapping windows of `size`, one starting every `slide`:
+    /// `hop: { size: 10s, slide: 2s }`.
+    Hop {
+        /// How long each window is.
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        size: Duration,
+        /// How often a window starts.
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        slide: Duration,
+    },
+    /// Per key, a window that lasts while events come less than `gap` apart:
+    /// `session: { gap: 30s }`.
+    Session {
+        /// The silence that ends a session.
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        gap: Duration,
+    },
+}
+
+/// Aggregates rows per window and key.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// The windows: `{ tumble: 1m }`, `{ hop: { size: 10s, slide: 2s } }`
+    /// or `{ session: { gap: 30s } }`.
+    pub window: WindowKind,
+
+    /// `event`: by the events' time, closed by the watermark (results do
+    /// not depend on arrival order). `processing`: by arrival time, closed
+    /// by the wall clock.
+    #[serde(default)]
+    pub time: TimeDomain,
+
+    /// The column holding event time. Default: the input's event-time
+    /// column (its source's `event_time`).
+    #[serde(default)]
+    pub time_column: Option<String>,
+
+    /// Columns to group by: one output row per window and key.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+
+    /// Aggregates in SQL, each with an optional alias: `count(*) AS bids`,
+    /// `avg(price) AS avg_price`, `count(DISTINCT bidder)`,
+    /// `approx_distinct(bidder)`, `approx_percentile_cont(0.9) WITHIN GROUP
+    /// (ORDER BY price)`. Any DataFusion aggregate works.
+    pub aggregates: Vec<String>,
+
+    /// How long after a window's end rows still count in it. The window is
+    /// emitted once, when the watermark passes its end plus this; rows
+    /// after that go to the `late` output (`<name>.late`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub allowed_lateness: Duration,
+}
+
+impl WindowConfig {
+    /// Checks the settings and returns the operator.
+    pub fn build(&self) -> Result<WindowAggregate> {
+        let lateness = i64::try_from(self.allowed_lateness.as_millis())
+            .map_err(|_| Error::config("allowed_lateness", "is too long"))?;
+        let shape = match &self.window {
+            WindowKind::Tumble(size) => {
+                let size = millis(*size, "window.tumble")?;
+                Shape::Panes { size, slide: size }
+            }
+            WindowKind::Hop { size, slide } => {
+                let size = millis(*size, "window.hop.size")?;
+                let slide = millis(*slide, "window.hop.slide")?;
+                if slide > size {
+                    return Err(Error::config(
+                        "window.hop.slide",
+                        "is longer than the window size, so some rows would fall in no window",
+                    ));
+                }
+                Shape::Panes { size, slide }
+            }
+            WindowKind::Session { gap } => Shape::Session {
+                gap: millis(*gap, "window.session.gap")?,
+            },
+        };
+        Ok(WindowAggregate {
+            config: self.clone(),
+            shape,
+            lateness,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Panes { size: i64, slide: i64 },
+    Session { gap: i64 },
+}
+
+/// The windowed aggregation operator. Built from a [`WindowConfig`].
+#[derive(Debug, Clone)]
+pub struct WindowAggregate {
+    config: WindowConfig,
+    shape: Shape,
+    lateness: i64,
+}
+
+/// What a window operator needs from its input schema, resolved once.
+struct Plan {
+    time: RowTime,
+    keys: Vec<usize>,
+    key_schema: SchemaRef,
+    aggregates: Arc<Aggregates>,
+    schema: SchemaRef,
+}
+
+impl WindowAggregate {
+    fn plan(&self, input: &SchemaRef) -> Result<Plan> {
+        let time = match self.config.time {
+            TimeDomain::Processing => RowTime::Arrival,
+            TimeDomain::Event => {
+                let column = self
+                    .config
+                    .time_column
+                    .as_deref()
+                    .or_else(|| event_time_column(input))
+                    .ok_or_else(|| {
+                        Error::config(
+                            "time_column",
+                            "the input has no event-time column; name one, or set `event_time` on its source",
+                        )
+                    })?;
+                let (index, field) = input.column_with_name(column).ok_or_else(|| {
+                    Error::config(
+                        "time_column",
+                        format!(
+                            "column `{column}` does not exist; columns: {}",
+                            column_names(input)
+                        ),
+                    )
+                })?;
+                if !is_event_time_type(field.data_type()) {
+                    return Err(Error::config(
+                        "time_column",
+                        format!(
+                            "column `{column}` is {}, expected a timestamp or integer milliseconds",
+                            field.data_type()
+                        ),
+                    ));
+                }
+                RowTime::Column(index)
+            }
+        };
+        let keys = self
+            .config
+            .group_by
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                input.index_of(name).map_err(|_| {
+                    Error::config(
+                        format!("group_by[{i}]"),
+                        format!(
+                            "column `{name}` does not exist; columns: {}",
+                            column_names(input)
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let key_schema = key_schema(input, &keys);
+        let aggregates = Arc::new(Aggregates::plan(
+            &self.config.aggregates,
+            input,
+            "aggregates",
+        )?);
+
+        let time_field = |name: &str| {
+            Field::new(
+                name,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            )
+        };
+        let mut fields = vec![time_field("window_start"), time_field("window_end")];
+        fields.extend(key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.extend(aggregates.fields().iter().map(|f| f.as_ref().clone()));
+        let schema = Schema::new(fields);
+        if let Some(duplicate) = duplicate_name(&schema) {
+            return Err(Error::config(
+                "aggregates",
+                format!(
+                    "column `{duplicate}` appears twice in the output; rename an aggregate with AS"
+                ),
+            ));
+        }
+        Ok(Plan {
+            time,
+            keys,
+            key_schema,
+            aggregates,
+            schema: with_event_time(&schema, "window_end"),
+        })
+    }
+}
+
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn duplicate_name(schema: &Schema) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    schema
+        .fields()
+        .iter()
+        .find(|f| !seen.insert(f.name().clone()))
+        .map(|f| f.name().clone())
+}
+
+impl OperatorFactory for WindowAggregate {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        Ok(self.plan(&inputs[0])?.schema)
+    }
+
+    fn named_outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<(String, SchemaRef)>> {
+        Ok(vec![("late".to_string(), inputs[0].clone())])
+    }
+
+    fn input_partitioning(&self, _input: usize) -> Option<Vec<String>> {
+        (!self.config.group_by.is_empty()).then(|| self.config.group_by.clone())
+    }
+
+    fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
+        let plan = self.plan(&inputs[0])?;
+        let windows = match self.shape {
+            Shape::Panes { size, slide } => Windows::Panes(PaneWindows::new(PaneSpec {
+                size,
+                slide,
+                lateness: self.lateness,
+                time: plan.time,
+                keys: plan.keys,
+                key_schema: plan.key_schema,
+                aggregates: plan.aggregates,
+                schema: plan.schema,
+            })?),
+            Shape::Session { gap } => Windows::Session(SessionWindows::new(SessionSpec {
+                gap,
+                lateness: self.lateness,
+                time: plan.time,
+                keys: plan.keys,
+                key_schema: plan.key_schema,
+                aggregates: plan.aggregates,
+                schema: plan.schema,
+            })?),
+        };
+        Ok(Box::new(WindowInstance {
+            windows,
+            processing_time: self.config.time == TimeDomain::Processing,
+            lateness: self.lateness,
+        }))
+    }
+}
+
+enum Windows {
+    Panes(PaneWindows),
+    Session(SessionWindows),
+}
+
+impl Windows {
+    fn add(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        match self {
+            Windows::Panes(w) => w.add(batch),
+            Windows::Session(w) => w.add(batch),
+        }
+    }
+
+    fn advance(&mut self, time: EventTime, out: &mut Collector) -> Result<()> {
+        match self {
+            Windows::Panes(w) => w.advance(time, out),
+            Windows::Session(w) => w.advance(time, out),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Collector) -> Result<()> {
+        match self {
+            Windows::Panes(w) => w.flush(out),
+            Windows::Session(w) => w.flush(out),
+        }
+    }
+
+    fn next_close(&self) -> Option<EventTime> {
+        match self {
+            Windows::Panes(w) => w.next_close(),
+            Windows::Session(w) => w.next_close(),
+        }
+    }
+
+    fn state_size(&self) -> StateSize {
+        match self {
+            Windows::Panes(w) => w.state_size(),
+            Windows::Session(w) => w.state_size(),
+        }
+    }
+}
+
+/// The `late` output's port.
+const LATE: usize = 1;
+
+struct WindowInstance {
+    windows: Windows,
+    processing_time: bool,
+    lateness: i64,
+}
+
+#[async_trait]
+impl Operator for WindowInstance {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        if let Some(late) = self.windows.add(&batch)? {
+            out.emit_to(LATE, late);
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        if !self.processing_time {
+            self.windows.advance(watermark, out)?;
+        }
+        Ok(())
+    }
+
+    fn output_watermark(&self, input: EventTime) -> EventTime {
+        // Windows come out `lateness` after the watermark passed their end:
+        // hold the watermark back as much, so they are on time downstream.
+        if self.processing_time {
+            input
+        } else {
+            input.saturating_sub(self.lateness)
+        }
+    }
+
+    fn next_timer(&self) -> Option<EventTime> {
+        if self.processing_time {
+            self.windows.next_close()
+        } else {
+            None
+        }
+    }
+
+    async fn on_timer(
+        &mut self,
+        now: EventTime,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        self.windows.advance(now, out)
+    }
+
+    async fn on_end(&mut self, _ctx: &mut Context, out: &mut Collector) -> Result<()> {
+        self.windows.flush(out)
+    }
+
+    fn state_size(&self) -> StateSize {
+        self.windows.state_size()
+    }
+}

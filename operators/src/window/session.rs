@@ -1,0 +1,284 @@
+//! Session windows: per key, a session lasts while events keep coming less
+//! than `gap` apart.
+//!
+//! Sessions merge as events arrive, including a late event that bridges
+//! two sessions of its key. The rows of open sessions are kept; when the
+//! watermark passes a session's end plus the allowed lateness, its rows are
+//! aggregated (with DataFusion's accumulators) and emitted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use arrow::row::{RowConverter, Rows, SortField};
+use flumen_core::prelude::*;
+
+use super::time::{RowTime, timestamps};
+use crate::aggregate::{Aggregates, GroupedAggregation};
+
+/// The settings shared by every instance.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionSpec {
+    pub(crate) gap: i64,
+    pub(crate) lateness: i64,
+    pub(crate) time: RowTime,
+    pub(crate) keys: Vec<usize>,
+    pub(crate) key_schema: SchemaRef,
+    pub(crate) aggregates: Arc<Aggregates>,
+    pub(crate) schema: SchemaRef,
+}
+
+/// A session: `[start, end)`, where `end` is the last event's time plus
+/// the gap.
+type Session = (i64, i64);
+
+/// Session window state of one operator instance.
+pub(crate) struct SessionWindows {
+    spec: SessionSpec,
+    converter: RowConverter,
+    /// Open sessions per key, sorted and disjoint.
+    sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    /// Rows of open sessions.
+    buffered: Vec<RecordBatch>,
+    /// Per key, the end of its last emitted session: an event before it
+    /// belongs to a session already out, so it is late.
+    emitted_until: HashMap<Box<[u8]>, i64>,
+    watermark: EventTime,
+}
+
+impl SessionWindows {
+    pub(crate) fn new(spec: SessionSpec) -> Result<Self> {
+        let fields = spec
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(SessionWindows {
+            converter: RowConverter::new(fields)?,
+            spec,
+            sessions: HashMap::new(),
+            buffered: Vec::new(),
+            emitted_until: HashMap::new(),
+            watermark: EventTime::MIN,
+        })
+    }
+
+    fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
+        let keys: Vec<ArrayRef> = self
+            .spec
+            .keys
+            .iter()
+            .map(|&k| batch.column(k).clone())
+            .collect();
+        if keys.is_empty() {
+            // No keys: every row has the same, empty, key.
+            return Ok(self.converter.empty_rows(batch.num_rows(), 0));
+        }
+        Ok(self.converter.convert_columns(&keys)?)
+    }
+
+    /// Adds rows; returns those too late for their session.
+    pub(crate) fn add(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let times = self.spec.time.of(batch)?;
+        let keys = self.key_rows(batch)?;
+        let (gap, lateness, watermark) = (self.spec.gap, self.spec.lateness, self.watermark);
+        let mut on_time = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let time = times.value(row);
+            let key = keys.row(if self.spec.keys.is_empty() { 0 } else { row });
+            let late = times.is_null(row)
+                || time.saturating_add(gap).saturating_add(lateness) <= watermark
+                || self
+                    .emitted_until
+                    .get(key.as_ref())
+                    .is_some_and(|until| time < *until);
+            on_time.push(!late);
+            if !late {
+                let sessions = self.sessions.entry(Box::from(key.as_ref())).or_default();
+                insert_session(sessions, (time, time + gap));
+            }
+        }
+        let on_time = BooleanArray::from(on_time);
+        let late = arrow::compute::not(&on_time)?;
+        let kept = filter_record_batch(batch, &on_time)?;
+        if kept.num_rows() > 0 {
+            self.buffered.push(kept);
+        }
+        Ok((late.true_count() > 0)
+            .then(|| filter_record_batch(batch, &late))
+            .transpose()?)
+    }
+
+    fn closed(&self, session: &Session) -> bool {
+        session.1.saturating_add(self.spec.lateness) <= self.watermark
+    }
+
+    /// Notes the watermark and emits the sessions it closes.
+    pub(crate) fn advance(&mut self, watermark: EventTime, out: &mut Collector) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        let any_closed = self.sessions.values().flatten().any(|s| self.closed(s));
+        if !any_closed {
+            return Ok(());
+        }
+        let mut closed: HashMap<Box<[u8]>, Vec<Session>> = HashMap::new();
+        for (key, sessions) in self.sessions.iter_mut() {
+            let (done, open): (Vec<Session>, Vec<Session>) = sessions
+                .iter()
+                .partition(|s| s.1.saturating_add(self.spec.lateness) <= self.watermark);
+            if !done.is_empty() {
+                let until = done.iter().map(|s| s.1).max().expect("non-empty");
+                let entry = self.emitted_until.entry(key.clone()).or_insert(until);
+                *entry = (*entry).max(until);
+                closed.insert(key.clone(), done);
+                *sessions = open;
+            }
+        }
+        self.sessions.retain(|_, sessions| !sessions.is_empty());
+        self.emit(&closed, out)?;
+        // A key's emitted end matters only while an event before it could
+        // still be on time.
+        let (gap, lateness, watermark) = (self.spec.gap, self.spec.lateness, self.watermark);
+        self.emitted_until
+            .retain(|_, until| until.saturating_add(gap).saturating_add(lateness) > watermark);
+        Ok(())
+    }
+
+    /// Aggregates the buffered rows of `closed` sessions and keeps the rest.
+    fn emit(
+        &mut self,
+        closed: &HashMap<Box<[u8]>, Vec<Session>>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let mut remaining = Vec::new();
+        let mut parts = Vec::new();
+        let mut bounds: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+        for batch in std::mem::take(&mut self.buffered) {
+            let times = self.spec.time.of(&batch)?;
+            let keys = self.key_rows(&batch)?;
+            let mut taken = Vec::new();
+            let mut kept = Vec::new();
+            for row in 0..batch.num_rows() {
+                let key = keys.row(if self.spec.keys.is_empty() { 0 } else { row });
+                let time = times.value(row);
+                let session = closed.get(key.as_ref()).and_then(|sessions| {
+                    sessions
+                        .iter()
+                        .find(|(start, end)| *start <= time && time < *end)
+                });
+                match session {
+                    Some((start, end)) => {
+                        taken.push(row as u32);
+                        bounds.0.push(*start);
+                        bounds.1.push(*end);
+                    }
+                    None => kept.push(row as u32),
+                }
+            }
+            if !taken.is_empty() {
+                parts.push(take_record_batch(&batch, &UInt32Array::from(taken))?);
+            }
+            if !kept.is_empty() {
+                remaining.push(take_record_batch(&batch, &UInt32Array::from(kept))?);
+            }
+        }
+        self.buffered = remaining;
+        let Some(first) = parts.first() else {
+            return Ok(());
+        };
+        let rows = concat_batches(&first.schema(), &parts)?;
+        let (starts, ends) = (timestamps(bounds.0), timestamps(bounds.1));
+        let mut group_keys = vec![starts, ends];
+        group_keys.extend(self.spec.keys.iter().map(|&k| rows.column(k).clone()));
+        let group_schema = {
+            let mut fields = vec![
+                self.spec.schema.field(0).clone(),
+                self.spec.schema.field(1).clone(),
+            ];
+            fields.extend(
+                self.spec
+                    .key_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone()),
+            );
+            Arc::new(Schema::new(fields))
+        };
+        let mut aggregation = GroupedAggregation::new(&self.spec.aggregates, &group_schema)?;
+        let arguments = self.spec.aggregates.arguments(&rows)?;
+        aggregation.update(&group_keys, rows.num_rows(), &arguments)?;
+        let (keys, values) = aggregation.finish()?;
+        let mut columns = keys;
+        columns.extend(values);
+        let options = RecordBatchOptions::new().with_row_count(Some(columns[0].len()));
+        let output =
+            RecordBatch::try_new_with_options(self.spec.schema.clone(), columns, &options)?;
+        // Emit sessions in time order.
+        let order = arrow::compute::sort_to_indices(output.column(0), None, None)?;
+        out.emit(take_record_batch(&output, &order)?);
+        Ok(())
+    }
+
+    /// Emits every session (end of input).
+    pub(crate) fn flush(&mut self, out: &mut Collector) -> Result<()> {
+        self.advance(EventTime::MAX, out)
+    }
+
+    /// The earliest time a session could close: for processing-time timers.
+    pub(crate) fn next_close(&self) -> Option<EventTime> {
+        self.sessions
+            .values()
+            .flatten()
+            .map(|s| s.1.saturating_add(self.spec.lateness))
+            .min()
+    }
+
+    pub(crate) fn state_size(&self) -> StateSize {
+        let rows: usize = self.buffered.iter().map(RecordBatch::num_rows).sum();
+        let bytes: usize = self
+            .buffered
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        StateSize {
+            rows: rows as u64,
+            bytes: (bytes + self.sessions.len() * 64 + self.emitted_until.len() * 32) as u64,
+        }
+    }
+}
+
+/// Adds `new` to sorted, disjoint `sessions`, merging every session it
+/// touches (so one event can bridge two sessions).
+fn insert_session(sessions: &mut Vec<Session>, new: Session) {
+    let (mut start, mut end) = new;
+    sessions.retain(|&(s, e)| {
+        let touches = s <= end && start <= e;
+        if touches {
+            start = start.min(s);
+            end = end.max(e);
+        }
+        !touches
+    });
+    let at = sessions.partition_point(|(s, _)| *s < start);
+    sessions.insert(at, (start, end));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_session;
+
+    #[test]
+    fn an_event_between_two_sessions_merges_them() {
+        let mut sessions = vec![(0, 10), (20, 30)];
+        insert_session(&mut sessions, (40, 50));
+        assert_eq!(sessions, vec![(0, 10), (20, 30), (40, 50)]);
+        insert_session(&mut sessions, (9, 19));
+        assert_eq!(sessions, vec![(0, 19), (20, 30), (40, 50)]);
+        // Touching ends join: an event exactly `gap` after the last one.
+        insert_session(&mut sessions, (19, 29));
+        assert_eq!(sessions, vec![(0, 30), (40, 50)]);
+    }
+}
