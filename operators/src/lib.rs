@@ -1,12 +1,21 @@
-//! Flumen's operators: the steps between sources and sinks.
+//! Flumen's operators: the steps between sources and sinks: SQL and
+//! closure transforms, windows, top-N, joins, dedupe and routing.
 
 pub mod aggregate;
 mod config;
+pub mod dedupe;
+pub mod join;
+pub mod route;
+pub mod top_n;
 pub mod transform;
 mod union;
 pub mod window;
 
 pub use self::config::{SqlConfig, UnionConfig, UnnestConfig};
+pub use self::dedupe::{Dedupe, DedupeConfig};
+pub use self::join::{Join, JoinConfig, JoinType};
+pub use self::route::{Route, RouteConfig};
+pub use self::top_n::{TopN, TopNConfig};
 pub use self::transform::{MapBatches, SqlTransform, Unnest};
 pub use self::union::Union;
 pub use self::window::{WindowAggregate, WindowConfig, WindowKind};

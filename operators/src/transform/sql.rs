@@ -71,17 +71,7 @@ impl SqlTransform {
         let df_schema = DFSchema::try_from(input.as_ref().clone())?;
 
         let filter = match &self.filter {
-            Some(sql) => {
-                let expr = parse(&ctx, sql, &df_schema, "filter")?;
-                let data_type = expr.get_type(&df_schema)?;
-                if !matches!(data_type, DataType::Boolean | DataType::Null) {
-                    return Err(Error::config(
-                        "filter",
-                        format!("`{sql}` is {data_type}, expected a true/false condition"),
-                    ));
-                }
-                Some(physical(&ctx, expr, &df_schema)?)
-            }
+            Some(sql) => Some(condition(&ctx, sql, &df_schema, "filter")?),
             None => None,
         };
 
@@ -178,6 +168,56 @@ fn physical(ctx: &SessionContext, expr: Expr, schema: &DFSchema) -> Result<Arc<d
     let expr = simplifier.coerce(expr, schema)?;
     let expr = simplifier.simplify(expr)?;
     Ok(ctx.create_physical_expr(expr, schema)?)
+}
+
+/// Plans a SQL condition, which must be true/false.
+fn condition(
+    ctx: &SessionContext,
+    sql: &str,
+    schema: &DFSchema,
+    key: &str,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let expr = parse(ctx, sql, schema, key)?;
+    let data_type = expr.get_type(schema)?;
+    if !matches!(data_type, DataType::Boolean | DataType::Null) {
+        return Err(Error::config(
+            key,
+            format!("`{sql}` is {data_type}, expected a true/false condition"),
+        ));
+    }
+    physical(ctx, expr, schema)
+}
+
+/// Plans SQL conditions against `input`, each reported at `key(i)` in
+/// errors.
+pub(crate) fn conditions<'a>(
+    sqls: impl IntoIterator<Item = (String, &'a str)>,
+    input: &SchemaRef,
+) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+    let ctx = SessionContext::new();
+    let df_schema = DFSchema::try_from(input.as_ref().clone())?;
+    sqls.into_iter()
+        .map(|(key, sql)| condition(&ctx, sql, &df_schema, &key))
+        .collect()
+}
+
+/// Evaluates a condition on `batch`: true rows are `true`, false and null
+/// rows `false`.
+pub(crate) fn evaluate_condition(
+    condition: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> Result<arrow::array::BooleanArray> {
+    let mask = condition.evaluate(batch)?.into_array(batch.num_rows())?;
+    let mask = mask.as_boolean_opt().ok_or_else(|| {
+        Error::internal(format!(
+            "condition evaluated to {}, not a boolean",
+            mask.data_type()
+        ))
+    })?;
+    Ok(match mask.null_count() {
+        0 => mask.clone(),
+        _ => arrow::compute::prep_null_mask_filter(mask),
+    })
 }
 
 fn parse(ctx: &SessionContext, sql: &str, schema: &DFSchema, key: &str) -> Result<Expr> {

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use self::panes::{PaneSpec, PaneWindows};
 use self::session::{SessionSpec, SessionWindows};
 pub use self::time::TimeDomain;
+pub(crate) use self::time::wall_clock_millis;
 use self::time::{RowTime, millis};
 use crate::aggregate::{Aggregates, key_schema};
 

@@ -2,5 +2,8 @@
 //! same rows.
 
 mod common;
+mod joins;
+mod routing;
+mod top_n;
 mod transforms;
 mod windows;

@@ -1,0 +1,231 @@
+//! Dedupe: drops rows whose key was seen within a time horizon.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use arrow::array::{Array, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
+use flumen_core::event_time::{event_time_column, is_event_time_type, to_millis};
+use flumen_core::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::join::keys_of;
+use crate::window::TimeDomain;
+
+/// Keeps the first row of each key; drops rows with the same key that
+/// come less than `within` (of event time) after it. A key is forgotten
+/// once the watermark is `within` past its kept row, so state stays
+/// bounded.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// The columns that identify a row (an order id, an idempotency key).
+    pub keys: Vec<String>,
+
+    /// How long after a kept row its key counts as a duplicate (e.g. `10m`).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub within: Duration,
+
+    /// `event`: by the rows' time column; `processing`: by arrival time.
+    #[serde(default)]
+    pub time: TimeDomain,
+
+    /// The event-time column. Default: the input's event-time column.
+    #[serde(default)]
+    pub time_column: Option<String>,
+}
+
+impl DedupeConfig {
+    /// Checks the settings and returns the operator.
+    pub fn build(&self) -> Result<Dedupe> {
+        if self.keys.is_empty() {
+            return Err(Error::config("keys", "lists no columns"));
+        }
+        let within = i64::try_from(self.within.as_millis())
+            .ok()
+            .filter(|w| *w > 0)
+            .ok_or_else(|| Error::config("within", "must be at least 1ms"))?;
+        Ok(Dedupe {
+            config: self.clone(),
+            within,
+        })
+    }
+}
+
+/// The dedupe operator. Built from a [`DedupeConfig`].
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    config: DedupeConfig,
+    within: i64,
+}
+
+impl Dedupe {
+    fn time(&self, input: &SchemaRef) -> Result<Option<usize>> {
+        if self.config.time == TimeDomain::Processing {
+            return Ok(None);
+        }
+        let name = self
+            .config
+            .time_column
+            .as_deref()
+            .or_else(|| event_time_column(input))
+            .ok_or_else(|| {
+                Error::config(
+                    "time_column",
+                    "the input has no event-time column; name one",
+                )
+            })?;
+        let (index, field) = input.column_with_name(name).ok_or_else(|| {
+            Error::config("time_column", format!("column `{name}` does not exist"))
+        })?;
+        if !is_event_time_type(field.data_type()) {
+            return Err(Error::config(
+                "time_column",
+                format!(
+                    "column `{name}` is {}, expected a timestamp",
+                    field.data_type()
+                ),
+            ));
+        }
+        Ok(Some(index))
+    }
+}
+
+impl OperatorFactory for Dedupe {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        keys_of(&inputs[0], &self.config.keys, "keys")?;
+        self.time(&inputs[0])?;
+        Ok(inputs[0].clone())
+    }
+
+    fn input_partitioning(&self, _input: usize) -> Option<Vec<String>> {
+        Some(self.config.keys.clone())
+    }
+
+    fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(DedupeInstance {
+            keys: keys_of(&inputs[0], &self.config.keys, "keys")?,
+            time: self.time(&inputs[0])?,
+            within: self.within,
+            seen: HashMap::new(),
+            expiry: VecDeque::new(),
+            clock: EventTime::MIN,
+        }))
+    }
+}
+
+struct DedupeInstance {
+    keys: crate::join::Keys,
+    time: Option<usize>,
+    within: i64,
+    /// Key -> time of its kept row.
+    seen: HashMap<Box<[u8]>, i64>,
+    /// Keys in the order they were kept, with when they may be forgotten.
+    expiry: VecDeque<(i64, Box<[u8]>)>,
+    /// The watermark (or, in processing time, the wall clock).
+    clock: EventTime,
+}
+
+impl DedupeInstance {
+    fn forget_until(&mut self, clock: EventTime) {
+        self.clock = self.clock.max(clock);
+        while let Some((expires, _)) = self.expiry.front() {
+            if *expires > self.clock {
+                break;
+            }
+            let (expires, key) = self.expiry.pop_front().expect("checked");
+            // The key may have been kept again since: forget only the row
+            // this entry was for.
+            if self
+                .seen
+                .get(&key)
+                .is_some_and(|kept| kept + self.within <= expires)
+            {
+                self.seen.remove(&key);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for DedupeInstance {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let now = crate::window::wall_clock_millis();
+        let times = match self.time {
+            Some(column) => Some(to_millis(batch.column(column))?),
+            None => None,
+        };
+        let (keys, valid) = self.keys.encode(&batch)?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let time = match &times {
+                Some(times) if times.is_valid(row) => times.value(row),
+                Some(_) => {
+                    // No time: nothing to compare with; keep the row.
+                    keep.push(true);
+                    continue;
+                }
+                None => now,
+            };
+            if !valid[row] {
+                keep.push(true);
+                continue;
+            }
+            let key = keys.row(row);
+            let duplicate = self
+                .seen
+                .get(key.as_ref())
+                .is_some_and(|kept| (time - kept).abs() < self.within);
+            if !duplicate {
+                let key: Box<[u8]> = Box::from(key.as_ref());
+                self.seen.insert(key.clone(), time);
+                self.expiry.push_back((time + self.within, key));
+            }
+            keep.push(!duplicate);
+        }
+        if self.time.is_none() {
+            self.forget_until(now);
+        }
+        let keep = BooleanArray::from(keep);
+        out.emit(match keep.true_count() == batch.num_rows() {
+            true => batch,
+            false => filter_record_batch(&batch, &keep)?,
+        });
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        _ctx: &mut Context,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        if self.time.is_some() {
+            self.forget_until(watermark);
+        }
+        Ok(())
+    }
+
+    async fn on_end(&mut self, _ctx: &mut Context, _out: &mut Collector) -> Result<()> {
+        self.seen.clear();
+        self.expiry.clear();
+        Ok(())
+    }
+
+    fn state_size(&self) -> StateSize {
+        let bytes: usize = self.seen.keys().map(|k| k.len() + 24).sum();
+        StateSize {
+            rows: self.seen.len() as u64,
+            bytes: bytes as u64,
+        }
+    }
+}

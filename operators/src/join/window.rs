@@ -1,0 +1,185 @@
+//! Windowed join: rows of both inputs meet when they fall in the same
+//! window and their keys are equal. Each window's rows are kept until the
+//! watermark passes its end (plus the allowed lateness), then joined with a
+//! hash table and dropped.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::record_batch::RecordBatch;
+use flumen_core::event_time::to_millis;
+use flumen_core::prelude::*;
+
+use super::keys::{KeyEncoder, KeyTable};
+use super::{JoinPlan, pair_up};
+
+/// Both inputs' rows of one window.
+#[derive(Default)]
+struct Sides {
+    left: Vec<RecordBatch>,
+    right: Vec<RecordBatch>,
+}
+
+pub(crate) struct WindowJoin {
+    plan: JoinPlan,
+    size: i64,
+    slide: i64,
+    left_keys: KeyEncoder,
+    right_keys: KeyEncoder,
+    windows: BTreeMap<i64, Sides>,
+    watermark: EventTime,
+}
+
+impl WindowJoin {
+    pub(crate) fn new(plan: JoinPlan, size: i64, slide: i64) -> Result<Self> {
+        Ok(WindowJoin {
+            left_keys: KeyEncoder::new(&plan.left, plan.left_keys.clone())?,
+            right_keys: KeyEncoder::new(&plan.right, plan.right_keys.clone())?,
+            plan,
+            size,
+            slide,
+            windows: BTreeMap::new(),
+            watermark: EventTime::MIN,
+        })
+    }
+
+    fn closed(&self, start: i64) -> bool {
+        start
+            .saturating_add(self.size)
+            .saturating_add(self.plan.lateness)
+            <= self.watermark
+    }
+
+    fn join(&self, start: i64, sides: Sides) -> Result<Option<RecordBatch>> {
+        if sides.left.is_empty() || (sides.right.is_empty() && !self.plan.keep_unmatched) {
+            return Ok(None);
+        }
+        let left = concat_batches(&self.plan.left, &sides.left)?;
+        let right = concat_batches(&self.plan.right, &sides.right)?;
+        let table = KeyTable::build(&self.right_keys, &right)?;
+        let (left_rows, right_rows) =
+            table.probe(&self.left_keys, &left, self.plan.keep_unmatched)?;
+        if left_rows.is_empty() {
+            return Ok(None);
+        }
+        let rows = left_rows.len();
+        let bounds: Vec<ArrayRef> = vec![
+            std::sync::Arc::new(TimestampMillisecondArray::from(vec![start; rows])),
+            std::sync::Arc::new(TimestampMillisecondArray::from(vec![
+                start + self.size;
+                rows
+            ])),
+        ];
+        pair_up(
+            &self.plan.schema,
+            bounds,
+            &left,
+            &left_rows,
+            &right,
+            &right_rows,
+        )
+        .map(Some)
+    }
+}
+
+#[async_trait]
+impl Operator for WindowJoin {
+    async fn process_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let time = if input == 0 {
+            self.plan.left_time
+        } else {
+            self.plan.right_time
+        }
+        .expect("timed join");
+        let times = to_millis(batch.column(time))?;
+        let mut late = Vec::new();
+        let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, time) in times.iter().enumerate() {
+            let Some(time) = time else {
+                late.push(row as u32);
+                continue;
+            };
+            let last = time.div_euclid(self.slide) * self.slide;
+            let mut placed = false;
+            for k in 0..self.size / self.slide {
+                let start = last - k * self.slide;
+                if !self.closed(start) {
+                    by_window.entry(start).or_default().push(row as u32);
+                    placed = true;
+                }
+            }
+            if !placed {
+                late.push(row as u32);
+            }
+        }
+        if !late.is_empty() {
+            // Outputs 1 and 2: the left's and the right's late rows.
+            out.emit_to(
+                1 + input,
+                take_record_batch(&batch, &UInt32Array::from(late))?,
+            );
+        }
+        for (start, rows) in by_window {
+            let rows = if rows.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(&batch, &UInt32Array::from(rows))?
+            };
+            let sides = self.windows.entry(start).or_default();
+            if input == 0 {
+                sides.left.push(rows);
+            } else {
+                sides.right.push(rows);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        _ctx: &mut Context,
+        out: &mut Collector,
+    ) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        while let Some((&start, _)) = self.windows.first_key_value() {
+            if !self.closed(start) {
+                break;
+            }
+            let sides = self.windows.remove(&start).expect("first key exists");
+            if let Some(joined) = self.join(start, sides)? {
+                out.emit(joined);
+            }
+        }
+        Ok(())
+    }
+
+    fn output_watermark(&self, input: EventTime) -> EventTime {
+        input.saturating_sub(self.plan.lateness)
+    }
+
+    async fn on_end(&mut self, ctx: &mut Context, out: &mut Collector) -> Result<()> {
+        self.on_watermark(EventTime::MAX, ctx, out).await
+    }
+
+    fn state_size(&self) -> StateSize {
+        let batches = self
+            .windows
+            .values()
+            .flat_map(|s| s.left.iter().chain(&s.right));
+        let (rows, bytes) = batches.fold((0, 0), |(r, b), batch| {
+            (r + batch.num_rows(), b + batch.get_array_memory_size())
+        });
+        StateSize {
+            rows: rows as u64,
+            bytes: bytes as u64,
+        }
+    }
+}
