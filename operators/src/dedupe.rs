@@ -166,7 +166,7 @@ impl Operator for DedupeInstance {
         };
         let (keys, valid) = self.keys.encode(&batch)?;
         let mut keep = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
+        for (row, &key_valid) in valid.iter().enumerate() {
             let time = match &times {
                 Some(times) if times.is_valid(row) => times.value(row),
                 Some(_) => {
@@ -176,7 +176,7 @@ impl Operator for DedupeInstance {
                 }
                 None => now,
             };
-            if !valid[row] {
+            if !key_valid {
                 keep.push(true);
                 continue;
             }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use arrow::compute::kernels::cmp;
 use arrow::compute::{
     SortColumn, SortOptions, and, concat_batches, filter_record_batch, lexsort_to_indices, or,
@@ -366,6 +366,44 @@ impl TopNInstance {
         Ok(placed)
     }
 
+    /// The window of every row, when the batch lies in exactly one.
+    fn single_window(&self, batch: &RecordBatch) -> Result<Option<(i64, i64)>> {
+        let window = match self.plan.windows {
+            WindowSource::Assigned { time, size, slide } if size == slide => {
+                let times = to_millis(batch.column(time))?;
+                if times.null_count() > 0 {
+                    return Ok(None);
+                }
+                let (Some(first), Some(last)) =
+                    (arrow::compute::min(&times), arrow::compute::max(&times))
+                else {
+                    return Ok(None);
+                };
+                let start = first.div_euclid(size) * size;
+                (last.div_euclid(size) * size == start).then_some((start, start + size))
+            }
+            WindowSource::Columns { start, end } => {
+                let (starts, ends) = (
+                    to_millis(batch.column(start))?,
+                    to_millis(batch.column(end))?,
+                );
+                if starts.null_count() > 0 || ends.null_count() > 0 {
+                    return Ok(None);
+                }
+                let bounds =
+                    |a: &arrow::array::Int64Array| (arrow::compute::min(a), arrow::compute::max(a));
+                match (bounds(&starts), bounds(&ends)) {
+                    ((Some(s0), Some(s1)), (Some(e0), Some(e1))) if s0 == s1 && e0 == e1 => {
+                        Some((s0, e0))
+                    }
+                    _ => None,
+                }
+            }
+            WindowSource::Assigned { .. } => None,
+        };
+        Ok(window)
+    }
+
     fn closed(&self, end: i64) -> bool {
         end.saturating_add(self.lateness) <= self.watermark
     }
@@ -376,14 +414,37 @@ impl TopNInstance {
             Some(ranked) if self.plan.partition.is_empty() => {
                 // Whatever is worse than the worst of a full top cannot get in.
                 let survivors = self.cut(&ranked.rows, &rows)?;
+                if survivors.num_rows() == 0 {
+                    return Ok(());
+                }
                 concat_batches(&self.input, [&ranked.rows, &survivors])?
             }
             Some(ranked) => concat_batches(&self.input, [&ranked.rows, &rows])?,
+            None if self.plan.partition.is_empty() && rows.num_rows() > self.n => {
+                // A first batch: find its best `n` with a partial sort, then
+                // keep those and whatever ties with them, before sorting.
+                let best = take_record_batch(
+                    &rows,
+                    &lexsort_to_indices(&self.order_columns(&rows), Some(self.n))?,
+                )?;
+                self.cut(&best, &rows)?
+            }
             None => rows,
         };
         let top = self.top(&rows)?;
         self.windows.insert(start, Ranked { end, rows: top });
         Ok(())
+    }
+
+    fn order_columns(&self, rows: &RecordBatch) -> Vec<SortColumn> {
+        self.plan
+            .order
+            .iter()
+            .map(|&(c, options)| SortColumn {
+                values: rows.column(c).clone(),
+                options: Some(options),
+            })
+            .collect()
     }
 
     /// The rows of `candidates` that are at least as good as the worst row
@@ -428,10 +489,7 @@ impl TopNInstance {
                 options: None,
             })
             .collect();
-        columns.extend(self.plan.order.iter().map(|&(c, options)| SortColumn {
-            values: rows.column(c).clone(),
-            options: Some(options),
-        }));
+        columns.extend(self.order_columns(rows));
         let sorted = lexsort_to_indices(&columns, None)?;
         let sorted = take_record_batch(rows, &sorted)?;
         let partitions = self.partition_rows(&sorted)?;
@@ -562,24 +620,20 @@ fn compare_to(
         cmp::lt(values, threshold)?
     };
     let equals = cmp::eq(values, threshold)?;
+    if values.null_count() == 0 {
+        return Ok((beats, equals));
+    }
     // Comparisons with null give null: decide them by where nulls sort.
     let nulls = arrow::compute::is_null(values)?;
-    let beats =
-        arrow::compute::kernels::zip::zip(&nulls, &BooleanArray::new_scalar(nulls_beat), &beats)?;
-    let equals =
-        arrow::compute::kernels::zip::zip(&nulls, &BooleanArray::new_scalar(false), &equals)?;
-    Ok((
-        beats
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .expect("booleans")
-            .clone(),
-        equals
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .expect("booleans")
-            .clone(),
-    ))
+    let decided = |by_nulls: bool, compared: &BooleanArray| -> Result<BooleanArray> {
+        let zipped = arrow::compute::kernels::zip::zip(
+            &nulls,
+            &BooleanArray::new_scalar(by_nulls),
+            compared,
+        )?;
+        Ok(zipped.as_boolean().clone())
+    };
+    Ok((decided(nulls_beat, &beats)?, decided(false, &equals)?))
 }
 
 #[async_trait]
@@ -591,6 +645,15 @@ impl Operator for TopNInstance {
         _ctx: &mut Context,
         out: &mut Collector,
     ) -> Result<()> {
+        if let Some((start, end)) = self.single_window(&batch)? {
+            // The common case: the whole batch is in one window.
+            if self.closed(end) {
+                out.emit_to(LATE, batch);
+            } else {
+                self.rank_into(start, end, batch)?;
+            }
+            return Ok(());
+        }
         let placed = self.windows_of(&batch)?;
         let mut late = Vec::new();
         let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();

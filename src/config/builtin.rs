@@ -2,7 +2,10 @@
 
 use flumen_core::graph::NodeKind;
 use flumen_core::prelude::Result;
-use flumen_operators::{SqlConfig, UnionConfig, UnnestConfig};
+use flumen_operators::{
+    DedupeConfig, JoinConfig, RouteConfig, SqlConfig, TopNConfig, UnionConfig, UnnestConfig,
+    WindowConfig,
+};
 use flumen_sinks::{BlackholeConfig, FileSinkConfig, StdoutConfig};
 use flumen_sources::{FileSourceConfig, NexmarkConfig};
 
@@ -11,41 +14,59 @@ use super::registry::{ComponentConfig, Registry, Section, operator, sink, source
 impl Registry {
     /// Every component type compiled in.
     pub fn builtin() -> Registry {
+        use Section::{Sinks, Sources, Transforms};
         let mut registry = Registry::empty();
         registry
             .register::<NexmarkConfig>(
-                Section::Sources,
+                Sources,
                 "nexmark",
                 "Nexmark auction events: persons, auctions or bids.",
             )
             .register::<FileSourceConfig>(
-                Section::Sources,
+                Sources,
                 "file",
                 "Reads a JSON lines, CSV or Parquet file.",
             )
             .register::<SqlConfig>(
-                Section::Transforms,
+                Transforms,
                 "sql",
                 "Filters rows and computes columns with SQL expressions.",
             )
             .register::<UnnestConfig>(
-                Section::Transforms,
+                Transforms,
                 "unnest",
                 "One row per element of a list column.",
             )
-            .register::<UnionConfig>(
-                Section::Transforms,
-                "union",
-                "Merges inputs of the same schema.",
+            .register::<UnionConfig>(Transforms, "union", "Merges inputs of the same schema.")
+            .register::<WindowConfig>(
+                Transforms,
+                "window",
+                "Aggregates rows per tumbling, hopping or session window and key.",
             )
-            .register::<StdoutConfig>(Section::Sinks, "stdout", "Prints rows to standard output.")
-            .register::<BlackholeConfig>(
-                Section::Sinks,
-                "blackhole",
-                "Discards rows (counting them).",
+            .register::<TopNConfig>(
+                Transforms,
+                "top_n",
+                "Keeps the top n rows of each window (and key).",
             )
+            .register::<JoinConfig>(
+                Transforms,
+                "join",
+                "Joins two streams within a window or a time interval, or a stream with a table.",
+            )
+            .register::<DedupeConfig>(
+                Transforms,
+                "dedupe",
+                "Drops rows whose key was seen within a horizon.",
+            )
+            .register::<RouteConfig>(
+                Transforms,
+                "route",
+                "Sends rows to named outputs by SQL conditions.",
+            )
+            .register::<StdoutConfig>(Sinks, "stdout", "Prints rows to standard output.")
+            .register::<BlackholeConfig>(Sinks, "blackhole", "Discards rows (counting them).")
             .register::<FileSinkConfig>(
-                Section::Sinks,
+                Sinks,
                 "file",
                 "Writes rows to a local file as JSON lines or CSV.",
             );
@@ -98,5 +119,35 @@ impl ComponentConfig for BlackholeConfig {
 impl ComponentConfig for FileSinkConfig {
     fn build_node(&self) -> Result<NodeKind> {
         Ok(sink(self.build()?))
+    }
+}
+
+impl ComponentConfig for WindowConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(operator(self.build()?))
+    }
+}
+
+impl ComponentConfig for TopNConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(operator(self.build()?))
+    }
+}
+
+impl ComponentConfig for JoinConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(operator(self.build()?))
+    }
+}
+
+impl ComponentConfig for DedupeConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(operator(self.build()?))
+    }
+}
+
+impl ComponentConfig for RouteConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(operator(self.build()?))
     }
 }

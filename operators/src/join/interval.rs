@@ -56,7 +56,8 @@ impl Side {
             .and_then(|i| self.batches.get(i as usize))
     }
 
-    fn add(&mut self, rows: RecordBatch, times: Int64Array) -> Result<()> {
+    /// Keeps `rows`; `matched` says which of them already found a partner.
+    fn add(&mut self, rows: RecordBatch, times: Int64Array, matched: Vec<bool>) -> Result<()> {
         let (keys, valid) = self.encoder.encode(&rows)?;
         let id = self.first_id + self.batches.len() as u64;
         for (row, valid) in valid.iter().enumerate() {
@@ -72,7 +73,7 @@ impl Side {
         let oldest = arrow::compute::min(&times).unwrap_or(EventTime::MIN);
         self.live_rows += rows.num_rows();
         self.batches.push_back(Kept {
-            matched: vec![false; rows.num_rows()],
+            matched,
             rows,
             times,
             newest,
@@ -146,14 +147,14 @@ impl IntervalJoin {
     }
 
     /// Emits the pairs `batch` (from `side`) makes with the other side's
-    /// kept rows.
+    /// kept rows; returns which rows of `batch` found a partner.
     fn probe(
         &mut self,
         side: usize,
         batch: &RecordBatch,
         times: &Int64Array,
         out: &mut Collector,
-    ) -> Result<()> {
+    ) -> Result<Vec<bool>> {
         let other = 1 - side;
         let (keys, valid) = self.sides[side].encoder.encode(batch)?;
         // Pairs as (row of `batch`, batch id of the other side, its row).
@@ -181,8 +182,12 @@ impl IntervalJoin {
                 }
             }
         }
+        let mut matched = vec![false; batch.num_rows()];
         if pairs.is_empty() {
-            return Ok(());
+            return Ok(matched);
+        }
+        for (row, _, _) in &pairs {
+            matched[*row as usize] = true;
         }
         if side == 1 {
             for (_, id, row) in &pairs {
@@ -213,7 +218,7 @@ impl IntervalJoin {
             right,
             right_rows,
         )?);
-        Ok(())
+        Ok(matched)
     }
 
     /// Drops rows that can no longer match; emits unmatched left rows of a
@@ -284,8 +289,8 @@ impl Operator for IntervalJoin {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.probe(input, &batch, &times, out)?;
-        self.sides[input].add(batch, times)
+        let matched = self.probe(input, &batch, &times, out)?;
+        self.sides[input].add(batch, times, matched)
     }
 
     async fn on_watermark(

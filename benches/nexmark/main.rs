@@ -4,11 +4,11 @@
 //!
 //! ```sh
 //! cargo bench --bench nexmark                # everything
-//! cargo bench --bench nexmark -- q1 json     # only sections whose name matches
+//! cargo bench --bench nexmark -- q1 q5 json  # only sections whose name matches
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
 //!
-//! Every query ends in the same checksum sink, which reads every value of
+//! The stateless queries (q0-q2) end in the same checksum sink, which reads every value of
 //! every output column; the baseline calls the same function. The engine's
 //! checksum must equal the baseline's, so both did the same work.
 
@@ -24,6 +24,8 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, Timestam
 use flumen::prelude::*;
 use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator, bid_schema};
 use flumen_core::testing::MemorySource;
+
+mod stateful;
 
 /// Events per query run (of which 46 in 50 are bids).
 fn events() -> u64 {
@@ -59,19 +61,27 @@ fn main() {
     if wanted("generator") {
         generator();
     }
-    let queries = [("q0", Query::Q0), ("q1", Query::Q1), ("q2", Query::Q2)];
-    if queries.iter().any(|(name, _)| wanted(name)) {
-        let bids = pregenerate_bids(events());
-        println!(
-            "{:<6} {:>16} {:>16} {:>7} {:>16} {:>7}",
-            "query", "baseline ev/s", "engine p=1 ev/s", "ratio", "engine p=2 ev/s", "ratio"
-        );
-        for (name, query) in queries {
-            if wanted(name) {
-                run_query(&runtime, name, query, &bids);
+    let stateless = [("q0", Query::Q0), ("q1", Query::Q1), ("q2", Query::Q2)];
+    let stateful = ["q4", "q5", "q7", "q8"];
+    let needs_events =
+        stateless.iter().any(|(name, _)| wanted(name)) || stateful.iter().any(|name| wanted(name));
+    if needs_events {
+        let events = stateful::Events::generate(events());
+        if stateless.iter().any(|(name, _)| wanted(name)) {
+            println!(
+                "{:<6} {:>16} {:>16} {:>7} {:>16} {:>7}",
+                "query", "baseline ev/s", "engine p=1 ev/s", "ratio", "engine p=2 ev/s", "ratio"
+            );
+            for (name, query) in stateless {
+                if wanted(name) {
+                    run_query(&runtime, name, query, events.bids());
+                }
             }
+            println!();
         }
-        println!();
+        if stateful.iter().any(|name| wanted(name)) {
+            stateful::run(&runtime, &events, &wanted);
+        }
     }
     if wanted("json") {
         json_file_source(&runtime);
@@ -111,14 +121,6 @@ fn generator() {
         "generator (one core, all event kinds): {} events/s\n",
         millions(rate)
     );
-}
-
-fn pregenerate_bids(events: u64) -> Vec<RecordBatch> {
-    let mut generator = NexmarkGenerator::new(GeneratorSettings::default());
-    (0..events)
-        .step_by(8192)
-        .map(|start| generator.generate_kind(start..(start + 8192).min(events), EventKind::Bid))
-        .collect()
 }
 
 /// Reads every value of every column: what both sides of a comparison do
