@@ -244,6 +244,13 @@ pub trait OperatorFactory: Send + Sync + 'static {
         None
     }
 
+    /// The largest parallelism the operator supports: 1 for one that must
+    /// see every row in one place (a ranking or aggregate over whole
+    /// windows, with no key to split them by).
+    fn max_parallelism(&self) -> Option<usize> {
+        None
+    }
+
     /// Extra named outputs (usable as `node.name` in inputs), with their
     /// schemas. The main output is port 0; these are ports 1.. in order.
     fn named_outputs(&self, _inputs: &[SchemaRef]) -> Result<Vec<(String, SchemaRef)>> {

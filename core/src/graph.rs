@@ -571,6 +571,13 @@ impl Planner {
                 vec![OutputPort { name: None, schema }]
             }
             NodeKind::Operator(factory) => {
+                check_max_parallelism(decl, factory.max_parallelism()).map_err(|_| {
+                    Error::graph_at(
+                        &decl.name,
+                        "parallelism",
+                        "must be 1: with no key columns (`group_by`, `partition_by`) to split its rows by, every row must meet in one instance",
+                    )
+                })?;
                 if factory.same_input_schemas() {
                     check_same_schemas(decl, &input_schemas)?;
                 }

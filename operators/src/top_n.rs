@@ -289,14 +289,13 @@ impl OperatorFactory for TopN {
         }
     }
 
-    fn create(&self, instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
+    fn max_parallelism(&self) -> Option<usize> {
+        // A ranking over whole windows needs all their rows in one instance.
+        self.config.partition_by.is_empty().then_some(1)
+    }
+
+    fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         let plan = self.plan(&inputs[0])?;
-        if plan.partition.is_empty() && instance.parallelism > 1 {
-            return Err(Error::config(
-                "parallelism",
-                "a ranking over whole windows runs as one instance; add `partition_by` to run several",
-            ));
-        }
         let partition_fields = plan
             .partition
             .iter()
@@ -336,14 +335,22 @@ struct TopNInstance {
 const LATE: usize = 1;
 
 impl TopNInstance {
-    /// Each row's windows, as (row, window start, window end).
-    fn windows_of(&self, batch: &RecordBatch) -> Result<Vec<(u32, i64, i64)>> {
+    /// Each row's windows, as (row, window start, window end); rows with
+    /// no time (or no window) go to `timeless`.
+    fn windows_of(
+        &self,
+        batch: &RecordBatch,
+        timeless: &mut Vec<u32>,
+    ) -> Result<Vec<(u32, i64, i64)>> {
         let mut placed = Vec::with_capacity(batch.num_rows());
         match self.plan.windows {
             WindowSource::Assigned { time, size, slide } => {
                 let times = to_millis(batch.column(time))?;
                 for (row, time) in times.iter().enumerate() {
-                    let Some(time) = time else { continue };
+                    let Some(time) = time else {
+                        timeless.push(row as u32);
+                        continue;
+                    };
                     let last = time.div_euclid(slide) * slide;
                     for k in (0..size / slide).rev() {
                         let start = last - k * slide;
@@ -359,6 +366,8 @@ impl TopNInstance {
                 for row in 0..batch.num_rows() {
                     if starts.is_valid(row) && ends.is_valid(row) {
                         placed.push((row as u32, starts.value(row), ends.value(row)));
+                    } else {
+                        timeless.push(row as u32);
                     }
                 }
             }
@@ -371,16 +380,16 @@ impl TopNInstance {
         let window = match self.plan.windows {
             WindowSource::Assigned { time, size, slide } if size == slide => {
                 let times = to_millis(batch.column(time))?;
-                if times.null_count() > 0 {
+                if times.null_count() > 0 || times.is_empty() {
                     return Ok(None);
                 }
-                let (Some(first), Some(last)) =
-                    (arrow::compute::min(&times), arrow::compute::max(&times))
-                else {
-                    return Ok(None);
-                };
-                let start = first.div_euclid(size) * size;
-                (last.div_euclid(size) * size == start).then_some((start, start + size))
+                let values = times.values();
+                let start = values[0].div_euclid(size) * size;
+                // One branch-free pass: every time within [start, start + size).
+                let inside = values.iter().fold(true, |inside, &time| {
+                    inside & ((time.wrapping_sub(start) as u64) < size as u64)
+                });
+                inside.then_some((start, start + size))
             }
             WindowSource::Columns { start, end } => {
                 let (starts, ends) = (
@@ -454,6 +463,9 @@ impl TopNInstance {
             return Ok(candidates.clone());
         }
         let worst = top.num_rows() - 1;
+        if self.none_can_enter(top.slice(worst, 1), candidates) {
+            return Ok(candidates.slice(0, 0));
+        }
         let (mut better, mut tied): (Option<BooleanArray>, Option<BooleanArray>) = (None, None);
         // Lexicographic "better than or tied with the worst": a column
         // decides when all the ones before it tie.
@@ -476,6 +488,39 @@ impl TopNInstance {
             &tied.expect("order_by is not empty"),
         )?;
         Ok(filter_record_batch(candidates, &keep)?)
+    }
+
+    /// Whether the best of `candidates` is plainly worse than `worst`, by a
+    /// single pass over the first order column: the usual case once a
+    /// window's top is full, decided without building any mask.
+    fn none_can_enter(&self, worst: RecordBatch, candidates: &RecordBatch) -> bool {
+        let (column, options) = self.plan.order[0];
+        let (values, threshold) = (candidates.column(column), worst.column(column));
+        if values.null_count() > 0 || threshold.null_count() > 0 {
+            return false;
+        }
+        macro_rules! decide {
+            ($type:ty) => {{
+                let (values, threshold) = (
+                    values.as_primitive::<$type>(),
+                    threshold.as_primitive::<$type>().value(0),
+                );
+                if options.descending {
+                    arrow::compute::max(values).is_some_and(|best| best < threshold)
+                } else {
+                    arrow::compute::min(values).is_some_and(|best| best > threshold)
+                }
+            }};
+        }
+        use arrow::datatypes::*;
+        match values.data_type() {
+            DataType::Int64 => decide!(Int64Type),
+            DataType::Int32 => decide!(Int32Type),
+            DataType::UInt64 => decide!(UInt64Type),
+            DataType::Float64 => decide!(Float64Type),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => decide!(TimestampMillisecondType),
+            _ => false,
+        }
     }
 
     /// The best rows of `rows`: per partition, those ranked `n` or better.
@@ -654,23 +699,35 @@ impl Operator for TopNInstance {
             }
             return Ok(());
         }
-        let placed = self.windows_of(&batch)?;
+        // A row that belongs to no window cannot be ranked: it leaves by
+        // the late output, like a row whose windows have all closed.
         let mut late = Vec::new();
+        let placed = self.windows_of(&batch, &mut late)?;
+        // A row is late once every window holding it has closed; until
+        // then it is ranked in those still open.
         let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
+        let mut ranked = vec![false; batch.num_rows()];
+        let mut closed_rows = Vec::new();
         for (row, start, end) in placed {
             if self.closed(end) {
-                late.push(row);
+                closed_rows.push(row);
             } else {
+                ranked[row as usize] = true;
                 by_window.entry((start, end)).or_default().push(row);
             }
         }
+        late.extend(closed_rows.into_iter().filter(|row| !ranked[*row as usize]));
         if !late.is_empty() {
+            late.sort_unstable();
             late.dedup();
             out.emit_to(LATE, take_record_batch(&batch, &UInt32Array::from(late))?);
         }
         for ((start, end), rows) in by_window {
-            let rows = if rows.len() == batch.num_rows() {
-                batch.clone()
+            let (first, last) = (rows[0] as usize, rows[rows.len() - 1] as usize);
+            let rows = if last - first + 1 == rows.len() {
+                // Rows in time order fill each window with a run of rows:
+                // a zero-copy slice.
+                batch.slice(first, rows.len())
             } else {
                 take_record_batch(&batch, &UInt32Array::from(rows))?
             };

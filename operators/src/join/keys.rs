@@ -155,6 +155,14 @@ impl KeyTable {
     }
 
     /// How many rows the table indexes.
+    /// Approximate memory the index takes, in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|(key, rows)| key.len() + rows.capacity() * 4 + 48)
+            .sum()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.rows.values().map(Vec::len).sum()
     }

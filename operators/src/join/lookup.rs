@@ -117,7 +117,8 @@ pub(crate) struct LookupJoin {
     plan: JoinPlan,
     table: Arc<LookupTable>,
     keys: KeyEncoder,
-    rows: u64,
+    /// The size of the table as last used.
+    state: StateSize,
 }
 
 impl LookupJoin {
@@ -126,7 +127,7 @@ impl LookupJoin {
             keys: KeyEncoder::new(&plan.left, plan.left_keys.clone())?,
             plan,
             table,
-            rows: 0,
+            state: StateSize::default(),
         })
     }
 }
@@ -141,7 +142,10 @@ impl Operator for LookupJoin {
         out: &mut Collector,
     ) -> Result<()> {
         let table = self.table.get(&self.plan.right_keys).await?;
-        self.rows = table.keys.len() as u64;
+        self.state = StateSize {
+            rows: table.keys.len() as u64,
+            bytes: (table.rows.get_array_memory_size() + table.keys.size()) as u64,
+        };
         let (left_rows, right_rows) =
             table
                 .keys
@@ -158,14 +162,11 @@ impl Operator for LookupJoin {
     }
 
     async fn on_end(&mut self, _ctx: &mut Context, _out: &mut Collector) -> Result<()> {
-        self.rows = 0;
+        self.state = StateSize::default();
         Ok(())
     }
 
     fn state_size(&self) -> StateSize {
-        StateSize {
-            rows: self.rows,
-            bytes: 0,
-        }
+        self.state
     }
 }

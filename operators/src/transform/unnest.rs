@@ -46,7 +46,9 @@ impl Unnest {
         };
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields[index] = Field::new(field.name(), item.data_type().clone(), item.is_nullable());
-        Ok((index, Arc::new(Schema::new(fields))))
+        // Every other column, the event time among them, is kept as it was.
+        let schema = Schema::new(fields).with_metadata(input.metadata().clone());
+        Ok((index, Arc::new(schema)))
     }
 }
 

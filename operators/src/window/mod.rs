@@ -273,6 +273,11 @@ impl OperatorFactory for WindowAggregate {
         (!self.config.group_by.is_empty()).then(|| self.config.group_by.clone())
     }
 
+    fn max_parallelism(&self) -> Option<usize> {
+        // Without keys, every row of a window must meet in one instance.
+        self.config.group_by.is_empty().then_some(1)
+    }
+
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         let plan = self.plan(&inputs[0])?;
         let windows = match self.shape {

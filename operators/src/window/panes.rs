@@ -47,12 +47,26 @@ pub(crate) struct PaneWindows {
     pane: i64,
     /// Panes still taking rows, by start time.
     open: BTreeMap<i64, GroupedAggregation>,
-    /// Hopping only: panes waiting to be merged into windows.
-    frozen: BTreeMap<i64, FrozenPane>,
+    /// Hopping only: panes waiting to be merged into windows, by start and
+    /// then part (rows that arrive for a frozen pane add a part).
+    frozen: BTreeMap<(i64, u32), FrozenPane>,
     shared: SharedKeys,
     /// Hopping only: the start of the next window to emit.
     next_window: Option<i64>,
     watermark: EventTime,
+    /// Scratch for [`PaneWindows::merge_window`]: the window-local number
+    /// of each shared key id, [`UNSEEN`] between merges.
+    local: Vec<u32>,
+}
+
+const UNSEEN: u32 = u32::MAX;
+
+/// Where an arriving row goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    OpenPane,
+    FrozenPane,
+    Late,
 }
 
 impl PaneWindows {
@@ -67,6 +81,7 @@ impl PaneWindows {
             shared,
             next_window: None,
             watermark: EventTime::MIN,
+            local: Vec::new(),
         })
     }
 
@@ -89,35 +104,81 @@ impl PaneWindows {
             .iter()
             .map(|t| slot_start(*t, self.pane))
             .collect();
-        let late: BooleanArray = panes
-            .iter()
-            .enumerate()
-            .map(|(row, pane)| {
-                let closed = self
-                    .first_window(*pane)
-                    .saturating_add(size)
-                    .saturating_add(lateness)
-                    <= watermark;
-                Some(times.is_null(row) || closed)
-            })
-            .collect();
-        match late.true_count() {
-            0 => {
-                self.add_on_time(batch, &panes)?;
-                Ok(None)
-            }
-            all if all == batch.num_rows() => Ok(Some(batch.clone())),
-            _ => {
-                let on_time = arrow::compute::not(&late)?;
-                let on_time_panes: Vec<i64> = panes
-                    .iter()
-                    .zip(on_time.values().iter())
-                    .filter_map(|(pane, keep)| keep.then_some(*pane))
-                    .collect();
-                self.add_on_time(&filter_record_batch(batch, &on_time)?, &on_time_panes)?;
-                Ok(Some(filter_record_batch(batch, &late)?))
-            }
+        let closed =
+            |window: i64| window.saturating_add(size).saturating_add(lateness) <= watermark;
+        // A row is late once the last window holding it has closed. Until
+        // then it counts in the windows still open, even if earlier ones
+        // holding it have been emitted (its pane is then frozen).
+        let mut fate = Vec::with_capacity(panes.len());
+        for (row, pane) in panes.iter().enumerate() {
+            fate.push(
+                if times.is_null(row) || closed(slot_start(*pane, self.spec.slide)) {
+                    Fate::Late
+                } else if !self.tumbling() && closed(self.first_window(*pane)) {
+                    Fate::FrozenPane
+                } else {
+                    Fate::OpenPane
+                },
+            );
         }
+        if fate.iter().all(|f| *f == Fate::OpenPane) {
+            self.add_on_time(batch, &panes)?;
+            return Ok(None);
+        }
+        let rows_of = |wanted: Fate| -> (BooleanArray, Vec<i64>) {
+            let mask: BooleanArray = fate.iter().map(|f| Some(*f == wanted)).collect();
+            let panes = panes
+                .iter()
+                .zip(&fate)
+                .filter_map(|(pane, f)| (*f == wanted).then_some(*pane))
+                .collect();
+            (mask, panes)
+        };
+        let (open, open_panes) = rows_of(Fate::OpenPane);
+        if !open_panes.is_empty() {
+            self.add_on_time(&filter_record_batch(batch, &open)?, &open_panes)?;
+        }
+        let (frozen, frozen_panes) = rows_of(Fate::FrozenPane);
+        if !frozen_panes.is_empty() {
+            self.add_to_frozen(&filter_record_batch(batch, &frozen)?, &frozen_panes)?;
+        }
+        let (late, late_panes) = rows_of(Fate::Late);
+        Ok((!late_panes.is_empty())
+            .then(|| filter_record_batch(batch, &late))
+            .transpose()?)
+    }
+
+    /// Adds rows whose panes are already frozen, each pane's rows as one
+    /// more part of it.
+    fn add_to_frozen(&mut self, batch: &RecordBatch, panes: &[i64]) -> Result<()> {
+        let arguments = self.spec.aggregates.arguments(batch)?;
+        let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, pane) in panes.iter().enumerate() {
+            by_pane.entry(*pane).or_default().push(row as u32);
+        }
+        for (pane, rows) in by_pane {
+            let indices = UInt32Array::from(rows);
+            let keys = self
+                .spec
+                .keys
+                .iter()
+                .map(|&k| Ok(take(batch.column(k), &indices, None)?))
+                .collect::<Result<Vec<_>>>()?;
+            let arguments = arguments
+                .iter()
+                .map(|a| a.take(&indices))
+                .collect::<Result<Vec<_>>>()?;
+            let mut part = GroupedAggregation::new(&self.spec.aggregates, &self.spec.key_schema)?;
+            part.update(&keys, indices.len(), &arguments)?;
+            let frozen = self.frozen_part(part)?;
+            let next_part = self
+                .frozen
+                .range((pane, 0)..=(pane, u32::MAX))
+                .next_back()
+                .map_or(0, |((_, part), _)| part + 1);
+            self.frozen.insert((pane, next_part), frozen);
+        }
+        Ok(())
     }
 
     fn add_on_time(&mut self, batch: &RecordBatch, panes: &[i64]) -> Result<()> {
@@ -201,9 +262,9 @@ impl PaneWindows {
                 break;
             }
             let earliest = match (self.open.first_key_value(), self.frozen.first_key_value()) {
-                (Some((o, _)), Some((f, _))) => Some(*o.min(f)),
+                (Some((o, _)), Some(((f, _), _))) => Some(*o.min(f)),
                 (Some((o, _)), None) => Some(*o),
-                (None, Some((f, _))) => Some(*f),
+                (None, Some(((f, _), _))) => Some(*f),
                 (None, None) => None,
             };
             match earliest {
@@ -228,7 +289,11 @@ impl PaneWindows {
             }
             let next = start + self.spec.slide;
             self.next_window = Some(next);
-            self.frozen = self.frozen.split_off(&next);
+            self.frozen = self.frozen.split_off(&(next, 0));
+            if self.frozen.is_empty() && self.open.is_empty() {
+                // Nothing refers to any key id: forget them all.
+                self.shared.clear()?;
+            }
             self.shared.compact_if_sparse(&mut self.frozen)?;
         }
         Ok(())
@@ -236,42 +301,55 @@ impl PaneWindows {
 
     fn freeze(&mut self, pane: i64) -> Result<()> {
         let state = self.open.remove(&pane).expect("an open pane");
+        let frozen = self.frozen_part(state)?;
+        self.frozen.insert((pane, 0), frozen);
+        Ok(())
+    }
+
+    /// A pane's partial states, with its keys as shared ids.
+    fn frozen_part(&mut self, state: GroupedAggregation) -> Result<FrozenPane> {
         let (keys, states) = state.into_state()?;
         let rows = states
             .first()
             .and_then(|s| s.first())
             .map_or(0, |a| a.len());
         let groups = self.shared.intern(&keys, rows)?;
-        self.frozen.insert(pane, FrozenPane { groups, states });
-        Ok(())
+        Ok(FrozenPane { groups, states })
     }
 
     fn merge_window(&mut self, start: i64) -> Result<Option<RecordBatch>> {
         let end = start + self.spec.size;
-        let total = self.shared.len();
+        // Number the window's keys densely from 0, so that the accumulators
+        // are as large as the window, not as every key still remembered.
+        let local = &mut self.local;
+        local.resize(self.shared.len(), UNSEEN);
+        let mut window_keys: Vec<u32> = Vec::new();
         let mut accumulators = self.spec.aggregates.accumulators()?;
-        let mut present = vec![false; total];
-        for pane in self.frozen.range(start..end).map(|(_, p)| p) {
+        let mut pane_groups = Vec::new();
+        for pane in self.frozen.range((start, 0)..(end, 0)).map(|(_, p)| p) {
+            pane_groups.clear();
+            pane_groups.extend(pane.groups.iter().map(|&shared| {
+                if local[shared] == UNSEEN {
+                    local[shared] = window_keys.len() as u32;
+                    window_keys.push(shared as u32);
+                }
+                local[shared] as usize
+            }));
             for (accumulator, state) in accumulators.iter_mut().zip(&pane.states) {
-                accumulator.merge_batch(state, &pane.groups, total)?;
-            }
-            for group in &pane.groups {
-                present[*group] = true;
+                accumulator.merge_batch(state, &pane_groups, window_keys.len())?;
             }
         }
-        let groups: UInt32Array = present
-            .iter()
-            .enumerate()
-            .filter_map(|(group, present)| present.then_some(group as u32))
-            .collect();
-        if groups.is_empty() {
+        for &shared in &window_keys {
+            local[shared as usize] = UNSEEN;
+        }
+        if window_keys.is_empty() {
             return Ok(None);
         }
         let values = accumulators
             .iter_mut()
-            .map(|a| Ok(take(&a.evaluate(EmitTo::All)?, &groups, None)?))
-            .collect::<Result<Vec<_>>>()?;
-        let keys = self.shared.keys(&groups)?;
+            .map(|a| a.evaluate(EmitTo::All))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let keys = self.shared.keys(&UInt32Array::from(window_keys))?;
         self.output(start, keys, values).map(Some)
     }
 
@@ -369,7 +447,17 @@ impl SharedKeys {
         self.len
     }
 
+    /// Forgets every key.
+    fn clear(&mut self) -> Result<()> {
+        *self = SharedKeys::new(&self.schema)?;
+        Ok(())
+    }
+
     fn size(&self) -> usize {
+        if self.len == 0 {
+            // An empty table's preallocated room is not state.
+            return 0;
+        }
         self.ids.as_ref().map_or(0, |ids| ids.size())
             + self
                 .chunks
@@ -433,7 +521,7 @@ impl SharedKeys {
 
     /// Renumbers the keys still used by frozen panes once most ids belong
     /// to keys no pane holds any more, so the table does not grow forever.
-    fn compact_if_sparse(&mut self, frozen: &mut BTreeMap<i64, FrozenPane>) -> Result<()> {
+    fn compact_if_sparse(&mut self, frozen: &mut BTreeMap<(i64, u32), FrozenPane>) -> Result<()> {
         let used: usize = frozen.values().map(|p| p.groups.len()).sum();
         if self.ids.is_none() || self.len < 4096 || self.len < 4 * used {
             return Ok(());

@@ -311,6 +311,86 @@ async fn rows_later_than_the_lateness_go_to_the_late_output_only() {
     assert_eq!(state_of(&ran.report), 0);
 }
 
+/// (window start in ms, `total`) of each output row, in order.
+fn totals(batches: &[RecordBatch]) -> Vec<(i64, i64)> {
+    let mut rows: Vec<(i64, i64)> = batches
+        .iter()
+        .flat_map(|b| {
+            let start = arrow::compute::cast(b.column(0), &DataType::Int64).unwrap();
+            let start = start.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+            let total = b.column_by_name("total").unwrap();
+            let total = total.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+            (0..b.num_rows()).map(move |i| (start.value(i), total.value(i)))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn a_row_late_for_some_hopping_windows_counts_in_those_still_open() {
+    // Windows of 100ms every 50ms. When 1070 arrives the watermark is at
+    // 1110: [1000, 1100) has closed but [1050, 1150) is open. When 1120
+    // arrives the watermark is at 1300 and both its windows have closed.
+    let arrival = vec![
+        (1, 0, 10, 1_000),
+        (1, 0, 20, 1_060),
+        (1, 0, 30, 1_110),
+        (1, 0, 99, 1_070),
+        (1, 0, 40, 1_300),
+        (1, 0, 500, 1_120),
+    ];
+    let mut config = window(
+        WindowKind::Hop {
+            size: Duration::from_millis(100),
+            slide: Duration::from_millis(50),
+        },
+        &["key"],
+        Duration::ZERO,
+    );
+    config.aggregates = vec!["sum(value) AS total".into()];
+    let ran = run_window_batched(config.build().unwrap(), &arrival, Duration::ZERO, 1, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        totals(&ran.output),
+        vec![
+            (950, 10),
+            (1_000, 30),
+            (1_050, 20 + 30 + 99),
+            (1_100, 30),
+            (1_250, 40),
+            (1_300, 40)
+        ]
+    );
+    assert_eq!(
+        sorted_lines(&ran.late),
+        sorted_lines(&[batch(&arrival[5..])])
+    );
+    assert_eq!(state_of(&ran.report), 0);
+}
+
+#[tokio::test]
+async fn a_window_without_keys_runs_as_one_instance() {
+    let config = window(
+        WindowKind::Tumble(Duration::from_millis(100)),
+        &[],
+        Duration::ZERO,
+    );
+    let err = run_window(
+        config.build().unwrap(),
+        &in_order(&[(1, 1, 1, 1)]),
+        Duration::ZERO,
+        2,
+    )
+    .await
+    .err()
+    .expect("a keyless window at parallelism 2 is refused");
+    let message = err.to_string();
+    assert!(message.contains("`window`: parallelism"), "{message}");
+    assert!(message.contains("group_by"), "{message}");
+}
+
 #[tokio::test]
 async fn a_late_event_bridging_two_sessions_merges_them() {
     // Sessions [1000, 1010) and [1018, 1028) with a 10ms gap; the event at
