@@ -15,6 +15,9 @@ use datafusion::prelude::SessionContext;
 use flumen::config::{Document, interpolate};
 use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator};
 
+#[path = "cli/crash.rs"]
+mod crash;
+
 fn flumen() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flumen"));
     command.current_dir(env!("CARGO_MANIFEST_DIR"));

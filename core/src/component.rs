@@ -13,7 +13,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::checkpoint::Snapshot;
+use crate::error::{Error, Result};
 use crate::event_time::EventTimeConfig;
 use crate::message::EventTime;
 
@@ -59,6 +60,25 @@ pub trait Source: Send + 'static {
     fn lag(&self) -> Option<u64> {
         None
     }
+
+    /// Where the instance is in its input: everything emitted so far and
+    /// nothing after. Checkpoints record it; [`Source::restore`] resumes
+    /// from it. A source that cannot say cannot be checkpointed.
+    fn position(&self) -> Result<serde_json::Value> {
+        Err(Error::config(
+            "checkpoint",
+            "this source cannot record a read position, so the pipeline cannot be checkpointed",
+        ))
+    }
+
+    /// Continues after `position`, which [`Source::position`] returned
+    /// (in this process or an earlier one), before the first `next`.
+    async fn restore(&mut self, _position: serde_json::Value) -> Result<()> {
+        Err(Error::config(
+            "checkpoint",
+            "this source cannot resume from a checkpoint",
+        ))
+    }
 }
 
 /// Declares a source in a graph and creates its instances.
@@ -97,6 +117,9 @@ pub struct Context {
     pub instance: InstanceInfo,
     /// The current watermark (minimum over inputs), if any has arrived.
     pub watermark: Option<EventTime>,
+    /// Whether the run takes checkpoints: sinks then commit once per
+    /// checkpoint rather than once at the end.
+    pub checkpointing: bool,
 }
 
 /// Collects what an operator emits while it handles one message; the
@@ -208,6 +231,23 @@ pub trait Operator: Send + 'static {
     fn state_size(&self) -> StateSize {
         StateSize::default()
     }
+
+    /// The operator's state, for a checkpoint: everything needed to carry
+    /// on as if nothing happened. A stateless operator has nothing to give.
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Ok(Snapshot::default())
+    }
+
+    /// Takes back a state [`Operator::snapshot`] gave, before any input.
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        if snapshot.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::internal(
+                "the checkpoint holds state for an operator that keeps none",
+            ))
+        }
+    }
 }
 
 /// The state an operator instance retains.
@@ -272,8 +312,40 @@ pub trait Sink: Send + 'static {
         Ok(())
     }
 
-    /// Called once at end of stream: flush and close.
+    /// Called once at end of stream: flush and close. The runtime then
+    /// pre-commits and commits what remains.
     async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
+        Ok(())
+    }
+
+    /// First phase of a commit, at a checkpoint (or at the end): make
+    /// everything written so far durable but not yet visible, and return
+    /// what [`Sink::commit`] needs to publish it. A sink that cannot hold
+    /// data back just flushes here (at-least-once delivery).
+    async fn pre_commit(
+        &mut self,
+        _checkpoint: u64,
+        _ctx: &mut Context,
+    ) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Second phase, once the checkpoint is complete: make the transaction
+    /// visible. It may be called again for the same transaction after a
+    /// crash, so it must be idempotent.
+    async fn commit(&mut self, _transaction: serde_json::Value, _ctx: &mut Context) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before anything is written. `from` is the checkpoint the run
+    /// restores and what this instance pre-committed in it (commit it
+    /// again), or `None` on a fresh start. Anything staged and not in it
+    /// belongs to a checkpoint that never completed: discard it.
+    async fn recover(
+        &mut self,
+        _from: Option<(u64, serde_json::Value)>,
+        _ctx: &mut Context,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -291,5 +363,12 @@ pub trait SinkFactory: Send + Sync + 'static {
     /// The largest parallelism the sink supports (1 for stdout, say).
     fn max_parallelism(&self) -> Option<usize> {
         None
+    }
+
+    /// Whether output becomes visible only on commit, so that with
+    /// checkpoints every row is delivered exactly once. Otherwise a crash
+    /// can deliver some rows again (at-least-once).
+    fn exactly_once(&self) -> bool {
+        false
     }
 }

@@ -7,6 +7,7 @@
 //! checks it and plans it into a [`Pipeline`](graph::Pipeline), which
 //! [`run`](graph::Pipeline::run)s one tokio task per node instance.
 
+pub mod checkpoint;
 pub mod component;
 pub mod error;
 pub mod event_time;
@@ -30,6 +31,7 @@ pub mod prelude {
     pub use arrow::record_batch::RecordBatch;
     pub use async_trait::async_trait;
 
+    pub use crate::checkpoint::Snapshot;
     pub use crate::component::{
         Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,
         SourceFactory, SourceStep, StateSize,

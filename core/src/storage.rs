@@ -95,7 +95,9 @@ pub fn resolve(location: &str, options: &StorageOptions, key: &str) -> Result<Lo
         "file" => {
             let path = Path::from_url_path(url.path())
                 .map_err(|e| Error::config(key, format!("`{location}`: {e}")))?;
-            Ok(located(Arc::new(LocalFileSystem::new()), path))
+            // Deleting the last file of a directory removes the directory too.
+            let store = LocalFileSystem::new().with_automatic_cleanup(true);
+            Ok(located(Arc::new(store), path))
         }
         #[cfg(feature = "s3")]
         "s3" | "s3a" => {

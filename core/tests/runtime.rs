@@ -313,6 +313,7 @@ async fn slow_sink_holds_back_the_source() {
     let options = RunOptions {
         channel_capacity: CAPACITY,
         handle_signals: false,
+        ..RunOptions::default()
     };
     graph.build().unwrap().run_with(options).await.unwrap();
 

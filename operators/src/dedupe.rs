@@ -221,6 +221,10 @@ impl Operator for DedupeInstance {
         Ok(())
     }
 
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(crate::window::unsupported("dedupe"))
+    }
+
     fn state_size(&self) -> StateSize {
         let bytes: usize = self.seen.keys().map(|k| k.len() + 24).sum();
         StateSize {

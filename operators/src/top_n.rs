@@ -754,6 +754,10 @@ impl Operator for TopNInstance {
         self.emit(out, true)
     }
 
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(crate::window::unsupported("top_n"))
+    }
+
     fn state_size(&self) -> StateSize {
         let rows: usize = self.windows.values().map(|r| r.rows.num_rows()).sum();
         let bytes: usize = self

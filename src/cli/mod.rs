@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the pipeline failed while running, 2 the
 //! command or the pipeline file is wrong.
 
+mod checkpoints;
 mod graph;
 mod logging;
 mod metrics;
@@ -61,6 +62,9 @@ enum Command {
     /// Pipeline file schema and reference.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List and inspect the checkpoints in a checkpoint store.
+    #[command(subcommand)]
+    Checkpoints(checkpoints::CheckpointsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +131,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             let rendered = graph::render(&loaded, format).map_err(Failure::Runtime)?;
             write_output(output, &rendered)
         }
+        Command::Checkpoints(command) => checkpoints::run(command),
         Command::Config(ConfigCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&pipeline_schema(&registry))
                 .expect("a schema serializes");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flumen::config::{LoadedPipeline, Registry};
+use flumen_core::checkpoint::{CheckpointSettings, CheckpointStore, StartFrom};
 use flumen_core::prelude::{RunOptions, RunReport};
 
 use super::Failure;
@@ -35,6 +36,36 @@ pub struct RunArgs {
     /// waits: more smooths bursts, less bounds memory tighter.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     channel_capacity: u16,
+
+    /// Start from this checkpoint rather than the latest complete one
+    /// (pipelines with a `checkpoint` section).
+    #[arg(long, value_name = "ID", conflicts_with = "fresh")]
+    from_checkpoint: Option<u64>,
+
+    /// Start from the beginning, ignoring any checkpoint (and discarding
+    /// output staged but never committed).
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// The checkpoint store of a pipeline file: the `store` it names, or
+/// `.flumen/<pipeline>/checkpoints` beside it.
+pub fn checkpoint_store_of(file: &std::path::Path, store: Option<&str>) -> String {
+    match store {
+        Some(store) => store.to_string(),
+        None => {
+            let stem = file
+                .file_stem()
+                .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy());
+            let directory = file.parent().unwrap_or(std::path::Path::new(""));
+            directory
+                .join(".flumen")
+                .join(stem.as_ref())
+                .join("checkpoints")
+                .to_string_lossy()
+                .into_owned()
+        }
+    }
 }
 
 pub fn run(args: RunArgs, registry: &Registry) -> Result<(), Failure> {
@@ -51,9 +82,35 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), Failure> {
         let pipeline = loaded.pipeline;
         let progress = progress::start(&pipeline, args.progress);
         tracing::info!(pipeline = %args.file.display(), "running");
+        let checkpoints = match &loaded.checkpoint {
+            Some(config) => {
+                let location = checkpoint_store_of(&args.file, config.store.as_deref());
+                let store = CheckpointStore::open(&location, &config.storage)
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                let start = match (args.fresh, args.from_checkpoint) {
+                    (true, _) => StartFrom::Fresh,
+                    (false, Some(id)) => StartFrom::Checkpoint(id),
+                    (false, None) => StartFrom::Latest,
+                };
+                Some(CheckpointSettings {
+                    store,
+                    interval: config.interval,
+                    keep: config.keep,
+                    start,
+                })
+            }
+            None if args.fresh || args.from_checkpoint.is_some() => {
+                return Err(Failure::Usage(format!(
+                    "`{}` has no `checkpoint` section, so there is no checkpoint to start from",
+                    args.file.display()
+                )));
+            }
+            None => None,
+        };
         let options = RunOptions {
             channel_capacity: args.channel_capacity.into(),
             handle_signals: true,
+            checkpoints,
         };
         let result = pipeline.run_with(options).await;
         progress.finish();

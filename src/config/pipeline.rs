@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
+use flumen_core::checkpoint::CheckpointConfig;
 use flumen_core::event_time::EventTimeConfig;
 use flumen_core::graph::{GraphBuilder, Input, Pipeline};
 use flumen_core::partition::Partitioning;
@@ -100,6 +101,8 @@ pub struct LoadedPipeline {
     pub components: Vec<Component>,
     /// The graph, ready to run.
     pub pipeline: Pipeline,
+    /// The `checkpoint` section, if the file has one.
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl LoadedPipeline {
@@ -130,10 +133,12 @@ impl LoadedPipeline {
             document: &document,
         };
         let components = parser.components()?;
+        let checkpoint = parser.checkpoint()?;
         let pipeline = parser.build(&components, registry)?;
         Ok(LoadedPipeline {
             components,
             pipeline,
+            checkpoint,
         })
     }
 
@@ -186,6 +191,31 @@ impl FileParser<'_> {
         self.locate(ConfigError::new(message).at(path), target)
     }
 
+    /// The `checkpoint` section.
+    fn checkpoint(&self) -> Result<Option<CheckpointConfig>, ConfigError> {
+        let Some(value) = self.document.value.get("checkpoint") else {
+            return Ok(None);
+        };
+        let value = match value {
+            // `checkpoint:` alone: every default.
+            Value::Null => Value::Object(Default::default()),
+            other => other.clone(),
+        };
+        let config: CheckpointConfig = serde_json::from_value(value)
+            .map_err(|e| self.error("checkpoint", Target::Value, e.to_string()))?;
+        if config.keep == 0 {
+            return Err(self.error("checkpoint.keep", Target::Value, "must be at least 1"));
+        }
+        if config.interval.is_zero() {
+            return Err(self.error(
+                "checkpoint.interval",
+                Target::Value,
+                "must be more than zero",
+            ));
+        }
+        Ok(Some(config))
+    }
+
     fn components(&self) -> Result<Vec<Component>, ConfigError> {
         let root = match &self.document.value {
             Value::Object(root) => root,
@@ -204,7 +234,8 @@ impl FileParser<'_> {
                 ));
             }
         };
-        let sections: Vec<&str> = Section::ALL.iter().map(|s| s.key()).collect();
+        let mut sections: Vec<&str> = Section::ALL.iter().map(|s| s.key()).collect();
+        sections.push("checkpoint");
         for key in root.keys() {
             if !sections.contains(&key.as_str()) {
                 return Err(self

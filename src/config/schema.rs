@@ -88,6 +88,16 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             }),
         );
     }
+    let mut checkpoint = generator
+        .subschema_for::<flumen_core::checkpoint::CheckpointConfig>()
+        .to_value();
+    if let Some(object) = checkpoint.as_object_mut() {
+        object.insert(
+            "description".into(),
+            "Periodic checkpoints, from which a run resumes after a crash.".into(),
+        );
+    }
+    sections.insert("checkpoint".into(), checkpoint);
     let definitions: Map<String, Value> = generator.take_definitions(true);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -113,6 +123,16 @@ pub fn reference_markdown(registry: &Registry) -> String {
          component may set `parallelism`; transforms and sinks may set `partitioning`; \
          sources may set `event_time`. See [pipeline files](pipeline-files.md).\n",
     );
+    out.push_str(
+        "\n## Checkpoints\n\nThe top-level `checkpoint` section turns checkpoints on. \
+         See [checkpoints](checkpoints.md).\n\n| key | type | default | description |\n| --- | --- | --- | --- |\n",
+    );
+    let checkpoint = resolve(&schema["properties"]["checkpoint"], &definitions);
+    if let Some(properties) = checkpoint["properties"].as_object() {
+        for (key, property) in properties {
+            push_rows(&mut out, key, property, false, &definitions);
+        }
+    }
     for section in Section::ALL {
         out.push_str(&format!("\n## {}\n", capitalize(section.key())));
         for variant in schema["properties"][section.key()]["additionalProperties"]["oneOf"]

@@ -1,6 +1,7 @@
 //! The two ends of a node instance's edges: fair reception from every
 //! upstream channel, and routing of output batches to downstream instances.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::Poll;
 
@@ -8,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::message::{Message, Watermark};
+use crate::message::{Barrier, Message, Watermark};
 use crate::partition::HashPartitioner;
 use crate::watermark::WatermarkTracker;
 
@@ -24,6 +25,12 @@ pub(crate) struct InputChannel {
 pub(crate) struct Inputs {
     channels: Vec<InputChannel>,
     ended: Vec<bool>,
+    /// Channels that delivered the barrier being aligned: they are not
+    /// read until it has arrived on every channel.
+    blocked: Vec<bool>,
+    aligning: Option<Barrier>,
+    /// Things to hand over before reading again.
+    pending: VecDeque<Received>,
     next: usize,
     watermarks: WatermarkTracker,
 }
@@ -34,6 +41,8 @@ pub(crate) enum Received {
     Batch { input: usize, batch: RecordBatch },
     /// The combined watermark changed.
     Watermark(Watermark),
+    /// A checkpoint barrier has arrived on every channel still open.
+    Barrier(Barrier),
     /// Every channel has ended.
     End,
 }
@@ -44,6 +53,9 @@ impl Inputs {
         Inputs {
             channels,
             ended: vec![false; n],
+            blocked: vec![false; n],
+            aligning: None,
+            pending: VecDeque::new(),
             next: 0,
             watermarks: WatermarkTracker::new(n),
         }
@@ -52,7 +64,15 @@ impl Inputs {
     /// Waits for the next thing the node must handle. Watermarks that do not
     /// move the combined watermark, and ends of single channels, are
     /// absorbed here.
+    ///
+    /// Barriers are aligned: once barrier *n* arrives on a channel, that
+    /// channel is not read again until *n* has arrived on all the others,
+    /// so that what the node has seen when it takes its snapshot is exactly
+    /// what came before the barrier on every input.
     pub(crate) async fn recv(&mut self) -> Result<Received> {
+        if let Some(pending) = self.pending.pop_front() {
+            return Ok(pending);
+        }
         loop {
             let (channel, message) = self.recv_raw().await?;
             match message {
@@ -70,6 +90,11 @@ impl Inputs {
                 Message::End => {
                     self.ended[channel] = true;
                     let combined = self.watermarks.end(channel);
+                    // An ended channel no longer holds an alignment back.
+                    if let Some(barrier) = self.aligned() {
+                        self.pending.extend(combined.map(Received::Watermark));
+                        return Ok(Received::Barrier(barrier));
+                    }
                     if self.watermarks.all_ended() {
                         return Ok(Received::End);
                     }
@@ -78,13 +103,35 @@ impl Inputs {
                     }
                 }
                 Message::Barrier(barrier) => {
-                    return Err(Error::internal(format!(
-                        "checkpoint barrier {} arrived but checkpointing is not enabled",
-                        barrier.checkpoint
-                    )));
+                    match self.aligning {
+                        Some(aligning) if aligning != barrier => {
+                            return Err(Error::internal(format!(
+                                "checkpoint barrier {} arrived while aligning {}",
+                                barrier.checkpoint, aligning.checkpoint
+                            )));
+                        }
+                        _ => self.aligning = Some(barrier),
+                    }
+                    self.blocked[channel] = true;
+                    if let Some(barrier) = self.aligned() {
+                        return Ok(Received::Barrier(barrier));
+                    }
                 }
             }
         }
+    }
+
+    /// The barrier being aligned, once every open channel has delivered
+    /// it; unblocks the channels.
+    fn aligned(&mut self) -> Option<Barrier> {
+        let barrier = self.aligning?;
+        let complete = (0..self.channels.len()).all(|i| self.blocked[i] || self.ended[i]);
+        if !complete {
+            return None;
+        }
+        self.blocked.fill(false);
+        self.aligning = None;
+        Some(barrier)
     }
 
     /// Messages waiting in this instance's channels.
@@ -99,7 +146,7 @@ impl Inputs {
             let n = self.channels.len();
             for step in 0..n {
                 let i = (self.next + step) % n;
-                if self.ended[i] {
+                if self.ended[i] || self.blocked[i] {
                     continue;
                 }
                 match self.channels[i].rx.poll_recv(cx) {

@@ -21,7 +21,11 @@ use tokio::task::JoinSet;
 use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
 use self::metrics::{MetricsKind, MetricsLabels, NodeMetrics};
 pub use self::stats::NodeStats;
-use self::tasks::TaskEnv;
+pub(crate) use self::tasks::wall_clock_millis;
+use self::tasks::{TaskCheckpoint, TaskEnv};
+use crate::checkpoint::{
+    CheckpointSettings, Coordinator, CoordinatorHandles, Loaded, NodeInfo, StartFrom,
+};
 use crate::component::InstanceInfo;
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
@@ -47,6 +51,9 @@ pub struct RunOptions {
     /// second. Turn off when the embedding program handles signals itself
     /// and uses [`ShutdownHandle`].
     pub handle_signals: bool,
+    /// Take checkpoints, and start from one. `None`: no checkpoints; sinks
+    /// commit once, at the end.
+    pub checkpoints: Option<CheckpointSettings>,
 }
 
 impl Default for RunOptions {
@@ -54,6 +61,7 @@ impl Default for RunOptions {
         RunOptions {
             channel_capacity: 8,
             handle_signals: true,
+            checkpoints: None,
         }
     }
 }
@@ -147,10 +155,21 @@ impl Pipeline {
         let (inputs, outputs) = self.wire(capacity);
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
-        let instances = self.create_instances(inputs, outputs, capacity)?;
+        let (coordinator, handles, restored) = match &options.checkpoints {
+            Some(settings) => {
+                let (coordinator, handles, restored) = self.checkpointing(settings).await?;
+                (Some(coordinator), Some(handles), restored)
+            }
+            None => (None, None, None),
+        };
+        let instances = self.create_instances(inputs, outputs, capacity, handles, restored)?;
         for (node, task) in instances {
             let id = tasks.spawn(task).id();
             names.insert(id, node);
+        }
+        if let Some(coordinator) = coordinator {
+            let id = tasks.spawn(coordinator.run()).id();
+            names.insert(id, Arc::from("checkpoints"));
         }
 
         let mut failure: Option<Error> = None;
@@ -201,6 +220,108 @@ impl Pipeline {
                 })
                 .collect(),
         })
+    }
+
+    /// Finds the checkpoint to start from, checks that it fits this
+    /// pipeline, and sets up the coordinator.
+    async fn checkpointing(
+        &self,
+        settings: &CheckpointSettings,
+    ) -> Result<(Coordinator, CoordinatorHandles, Option<Loaded>)> {
+        let store = &settings.store;
+        let restored = match settings.start {
+            StartFrom::Fresh => None,
+            StartFrom::Latest => store.latest().await?,
+            StartFrom::Checkpoint(id) => Some(store.load(id).await?),
+        };
+        if let Some(loaded) = &restored {
+            self.check_fits(loaded)?;
+            tracing::info!(
+                checkpoint = loaded.manifest.id,
+                store = store.display(),
+                "restoring from checkpoint"
+            );
+        } else {
+            tracing::info!(store = store.display(), "starting without a checkpoint");
+        }
+        for node in &self.nodes {
+            if let NodeKind::Sink(factory) = &node.kind
+                && !factory.exactly_once()
+            {
+                tracing::info!(
+                    sink = %node.name,
+                    "this sink delivers at least once: a crash can repeat rows written after the last checkpoint"
+                );
+            }
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeInfo {
+                name: n.name.clone(),
+                kind: n.kind.label(),
+                parallelism: n.parallelism,
+            })
+            .collect();
+        // New checkpoints are numbered after every one the store holds.
+        let after = store.last_id().await?;
+        let restored_id = restored.as_ref().map_or(0, |l| l.manifest.id);
+        let (coordinator, mut handles) = Coordinator::new(
+            store.clone(),
+            settings.interval,
+            settings.keep,
+            nodes,
+            after,
+            self.signals.clone(),
+        );
+        handles.restored = restored_id;
+        Ok((coordinator, handles, restored))
+    }
+
+    /// A checkpoint restores only into a pipeline with the same nodes,
+    /// kinds and parallelism.
+    fn check_fits(&self, loaded: &Loaded) -> Result<()> {
+        let id = loaded.manifest.id;
+        let mismatch = |message: String| {
+            Error::config(
+                "checkpoint",
+                format!(
+                    "checkpoint {id} does not fit this pipeline: {message}; start with --fresh, or restore into the pipeline it was taken from"
+                ),
+            )
+        };
+        for node in &self.nodes {
+            let Some(record) = loaded.manifest.nodes.get(&node.name) else {
+                return Err(mismatch(format!("it has no component `{}`", node.name)));
+            };
+            if record.kind != node.kind.label() {
+                return Err(mismatch(format!(
+                    "`{}` was a {} and is now a {}",
+                    node.name,
+                    record.kind,
+                    node.kind.label()
+                )));
+            }
+            if record.instances.len() != node.parallelism {
+                return Err(mismatch(format!(
+                    "`{}` ran {} instances and now has parallelism {}",
+                    node.name,
+                    record.instances.len(),
+                    node.parallelism
+                )));
+            }
+        }
+        if let Some(extra) = loaded
+            .manifest
+            .nodes
+            .keys()
+            .find(|name| !self.nodes.iter().any(|n| &n.name == *name))
+        {
+            return Err(mismatch(format!(
+                "component `{extra}` is no longer in the pipeline"
+            )));
+        }
+        Ok(())
     }
 
     /// Creates every channel: per edge, one per (producer instance,
@@ -258,6 +379,8 @@ impl Pipeline {
         mut inputs: Vec<Vec<Vec<InputChannel>>>,
         mut outputs: Vec<Vec<Outputs>>,
         channel_capacity: usize,
+        mut handles: Option<CoordinatorHandles>,
+        mut restored: Option<Loaded>,
     ) -> Result<Vec<(Arc<str>, futures::future::BoxFuture<'static, Result<()>>)>> {
         use futures::FutureExt;
 
@@ -297,7 +420,15 @@ impl Pipeline {
                     instance,
                     metrics,
                     signals: self.signals.clone(),
+                    checkpoint: handles.as_ref().map(|h| TaskCheckpoint {
+                        node: n,
+                        acks: h.acks.clone(),
+                        restored: h.restored,
+                    }),
                 };
+                let mut snapshot = restored
+                    .as_mut()
+                    .and_then(|l| l.snapshots.remove(&(node.name.clone(), index)));
                 let in_node = |e: Error| e.in_node(&node.name);
                 let task = match &node.kind {
                     NodeKind::Source(factory) => {
@@ -306,7 +437,10 @@ impl Pipeline {
                             .event_time
                             .as_ref()
                             .map(|(config, column)| WatermarkGenerator::new(config, *column));
-                        tasks::run_source(env, source, outputs, watermarks).boxed()
+                        let position = snapshot.take().map(|s| s.values);
+                        let trigger = handles.as_ref().map(|h| h.trigger.clone());
+                        tasks::run_source(env, source, outputs, watermarks, position, trigger)
+                            .boxed()
                     }
                     NodeKind::Operator(factory) => {
                         let schemas: Vec<_> = node
@@ -315,12 +449,16 @@ impl Pipeline {
                             .cloned()
                             .collect();
                         let operator = factory.create(instance, &schemas).map_err(in_node)?;
-                        tasks::run_operator(env, operator, Inputs::new(channels), outputs).boxed()
+                        tasks::run_operator(env, operator, Inputs::new(channels), outputs, snapshot)
+                            .boxed()
                     }
                     NodeKind::Sink(factory) => {
                         let schema = node.input_schemas(&self.nodes)[0].clone();
                         let sink = factory.create(instance, schema).map_err(in_node)?;
-                        tasks::run_sink(env, sink, Inputs::new(channels)).boxed()
+                        let transaction = snapshot.take().map(|s| s.values);
+                        let commits = handles.as_mut().and_then(|h| h.commits[n][index].take());
+                        tasks::run_sink(env, sink, Inputs::new(channels), transaction, commits)
+                            .boxed()
                     }
                 };
                 let node_name = node.name.clone();

@@ -3,13 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::{mpsc, watch};
+
 use super::Signals;
 use super::channels::{Inputs, Outputs, Received};
 use super::metrics::NodeMetrics;
+use crate::checkpoint::{Ack, AckKind, Commit, Snapshot};
 use crate::component::{Collector, Context, InstanceInfo, Operator, Sink, Source, SourceStep};
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
-use crate::message::{EventTime, Message, Watermark};
+use crate::message::{Barrier, EventTime, Message, Watermark};
 
 /// What every task knows about itself.
 pub(crate) struct TaskEnv {
@@ -17,6 +20,17 @@ pub(crate) struct TaskEnv {
     pub(crate) instance: InstanceInfo,
     pub(crate) metrics: NodeMetrics,
     pub(crate) signals: Signals,
+    /// Set when the run takes checkpoints.
+    pub(crate) checkpoint: Option<TaskCheckpoint>,
+}
+
+/// How a task takes part in checkpoints.
+pub(crate) struct TaskCheckpoint {
+    /// The node's index in the pipeline.
+    pub(crate) node: usize,
+    pub(crate) acks: mpsc::UnboundedSender<Ack>,
+    /// The checkpoint the run restored, or 0.
+    pub(crate) restored: u64,
 }
 
 impl TaskEnv {
@@ -25,6 +39,20 @@ impl TaskEnv {
             node: self.node.clone(),
             instance: self.instance,
             watermark: None,
+            checkpointing: self.checkpoint.is_some(),
+        }
+    }
+
+    /// Tells the coordinator what this instance recorded for `checkpoint`.
+    fn ack(&self, checkpoint: u64, kind: AckKind) {
+        if let Some(taking_part) = &self.checkpoint {
+            // The coordinator only goes away when the run is over.
+            let _ = taking_part.acks.send(Ack {
+                checkpoint,
+                node: taking_part.node,
+                instance: self.instance.index,
+                kind,
+            });
         }
     }
 
@@ -45,13 +73,32 @@ pub(crate) async fn run_source(
     mut source: Box<dyn Source>,
     mut outputs: Outputs,
     mut watermarks: Option<WatermarkGenerator>,
+    restore: Option<serde_json::Value>,
+    mut trigger: Option<watch::Receiver<u64>>,
 ) -> Result<()> {
+    if let Some(position) = restore {
+        source.restore(position).await?;
+    }
+    if env.checkpoint.is_some() {
+        // Fail now, not at the first checkpoint, if the source cannot say.
+        source.position()?;
+    }
     loop {
         if env.signals.abort.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         if env.signals.drain.is_cancelled() {
             break;
+        }
+        if let Some(trigger) = &mut trigger
+            && trigger.has_changed().unwrap_or(false)
+        {
+            // Everything emitted so far is before the barrier.
+            let checkpoint = *trigger.borrow_and_update();
+            env.ack(checkpoint, AckKind::Position(source.position()?));
+            outputs
+                .send_to_all(Message::Barrier(Barrier { checkpoint }))
+                .await?;
         }
         let started = Instant::now();
         match source.next().await? {
@@ -83,6 +130,9 @@ pub(crate) async fn run_source(
     outputs
         .send_to_all(Message::Watermark(Watermark::MAX))
         .await?;
+    if env.checkpoint.is_some() {
+        env.ack(0, AckKind::Ended(source.position()?));
+    }
     outputs.send_to_all(Message::End).await?;
     env.metrics.record_finished();
     Ok(())
@@ -93,7 +143,11 @@ pub(crate) async fn run_operator(
     mut operator: Box<dyn Operator>,
     mut inputs: Inputs,
     mut outputs: Outputs,
+    restore: Option<Snapshot>,
 ) -> Result<()> {
+    if let Some(snapshot) = restore {
+        operator.restore(snapshot)?;
+    }
     let mut ctx = env.context();
     let mut out = Collector::default();
     loop {
@@ -140,10 +194,15 @@ pub(crate) async fn run_operator(
                 };
                 outputs.send_to_all(Message::Watermark(forwarded)).await?;
             }
+            Received::Barrier(barrier) => {
+                env.ack(barrier.checkpoint, AckKind::State(operator.snapshot()?));
+                outputs.send_to_all(Message::Barrier(barrier)).await?;
+            }
             Received::End => {
                 operator.on_end(&mut ctx, &mut out).await?;
                 flush(&env, &mut out, &mut outputs).await?;
                 env.metrics.record_state(operator.state_size());
+                env.ack(0, AckKind::Ended(serde_json::Value::Null));
                 outputs.send_to_all(Message::End).await?;
                 env.metrics.record_finished();
                 return Ok(());
@@ -175,10 +234,28 @@ pub(crate) async fn run_sink(
     env: TaskEnv,
     mut sink: Box<dyn Sink>,
     mut inputs: Inputs,
+    restore: Option<serde_json::Value>,
+    mut commits: Option<mpsc::UnboundedReceiver<Commit>>,
 ) -> Result<()> {
     let mut ctx = env.context();
+    // The end's transaction is numbered after the last checkpoint seen.
+    let mut last_checkpoint = env.checkpoint.as_ref().map_or(0, |c| c.restored);
+    let from = restore.map(|transaction| (last_checkpoint, transaction));
+    sink.recover(from, &mut ctx).await?;
     loop {
-        match env.receive(&mut inputs).await? {
+        let received = match &mut commits {
+            Some(commits) => tokio::select! {
+                biased;
+                commit = commits.recv() => {
+                    let commit = commit.ok_or(Error::ShuttingDown)?;
+                    sink.commit(commit.transaction, &mut ctx).await?;
+                    continue;
+                }
+                received = env.receive(&mut inputs) => received?,
+            },
+            None => env.receive(&mut inputs).await?,
+        };
+        match received {
             Received::Batch { batch, .. } => {
                 env.metrics.record_in(&batch);
                 let started = Instant::now();
@@ -195,8 +272,33 @@ pub(crate) async fn run_sink(
                     sink.on_watermark(time, &mut ctx).await?;
                 }
             }
+            Received::Barrier(barrier) => {
+                last_checkpoint = barrier.checkpoint;
+                let transaction = sink.pre_commit(barrier.checkpoint, &mut ctx).await?;
+                env.ack(barrier.checkpoint, AckKind::Transaction(transaction));
+            }
             Received::End => {
                 sink.finish(&mut ctx).await?;
+                let transaction = sink.pre_commit(last_checkpoint + 1, &mut ctx).await?;
+                match &mut commits {
+                    // Without checkpoints, the end is the only commit.
+                    None => sink.commit(transaction, &mut ctx).await?,
+                    // With them, the end is the final checkpoint: commit
+                    // once the coordinator has recorded it.
+                    Some(commits) => {
+                        env.ack(0, AckKind::Ended(transaction));
+                        loop {
+                            let commit = tokio::select! {
+                                _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                                commit = commits.recv() => commit.ok_or(Error::ShuttingDown)?,
+                            };
+                            sink.commit(commit.transaction, &mut ctx).await?;
+                            if commit.last {
+                                break;
+                            }
+                        }
+                    }
+                }
                 env.metrics.record_finished();
                 return Ok(());
             }

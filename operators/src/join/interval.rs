@@ -321,6 +321,10 @@ impl Operator for IntervalJoin {
         self.on_watermark(EventTime::MAX, ctx, out).await
     }
 
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(crate::window::unsupported("interval joins"))
+    }
+
     fn state_size(&self) -> StateSize {
         StateSize {
             rows: (self.sides[0].rows() + self.sides[1].rows()) as u64,

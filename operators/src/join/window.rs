@@ -169,6 +169,10 @@ impl Operator for WindowJoin {
         self.on_watermark(EventTime::MAX, ctx, out).await
     }
 
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(crate::window::unsupported("windowed joins"))
+    }
+
     fn state_size(&self) -> StateSize {
         let batches = self
             .windows

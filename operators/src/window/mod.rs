@@ -421,4 +421,28 @@ impl Operator for WindowInstance {
     fn state_size(&self) -> StateSize {
         self.windows.state_size()
     }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        match &mut self.windows {
+            Windows::Panes(w) => w.snapshot(),
+            Windows::Session(_) => Err(unsupported("session windows")),
+        }
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        match &mut self.windows {
+            Windows::Panes(w) => w.restore(snapshot),
+            Windows::Session(_) => Err(unsupported("session windows")),
+        }
+    }
+}
+
+/// The error of an operator whose state cannot be checkpointed yet.
+pub(crate) fn unsupported(what: &str) -> Error {
+    Error::config(
+        "checkpoint",
+        format!(
+            "{what} cannot be checkpointed yet; run this pipeline without a `checkpoint` section"
+        ),
+    )
 }

@@ -171,12 +171,7 @@ impl PaneWindows {
             let mut part = GroupedAggregation::new(&self.spec.aggregates, &self.spec.key_schema)?;
             part.update(&keys, indices.len(), &arguments)?;
             let frozen = self.frozen_part(part)?;
-            let next_part = self
-                .frozen
-                .range((pane, 0)..=(pane, u32::MAX))
-                .next_back()
-                .map_or(0, |((_, part), _)| part + 1);
-            self.frozen.insert((pane, next_part), frozen);
+            self.insert_frozen(pane, frozen);
         }
         Ok(())
     }
@@ -302,8 +297,18 @@ impl PaneWindows {
     fn freeze(&mut self, pane: i64) -> Result<()> {
         let state = self.open.remove(&pane).expect("an open pane");
         let frozen = self.frozen_part(state)?;
-        self.frozen.insert((pane, 0), frozen);
+        self.insert_frozen(pane, frozen);
         Ok(())
+    }
+
+    /// Adds a part to frozen pane `pane`.
+    fn insert_frozen(&mut self, pane: i64, frozen: FrozenPane) {
+        let next_part = self
+            .frozen
+            .range((pane, 0)..=(pane, u32::MAX))
+            .next_back()
+            .map_or(0, |((_, part), _)| part + 1);
+        self.frozen.insert((pane, next_part), frozen);
     }
 
     /// A pane's partial states, with its keys as shared ids.
@@ -386,6 +391,137 @@ impl PaneWindows {
             self.next_window?
         };
         Some(start + self.spec.size + self.spec.lateness)
+    }
+
+    /// Every pane's partial states as one table: the pane's start, the key
+    /// columns, then each aggregate's state columns.
+    pub(crate) fn snapshot(&mut self) -> Result<Snapshot> {
+        let mut parts: Vec<(i64, Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> = Vec::new();
+        for pane in self.open.keys().copied().collect::<Vec<_>>() {
+            // Taking the state empties the accumulators: merge it back.
+            let state = self.open.remove(&pane).expect("listed above");
+            let (keys, states) = state.into_state()?;
+            let rows = crate::aggregate::state_rows(&states);
+            let mut again = GroupedAggregation::new(&self.spec.aggregates, &self.spec.key_schema)?;
+            again.merge(&keys, rows, &states)?;
+            self.open.insert(pane, again);
+            parts.push((pane, keys, states));
+        }
+        for ((pane, _), frozen) in &self.frozen {
+            let ids = UInt32Array::from_iter_values(frozen.groups.iter().map(|g| *g as u32));
+            let keys = self.shared.keys(&ids)?;
+            parts.push((*pane, keys, frozen.states.clone()));
+        }
+        let widths: Vec<usize> = self
+            .spec
+            .aggregates
+            .accumulators()?
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All).map(|s| s.len()))
+            .collect::<datafusion::error::Result<_>>()?;
+        let values = serde_json::json!({
+            "watermark": self.watermark,
+            "next_window": self.next_window,
+        });
+        if parts.is_empty() {
+            return Ok(Snapshot {
+                values,
+                tables: Vec::new(),
+            });
+        }
+        let mut batches = Vec::new();
+        for (pane, keys, states) in parts {
+            let rows = crate::aggregate::state_rows(&states);
+            let mut columns: Vec<ArrayRef> =
+                vec![Arc::new(arrow::array::Int64Array::from(vec![pane; rows]))];
+            columns.extend(keys);
+            columns.extend(states.into_iter().flatten());
+            batches.push(columns);
+        }
+        let mut fields = vec![arrow::datatypes::Field::new(
+            "pane",
+            arrow::datatypes::DataType::Int64,
+            false,
+        )];
+        fields.extend(
+            self.spec
+                .key_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        let first = &batches[0];
+        let mut state_column = 0;
+        for (aggregate, width) in widths.iter().enumerate() {
+            for i in 0..*width {
+                let array = &first[1 + self.spec.key_schema.fields().len() + state_column];
+                fields.push(arrow::datatypes::Field::new(
+                    format!("state_{aggregate}_{i}"),
+                    array.data_type().clone(),
+                    true,
+                ));
+                state_column += 1;
+            }
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let batches = batches
+            .into_iter()
+            .map(|columns| RecordBatch::try_new(schema.clone(), columns))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let table = arrow::compute::concat_batches(&schema, &batches)?;
+        Ok(Snapshot {
+            values: serde_json::json!({
+                "watermark": self.watermark,
+                "next_window": self.next_window,
+                "state_widths": widths,
+            }),
+            tables: vec![("panes".to_string(), table)],
+        })
+    }
+
+    /// Takes back what [`PaneWindows::snapshot`] gave: every pane open.
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        let number = |key: &str| snapshot.values.get(key).and_then(serde_json::Value::as_i64);
+        self.watermark = number("watermark").unwrap_or(EventTime::MIN);
+        self.next_window = number("next_window");
+        let Some(table) = snapshot.table("panes") else {
+            return Ok(());
+        };
+        let widths: Vec<usize> = snapshot.values["state_widths"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key_count = self.spec.key_schema.fields().len();
+        let panes = table
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or_else(|| Error::internal("window checkpoint: `pane` is not int64"))?;
+        let mut starts: Vec<i64> = panes.values().to_vec();
+        starts.sort_unstable();
+        starts.dedup();
+        for pane in starts {
+            let rows = arrow::compute::kernels::cmp::eq(
+                panes,
+                &arrow::array::Int64Array::new_scalar(pane),
+            )?;
+            let part = filter_record_batch(table, &rows)?;
+            let keys: Vec<ArrayRef> = part.columns()[1..1 + key_count].to_vec();
+            let mut states = Vec::new();
+            let mut column = 1 + key_count;
+            for width in &widths {
+                states.push(part.columns()[column..column + width].to_vec());
+                column += width;
+            }
+            let state = self.pane(pane)?;
+            state.merge(&keys, part.num_rows(), &states)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn state_size(&self) -> StateSize {

@@ -44,6 +44,8 @@ impl SourceFactory for FileSource {
             source: self.clone(),
             instance,
             reader: None,
+            rows_read: 0,
+            skip: 0,
         }))
     }
 }
@@ -58,6 +60,10 @@ struct FileInstance {
     source: FileSource,
     instance: InstanceInfo,
     reader: Option<Reader>,
+    /// Rows of this instance's share emitted so far: its read position.
+    rows_read: u64,
+    /// Rows still to pass over after a restore.
+    skip: u64,
 }
 
 impl FileSource {
@@ -114,11 +120,43 @@ impl Source for FileInstance {
         if self.reader.is_none() {
             self.reader = Some(self.source.open(self.instance).await?);
         }
-        let batch = match self.reader.as_mut().expect("opened above") {
-            Reader::Lines(reader) => reader.next_batch().await?,
-            Reader::Parquet(reader) => reader.next_batch().await?,
-            Reader::Empty => None,
-        };
-        Ok(batch.map_or(SourceStep::Finished, SourceStep::Batch))
+        loop {
+            let batch = match self.reader.as_mut().expect("opened above") {
+                Reader::Lines(reader) => reader.next_batch().await?,
+                Reader::Parquet(reader) => reader.next_batch().await?,
+                Reader::Empty => None,
+            };
+            let Some(mut batch) = batch else {
+                return Ok(SourceStep::Finished);
+            };
+            if self.skip > 0 {
+                // Resuming: pass over the rows an earlier run already read.
+                let skipped = self.skip.min(batch.num_rows() as u64);
+                self.skip -= skipped;
+                batch = batch.slice(skipped as usize, batch.num_rows() - skipped as usize);
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+            }
+            self.rows_read += batch.num_rows() as u64;
+            return Ok(SourceStep::Batch(batch));
+        }
+    }
+
+    fn position(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "rows": self.rows_read }))
+    }
+
+    async fn restore(&mut self, position: serde_json::Value) -> Result<()> {
+        // The file is re-read from the start of this instance's share and
+        // the rows read before are skipped: the position stays valid
+        // whatever the batch size.
+        let rows = position
+            .get("rows")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| Error::internal(format!("not a file source position: {position}")))?;
+        self.rows_read = rows;
+        self.skip = rows;
+        Ok(())
     }
 }

@@ -123,6 +123,19 @@ impl Source for NexmarkInstance {
         }
     }
 
+    fn position(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "next_chunk": self.next_chunk }))
+    }
+
+    async fn restore(&mut self, position: serde_json::Value) -> Result<()> {
+        // Events are a pure function of their number: resuming is skipping.
+        self.next_chunk = position
+            .get("next_chunk")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| Error::internal(format!("not a Nexmark source position: {position}")))?;
+        Ok(())
+    }
+
     fn lag(&self) -> Option<u64> {
         // This instance's share of the events of its kind not yet generated.
         let total = self.end?;

@@ -1,0 +1,335 @@
+//! The checkpoint coordinator: triggers barriers at the sources, gathers
+//! what every instance recorded, writes the checkpoint, and tells the sinks
+//! to commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::store::{InstanceRecord, Manifest, NodeRecord};
+use super::{CheckpointStore, Snapshot};
+use crate::error::{Error, Result};
+use crate::runtime::Signals;
+
+/// What an instance tells the coordinator.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    /// The checkpoint answered (unused for [`AckKind::Ended`]).
+    pub(crate) checkpoint: u64,
+    pub(crate) node: usize,
+    pub(crate) instance: usize,
+    pub(crate) kind: AckKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum AckKind {
+    /// A source emitted the barrier at this read position.
+    Position(serde_json::Value),
+    /// An operator's state at the barrier.
+    State(Snapshot),
+    /// A sink pre-committed this transaction at the barrier.
+    Transaction(serde_json::Value),
+    /// The instance has ended: a source at this final position, a sink
+    /// with this final pre-committed transaction (it then waits for its
+    /// commit), an operator with nothing held.
+    Ended(serde_json::Value),
+}
+
+/// A sink instance is told to make a pre-committed transaction visible.
+#[derive(Debug, Clone)]
+pub(crate) struct Commit {
+    pub(crate) transaction: serde_json::Value,
+    /// The last commit the sink will get: it may finish.
+    pub(crate) last: bool,
+}
+
+/// What the runtime hands each task to take part.
+pub(crate) struct CoordinatorHandles {
+    pub(crate) acks: mpsc::UnboundedSender<Ack>,
+    pub(crate) trigger: watch::Receiver<u64>,
+    /// Per node, per instance: the commit channel of a sink instance.
+    pub(crate) commits: Vec<Vec<Option<mpsc::UnboundedReceiver<Commit>>>>,
+    /// The checkpoint the run restored, or 0.
+    pub(crate) restored: u64,
+}
+
+/// A node as the coordinator sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeInfo {
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    pub(crate) parallelism: usize,
+}
+
+/// What each (node, instance) answered for one checkpoint.
+type Answers = HashMap<(usize, usize), AckKind>;
+
+pub(crate) struct Coordinator {
+    store: CheckpointStore,
+    interval: Duration,
+    keep: usize,
+    nodes: Vec<NodeInfo>,
+    next_id: u64,
+    trigger: watch::Sender<u64>,
+    acks: mpsc::UnboundedReceiver<Ack>,
+    commits: Vec<Vec<Option<mpsc::UnboundedSender<Commit>>>>,
+    /// The checkpoint being taken, and what has come in for it.
+    in_flight: Option<(u64, Answers)>,
+    ended: HashMap<(usize, usize), serde_json::Value>,
+    signals: Signals,
+}
+
+impl Coordinator {
+    /// A coordinator for checkpoints `after + 1, ...` of these nodes, and
+    /// the handles the tasks use to talk to it.
+    pub(crate) fn new(
+        store: CheckpointStore,
+        interval: Duration,
+        keep: usize,
+        nodes: Vec<NodeInfo>,
+        after: u64,
+        signals: Signals,
+    ) -> (Self, CoordinatorHandles) {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (trigger_tx, trigger_rx) = watch::channel(0);
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for node in &nodes {
+            let (mut s, mut r) = (Vec::new(), Vec::new());
+            for _ in 0..node.parallelism {
+                if node.kind == "sink" {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    s.push(Some(tx));
+                    r.push(Some(rx));
+                } else {
+                    s.push(None);
+                    r.push(None);
+                }
+            }
+            senders.push(s);
+            receivers.push(r);
+        }
+        let coordinator = Coordinator {
+            store,
+            interval,
+            keep,
+            nodes,
+            next_id: after + 1,
+            trigger: trigger_tx,
+            acks: ack_rx,
+            commits: senders,
+            in_flight: None,
+            ended: HashMap::new(),
+            signals,
+        };
+        let handles = CoordinatorHandles {
+            acks: ack_tx,
+            trigger: trigger_rx,
+            commits: receivers,
+            restored: 0,
+        };
+        (coordinator, handles)
+    }
+
+    fn instances(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, node)| (0..node.parallelism).map(move |i| (n, i)))
+    }
+
+    fn all_ended(&self) -> bool {
+        self.instances().all(|key| self.ended.contains_key(&key))
+    }
+
+    fn sources_all_ended(&self) -> bool {
+        self.instances()
+            .filter(|(n, _)| self.nodes[*n].kind == "source")
+            .all(|key| self.ended.contains_key(&key))
+    }
+
+    /// Runs until every instance has ended and the final checkpoint is
+    /// written and committed, or the run is aborted.
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                _ = self.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                _ = ticks.tick(), if self.in_flight.is_none() && !self.sources_all_ended() => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.in_flight = Some((id, HashMap::new()));
+                    tracing::debug!(checkpoint = id, "checkpoint triggered");
+                    self.trigger.send_replace(id);
+                }
+                ack = self.acks.recv() => {
+                    let Some(ack) = ack else { return Ok(()) };
+                    self.receive(ack);
+                }
+            }
+            self.complete_if_ready().await?;
+            if self.in_flight.is_none() && self.all_ended() {
+                return self.finish().await;
+            }
+        }
+    }
+
+    fn receive(&mut self, ack: Ack) {
+        let key = (ack.node, ack.instance);
+        match ack.kind {
+            AckKind::Ended(value) => {
+                self.ended.insert(key, value);
+            }
+            kind => match &mut self.in_flight {
+                Some((id, acks)) if *id == ack.checkpoint => {
+                    acks.insert(key, kind);
+                }
+                _ => tracing::warn!(
+                    checkpoint = ack.checkpoint,
+                    node = %self.nodes[ack.node].name,
+                    "answer for a checkpoint not in progress"
+                ),
+            },
+        }
+    }
+
+    /// Writes the checkpoint in flight once every instance has answered
+    /// (or ended), then sends the commits.
+    async fn complete_if_ready(&mut self) -> Result<()> {
+        let ready = match &self.in_flight {
+            Some((_, acks)) => self
+                .instances()
+                .all(|key| acks.contains_key(&key) || self.ended.contains_key(&key)),
+            None => false,
+        };
+        if !ready {
+            return Ok(());
+        }
+        let (id, mut acks) = self.in_flight.take().expect("checked above");
+        let mut manifest = self.manifest(id, false);
+        let mut snapshots = Vec::new();
+        let mut commits = Vec::new();
+        for (n, i) in self.instances().collect::<Vec<_>>() {
+            let name = self.nodes[n].name.clone();
+            let record = &mut manifest.nodes.get_mut(&name).expect("every node").instances[i];
+            match acks.remove(&(n, i)) {
+                Some(AckKind::Position(position)) => record.values = position,
+                Some(AckKind::Transaction(transaction)) => {
+                    record.values = transaction.clone();
+                    commits.push((n, i, transaction));
+                }
+                Some(AckKind::State(snapshot)) => {
+                    record.values = snapshot.values.clone();
+                    snapshots.push((name, i, snapshot));
+                }
+                Some(AckKind::Ended(_)) | None => {
+                    record.values = self.ended.get(&(n, i)).cloned().unwrap_or_default();
+                }
+            }
+        }
+        self.write(&mut manifest, &snapshots).await?;
+        crash_point(id);
+        for (n, i, transaction) in commits {
+            self.send_commit(n, i, transaction, false);
+        }
+        Ok(())
+    }
+
+    /// The final checkpoint: every source has ended (or was drained) and
+    /// every sink has pre-committed the rest of its output.
+    async fn finish(self) -> Result<()> {
+        let id = self.next_id;
+        let mut manifest = self.manifest(id, true);
+        for (n, i) in self.instances().collect::<Vec<_>>() {
+            let name = &self.nodes[n].name;
+            manifest.nodes.get_mut(name).expect("every node").instances[i].values =
+                self.ended.get(&(n, i)).cloned().unwrap_or_default();
+        }
+        self.write(&mut manifest, &[]).await?;
+        crash_point(id);
+        for (n, i) in self.instances().collect::<Vec<_>>() {
+            if self.nodes[n].kind == "sink" {
+                let transaction = self.ended.get(&(n, i)).cloned().unwrap_or_default();
+                self.send_commit(n, i, transaction, true);
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest(&self, id: u64, finished: bool) -> Manifest {
+        let nodes: BTreeMap<String, NodeRecord> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                (
+                    node.name.clone(),
+                    NodeRecord {
+                        kind: node.kind.to_string(),
+                        instances: vec![InstanceRecord::default(); node.parallelism],
+                    },
+                )
+            })
+            .collect();
+        Manifest {
+            id,
+            created_at_ms: crate::runtime::wall_clock_millis(),
+            finished,
+            nodes,
+        }
+    }
+
+    async fn write(
+        &self,
+        manifest: &mut Manifest,
+        snapshots: &[(String, usize, Snapshot)],
+    ) -> Result<()> {
+        self.store.write(manifest, snapshots).await.map_err(|e| {
+            Error::internal(format!(
+                "checkpoint {} could not be written: {e}",
+                manifest.id
+            ))
+        })?;
+        tracing::info!(
+            checkpoint = manifest.id,
+            state_bytes = manifest.state_bytes(),
+            finished = manifest.finished,
+            "checkpoint complete"
+        );
+        if let Err(error) = self.store.retain(self.keep).await {
+            tracing::warn!(%error, "could not delete old checkpoints");
+        }
+        Ok(())
+    }
+
+    fn send_commit(
+        &self,
+        node: usize,
+        instance: usize,
+        transaction: serde_json::Value,
+        last: bool,
+    ) {
+        if let Some(Some(sender)) = self.commits.get(node).and_then(|n| n.get(instance)) {
+            // A sink that has gone away failed; its error ends the run.
+            let _ = sender.send(Commit { transaction, last });
+        }
+    }
+}
+
+/// Fault injection for crash tests: with `FLUMEN_CRASH_BEFORE_COMMIT=<id>`
+/// the process dies once checkpoint `id` is recorded and before any sink
+/// commits it, the moment a two-phase commit is most fragile.
+fn crash_point(id: u64) {
+    let armed = std::env::var("FLUMEN_CRASH_BEFORE_COMMIT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if armed == Some(id) {
+        tracing::error!(
+            checkpoint = id,
+            "FLUMEN_CRASH_BEFORE_COMMIT: dying before the commit"
+        );
+        std::process::abort();
+    }
+}

@@ -1,0 +1,127 @@
+//! Checkpoints: consistent snapshots of a running pipeline, from which it
+//! resumes after a crash without losing or repeating data.
+//!
+//! A coordinator injects numbered barriers at every source on an interval
+//! (aligned checkpoints, as Chandy and Lamport described and Flink does).
+//! Each source records its read position as it emits the barrier; each
+//! operator snapshots its state once the barrier has arrived on all of its
+//! inputs; each sink *pre-commits* (makes what it wrote durable but not yet
+//! visible). When every instance has answered, the state goes to the
+//! [`CheckpointStore`] and the checkpoint's manifest is written last, in one
+//! atomic put: a checkpoint without a manifest does not exist. Only then are
+//! the sinks told to *commit*. After a crash the pipeline restores the
+//! latest complete checkpoint, rewinds the sources to its positions and
+//! commits its transactions again (commits are idempotent), so the output
+//! holds every input row exactly once.
+//!
+//! The end of a bounded input is a checkpoint too: when every sink has
+//! received end-of-stream, the coordinator writes a final manifest and the
+//! sinks commit what remains.
+
+mod coordinator;
+mod store;
+
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub(crate) use self::coordinator::{
+    Ack, AckKind, Commit, Coordinator, CoordinatorHandles, NodeInfo,
+};
+pub use self::store::{CheckpointStore, InstanceRecord, Loaded, Manifest, NodeRecord, TableRecord};
+use crate::storage::StorageOptions;
+
+/// The state an operator instance hands to a checkpoint, and receives back
+/// on restore.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Small values (counters, the watermark, a window's next start),
+    /// kept in the manifest as JSON.
+    pub values: serde_json::Value,
+    /// State rows, by name; each table is stored as an Arrow IPC file.
+    pub tables: Vec<(String, RecordBatch)>,
+}
+
+impl Snapshot {
+    /// The table called `name`, if the snapshot has it.
+    pub fn table(&self, name: &str) -> Option<&RecordBatch> {
+        self.tables.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Whether the snapshot holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_null() && self.tables.iter().all(|(_, t)| t.num_rows() == 0)
+    }
+}
+
+/// Periodic checkpoints of a pipeline (the `checkpoint` section of a
+/// pipeline file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// How often to take a checkpoint (e.g. `10s`, `500ms`).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+
+    /// Where checkpoints are kept: a local directory or an object-store URL
+    /// (`s3://bucket/prefix`). Default: `.flumen/<pipeline>/checkpoints`
+    /// beside the pipeline file.
+    #[serde(default)]
+    pub store: Option<String>,
+
+    /// How many complete checkpoints to keep; older ones are deleted.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+
+    /// How to reach an object store given as `store`.
+    #[serde(default)]
+    pub storage: StorageOptions,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_keep() -> usize {
+    3
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            interval: default_interval(),
+            store: None,
+            keep: default_keep(),
+            storage: StorageOptions::default(),
+        }
+    }
+}
+
+/// Which checkpoint a run starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The latest complete checkpoint, if there is one.
+    #[default]
+    Latest,
+    /// This checkpoint; the run fails if it is missing or unusable.
+    Checkpoint(u64),
+    /// No checkpoint: start from the beginning of every source (and discard
+    /// what sinks staged but never committed).
+    Fresh,
+}
+
+/// Checkpointing for one run: where, how often, and where to start.
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    /// The store checkpoints go to.
+    pub store: CheckpointStore,
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// Complete checkpoints kept.
+    pub keep: usize,
+    /// Where the run starts.
+    pub start: StartFrom,
+}

@@ -1,0 +1,355 @@
+//! Where checkpoints live: a directory or object-store prefix holding one
+//! folder per checkpoint, its state files, and its manifest, written last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
+use futures::TryStreamExt;
+use object_store::path::{Path, PathPart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::Snapshot;
+use crate::error::{Error, Result};
+use crate::storage::{StorageOptions, resolve};
+
+const MANIFEST: &str = "_manifest.json";
+
+/// A checkpoint as its manifest records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Checkpoint number, increasing by one per checkpoint of a pipeline.
+    pub id: u64,
+    /// When the checkpoint completed, in milliseconds since the epoch.
+    pub created_at_ms: i64,
+    /// Whether the sources had all reached their end (or been drained): the
+    /// final checkpoint of a run.
+    pub finished: bool,
+    /// Per node: what each instance recorded.
+    pub nodes: BTreeMap<String, NodeRecord>,
+}
+
+/// What the instances of one node recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// `source`, `operator` or `sink`.
+    pub kind: String,
+    /// Indexed by instance.
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// What one instance recorded: a source its read position, a sink its
+/// pre-committed transaction, an operator its state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Position, transaction or the operator's small values.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub values: serde_json::Value,
+    /// The operator's state tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableRecord>,
+}
+
+/// One state table of an operator instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableRecord {
+    /// The operator's name for the table.
+    pub name: String,
+    /// File name inside the checkpoint's folder.
+    pub file: String,
+    /// Rows in the table.
+    pub rows: u64,
+    /// Size of the file.
+    pub bytes: u64,
+}
+
+impl Manifest {
+    /// Total bytes of state files.
+    pub fn state_bytes(&self) -> u64 {
+        self.nodes
+            .values()
+            .flat_map(|n| &n.instances)
+            .flat_map(|i| &i.tables)
+            .map(|t| t.bytes)
+            .sum()
+    }
+}
+
+/// A checkpoint read back, with every instance's state.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// State of each operator instance, by (node, instance).
+    pub snapshots: HashMap<(String, usize), Snapshot>,
+}
+
+/// A directory or object-store prefix of checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    display: String,
+}
+
+impl CheckpointStore {
+    /// The store at `location` (a local directory or an object-store URL).
+    pub fn open(location: &str, options: &StorageOptions) -> Result<Self> {
+        let resolved = resolve(location, options, "checkpoint.store")?;
+        Ok(CheckpointStore {
+            store: resolved.store,
+            root: resolved.path,
+            display: resolved.display,
+        })
+    }
+
+    /// The location as given, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn folder(&self, id: u64) -> Path {
+        self.root.clone().join(format!("chk-{id:010}"))
+    }
+
+    fn unreachable(&self, error: impl std::fmt::Display) -> Error {
+        Error::connector(
+            "checkpoint",
+            true,
+            format!("checkpoint store `{}`: {error}", self.display),
+        )
+    }
+
+    /// Writes the state files of checkpoint `manifest.id`, then its
+    /// manifest. The manifest's table records are filled in here.
+    pub async fn write(
+        &self,
+        manifest: &mut Manifest,
+        snapshots: &[(String, usize, Snapshot)],
+    ) -> Result<()> {
+        let folder = self.folder(manifest.id);
+        for (node, instance, snapshot) in snapshots {
+            let mut records = Vec::new();
+            for (name, table) in &snapshot.tables {
+                let file = PathPart::from(format!("{node}.{instance}.{name}.arrow"))
+                    .as_ref()
+                    .to_string();
+                let bytes = encode(table)?;
+                let size = bytes.len() as u64;
+                self.store
+                    .put(&folder.clone().join(file.as_str()), PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                records.push(TableRecord {
+                    name: name.clone(),
+                    file,
+                    rows: table.num_rows() as u64,
+                    bytes: size,
+                });
+            }
+            if let Some(record) = manifest
+                .nodes
+                .get_mut(node)
+                .and_then(|n| n.instances.get_mut(*instance))
+            {
+                record.tables = records;
+            }
+        }
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| Error::internal(format!("manifest does not serialize: {e}")))?;
+        // Written last, in one put (atomic on every object_store backend):
+        // until it exists, the checkpoint does not.
+        self.store
+            .put(&folder.clone().join(MANIFEST), PutPayload::from(json))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    /// Ids of every checkpoint folder, complete or not, ascending.
+    async fn folders(&self) -> Result<Vec<u64>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(object_store::ListResult {
+                    common_prefixes: Vec::new(),
+                    objects: Vec::new(),
+                }),
+                e => Err(e),
+            })
+            .map_err(|e| self.unreachable(e))?;
+        let mut ids: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The manifest of checkpoint `id`, if it is complete.
+    pub async fn manifest(&self, id: u64) -> Result<Option<Manifest>> {
+        let path = self.folder(id).join(MANIFEST);
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| self.unreachable(e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.unreachable(e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::internal(format!(
+                "checkpoint {id} in `{}` has a corrupt manifest: {e}",
+                self.display
+            ))
+        })?;
+        Ok(Some(manifest))
+    }
+
+    /// Every complete checkpoint, oldest first. Unreadable manifests are
+    /// reported in the log and left out.
+    pub async fn list(&self) -> Result<Vec<Manifest>> {
+        let mut manifests = Vec::new();
+        for id in self.folders().await? {
+            match self.manifest(id).await {
+                Ok(Some(manifest)) => manifests.push(manifest),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "skipping checkpoint {id}"),
+            }
+        }
+        Ok(manifests)
+    }
+
+    /// Reads checkpoint `id` with all its state.
+    pub async fn load(&self, id: u64) -> Result<Loaded> {
+        let manifest = self.manifest(id).await?.ok_or_else(|| {
+            Error::config(
+                "from-checkpoint",
+                format!("checkpoint {id} does not exist in `{}`", self.display),
+            )
+        })?;
+        let folder = self.folder(id);
+        let mut snapshots = HashMap::new();
+        for (node, record) in &manifest.nodes {
+            for (instance, recorded) in record.instances.iter().enumerate() {
+                let mut snapshot = Snapshot {
+                    values: recorded.values.clone(),
+                    tables: Vec::new(),
+                };
+                for table in &recorded.tables {
+                    let bytes = self
+                        .store
+                        .get(&folder.clone().join(table.file.as_str()))
+                        .await
+                        .map_err(|e| self.unreachable(e))?
+                        .bytes()
+                        .await
+                        .map_err(|e| self.unreachable(e))?;
+                    let batch = decode(&bytes).map_err(|e| {
+                        Error::internal(format!(
+                            "checkpoint {id}: state file `{}` is corrupt: {e}",
+                            table.file
+                        ))
+                    })?;
+                    if batch.num_rows() as u64 != table.rows {
+                        return Err(Error::internal(format!(
+                            "checkpoint {id}: state file `{}` has {} rows, the manifest says {}",
+                            table.file,
+                            batch.num_rows(),
+                            table.rows
+                        )));
+                    }
+                    snapshot.tables.push((table.name.clone(), batch));
+                }
+                snapshots.insert((node.clone(), instance), snapshot);
+            }
+        }
+        Ok(Loaded {
+            manifest,
+            snapshots,
+        })
+    }
+
+    /// The newest checkpoint that reads back whole. A damaged one is
+    /// reported in the log and the one before it is tried.
+    pub async fn latest(&self) -> Result<Option<Loaded>> {
+        for id in self.folders().await?.into_iter().rev() {
+            match self.load(id).await {
+                Ok(loaded) => return Ok(Some(loaded)),
+                // No manifest: the checkpoint never completed.
+                Err(Error::Config { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "checkpoint {id} is unusable; trying the one before it")
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The highest checkpoint id used so far, complete or not.
+    pub async fn last_id(&self) -> Result<u64> {
+        Ok(self.folders().await?.last().copied().unwrap_or(0))
+    }
+
+    /// Deletes every checkpoint but the newest `keep` complete ones (and
+    /// incomplete ones older than those).
+    pub async fn retain(&self, keep: usize) -> Result<()> {
+        let complete: Vec<u64> = self.list().await?.iter().map(|m| m.id).collect();
+        let Some(&oldest_kept) = complete
+            .len()
+            .checked_sub(keep.max(1))
+            .map_or(complete.first(), |i| complete.get(i))
+        else {
+            return Ok(());
+        };
+        for id in self.folders().await? {
+            if id < oldest_kept {
+                self.delete(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes checkpoint `id` (manifest first, so that it is never seen
+    /// half deleted).
+    pub async fn delete(&self, id: u64) -> Result<()> {
+        let folder = self.folder(id);
+        match self.store.delete(&folder.clone().join(MANIFEST)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.unreachable(e)),
+        }
+        let files: Vec<_> = self
+            .store
+            .list(Some(&folder))
+            .try_collect()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        for file in files {
+            match self.store.delete(&file.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.unreachable(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut writer = FileWriter::try_new(&mut bytes, batch.schema_ref())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(bytes)
+}
+
+fn decode(bytes: &[u8]) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let reader = FileReader::try_new(Cursor::new(bytes), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    arrow::compute::concat_batches(&schema, &batches)
+}

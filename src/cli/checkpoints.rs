@@ -1,0 +1,121 @@
+//! `flumen checkpoints list|inspect DIR`.
+
+use flumen_core::checkpoint::{CheckpointStore, Manifest};
+use flumen_core::storage::StorageOptions;
+
+use super::Failure;
+
+/// What to show.
+#[derive(Debug, clap::Subcommand)]
+pub enum CheckpointsCommand {
+    /// One line per complete checkpoint: id, time, state size.
+    List {
+        /// The checkpoint store: a directory or object-store URL.
+        store: String,
+    },
+    /// A checkpoint in detail: per operator instance its state tables,
+    /// per source instance its read position, per sink its transaction.
+    Inspect {
+        /// The checkpoint store: a directory or object-store URL.
+        store: String,
+        /// Which checkpoint. Default: the latest complete one.
+        id: Option<u64>,
+    },
+}
+
+pub fn run(command: CheckpointsCommand) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let open = |store: &str| {
+            // Object-store settings come from the standard environment.
+            CheckpointStore::open(store, &StorageOptions::default())
+                .map_err(|e| Failure::Usage(e.to_string()))
+        };
+        let failed = |e: flumen_core::Error| Failure::Runtime(e.to_string());
+        match command {
+            CheckpointsCommand::List { store } => {
+                let manifests = open(&store)?.list().await.map_err(failed)?;
+                if manifests.is_empty() {
+                    println!("no complete checkpoints in `{store}`");
+                    return Ok(());
+                }
+                println!(
+                    "{:>6}  {:<24}  {:>12}  {:>6}",
+                    "id", "completed", "state bytes", "final"
+                );
+                for manifest in &manifests {
+                    println!(
+                        "{:>6}  {:<24}  {:>12}  {:>6}",
+                        manifest.id,
+                        time(manifest),
+                        manifest.state_bytes(),
+                        if manifest.finished { "yes" } else { "" }
+                    );
+                }
+                Ok(())
+            }
+            CheckpointsCommand::Inspect { store, id } => {
+                let store = open(&store)?;
+                let manifest = match id {
+                    Some(id) => store.manifest(id).await.map_err(failed)?.ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "checkpoint {id} does not exist in `{}`",
+                            store.display()
+                        ))
+                    })?,
+                    None => store.list().await.map_err(failed)?.pop().ok_or_else(|| {
+                        Failure::Usage(format!("no complete checkpoints in `{}`", store.display()))
+                    })?,
+                };
+                print!("{}", describe(&manifest));
+                Ok(())
+            }
+        }
+    })
+}
+
+fn time(manifest: &Manifest) -> String {
+    chrono::DateTime::from_timestamp_millis(manifest.created_at_ms).map_or_else(
+        || manifest.created_at_ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+fn describe(manifest: &Manifest) -> String {
+    let mut out = format!(
+        "checkpoint {}\ncompleted   {}\nstate       {} bytes\nfinal       {}\n",
+        manifest.id,
+        time(manifest),
+        manifest.state_bytes(),
+        if manifest.finished {
+            "yes: the sources had ended or were drained"
+        } else {
+            "no"
+        }
+    );
+    for (name, node) in &manifest.nodes {
+        out.push_str(&format!("\n{} `{name}`\n", node.kind));
+        for (index, instance) in node.instances.iter().enumerate() {
+            let what = match node.kind.as_str() {
+                "source" => "position",
+                "sink" => "transaction",
+                _ => "values",
+            };
+            if !instance.values.is_null() {
+                out.push_str(&format!("  [{index}] {what}: {}\n", instance.values));
+            } else if instance.tables.is_empty() {
+                out.push_str(&format!("  [{index}] (nothing)\n"));
+            }
+            for table in &instance.tables {
+                out.push_str(&format!(
+                    "  [{index}] table {}: {} rows, {} bytes ({})\n",
+                    table.name, table.rows, table.bytes, table.file
+                ));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,321 @@
+//! Crash tests: `flumen run` killed with SIGKILL at random points, and
+//! killed between pre-commit and commit, then restarted; the committed
+//! output must equal an uninterrupted run's, with no row lost or repeated.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::flumen;
+
+const EVENTS: u64 = 1_000_000;
+
+/// A small xorshift generator: the seed is printed, so a failure can be
+/// replayed with `CRASH_SEED`.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Self {
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("crash test seed: CRASH_SEED={seed}");
+        Random(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Unique ids in shuffled order, one per millisecond of event time.
+fn write_events(path: &Path) {
+    let mut ids: Vec<u64> = (0..EVENTS).collect();
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, random.below(i as u64 + 1) as usize);
+    }
+    let mut text = String::with_capacity(EVENTS as usize * 40);
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(&format!(
+            "{{\"id\":{id},\"ts\":{}}}\n",
+            1_700_000_000_000u64 + i as u64
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn pipeline(dir: &Path, out: &str, interval: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: {interval}
+  store: {dir}/{out}-checkpoints
+sources:
+  events:
+    type: file
+    path: {dir}/events.jsonl
+    format: json
+    batch_size: 1000
+    schema: {{ id: int64, ts: timestamp_ms }}
+    event_time: {{ column: ts }}
+transforms:
+  kept:
+    type: sql
+    inputs: [events]
+    filter: id % 7 <> 0
+  per_second:
+    type: window
+    inputs: [kept]
+    window: {{ tumble: 1s }}
+    aggregates: ["count(*) AS ids", "sum(id) AS id_sum"]
+sinks:
+  rows:
+    type: file
+    inputs: [kept]
+    path: {dir}/{out}/rows
+  windows:
+    type: file
+    inputs: [per_second]
+    path: {dir}/{out}/windows
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join(format!("{out}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Every committed line under `dir`, sorted; staging files are hidden
+/// (`.`-prefixed) and so not read.
+fn committed(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            lines.extend(text.lines().map(String::from));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn staged(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with('.')
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The uninterrupted run, and checks of its output against the input.
+fn reference(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let file = pipeline(dir, "reference", "50ms");
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rows = committed(&dir.join("reference/rows"));
+    let windows = committed(&dir.join("reference/windows"));
+    // Every id not divisible by 7, once.
+    let mut ids: Vec<u64> = rows
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["id"].as_u64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<u64> = (0..EVENTS).filter(|id| id % 7 != 0).collect();
+    assert!(
+        ids == expected,
+        "the uninterrupted run lost or repeated ids"
+    );
+    assert_eq!(windows.len(), (EVENTS / 1000) as usize);
+    (rows, windows)
+}
+
+enum Attempt {
+    Killed,
+    Finished,
+}
+
+/// Starts the pipeline and kills it once it has completed a random number
+/// of further checkpoints (and a random few milliseconds more), unless it
+/// finishes first.
+fn run_and_kill(file: &Path, random: &mut Random) -> Attempt {
+    let mut child = flumen()
+        .args(["run", "--progress", "off", "--log-format", "json"])
+        .arg(file)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let wanted = 1 + random.below(2);
+    let mut seen = 0;
+    for line in stderr.lines() {
+        let Ok(line) = line else { break };
+        if line.contains("checkpoint complete") && !line.contains("\"finished\":true") {
+            seen += 1;
+            if seen == wanted {
+                std::thread::sleep(Duration::from_millis(random.below(15)));
+                // SIGKILL: no cleanup of any kind.
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    if status.success() {
+        Attempt::Finished
+    } else {
+        Attempt::Killed
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.jsonl"));
+    let (rows, windows) = reference(dir.path());
+
+    let file = pipeline(dir.path(), "crashed", "20ms");
+    let mut random = Random::new();
+    let started = Instant::now();
+    let mut kills = 0;
+    while let Attempt::Killed = run_and_kill(&file, &mut random) {
+        kills += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no progress after {kills} kills"
+        );
+    }
+    eprintln!("killed {kills} times before the run finished");
+    assert!(
+        kills >= 10,
+        "only {kills} kills: the run is too short to test"
+    );
+    let out = dir.path().join("crashed");
+    assert_eq!(committed(&out.join("rows")).len(), rows.len());
+    assert!(
+        committed(&out.join("rows")) == rows,
+        "rows differ from the uninterrupted run"
+    );
+    assert_eq!(committed(&out.join("windows")), windows);
+    assert_eq!(staged(&out.join("rows")) + staged(&out.join("windows")), 0);
+}
+
+#[test]
+fn a_crash_between_pre_commit_and_commit_is_committed_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.jsonl"));
+    let (rows, windows) = reference(dir.path());
+
+    let file = pipeline(dir.path(), "crashed", "50ms");
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .env("FLUMEN_CRASH_BEFORE_COMMIT", "2")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the process should have died before committing"
+    );
+    let out = dir.path().join("crashed");
+    // Checkpoint 2 is recorded, its files staged, not yet visible.
+    assert!(staged(&out.join("rows")) > 0);
+    let visible = committed(&out.join("rows")).len();
+    assert!(visible < rows.len());
+
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        committed(&out.join("rows")) == rows,
+        "rows differ from the uninterrupted run"
+    );
+    assert_eq!(committed(&out.join("windows")), windows);
+    assert_eq!(staged(&out.join("rows")) + staged(&out.join("windows")), 0);
+}
+
+#[test]
+fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.jsonl"));
+    let (rows, windows) = reference(dir.path());
+
+    // A first run dies after checkpoint 3; then its manifest is damaged.
+    let file = pipeline(dir.path(), "crashed", "50ms");
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .env("FLUMEN_CRASH_BEFORE_COMMIT", "3")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    let store = dir.path().join("crashed-checkpoints");
+    let manifest = store.join("chk-0000000003/_manifest.json");
+    std::fs::write(&manifest, "{ not json").unwrap();
+
+    let output = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("checkpoint 3 is unusable; trying the one before it"),
+        "{log}"
+    );
+    assert!(log.contains("corrupt manifest"), "{log}");
+    let out = dir.path().join("crashed");
+    assert!(
+        committed(&out.join("rows")) == rows,
+        "rows differ from the uninterrupted run"
+    );
+    assert_eq!(committed(&out.join("windows")), windows);
+
+    let listed = flumen()
+        .args(["checkpoints", "list"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("yes"),
+        "the final checkpoint is listed: {listed}"
+    );
+}
