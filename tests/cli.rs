@@ -256,7 +256,7 @@ fn usage_errors_exit_2_and_runtime_failures_exit_1() {
         &dir,
         "run",
         &format!(
-            "{BIDS}transforms:\n  boom:\n    type: sql\n    inputs: [bids]\n    select: [\"auction / (price - price) AS boom\"]\nsinks:\n  out:\n    type: blackhole\n    inputs: [boom]\n"
+            "{BIDS}transforms:\n  boom:\n    type: sql\n    inputs: [bids]\n    select: [\"auction / (price - price) AS boom\"]\n    on_error: fail\nsinks:\n  out:\n    type: blackhole\n    inputs: [boom]\n"
         ),
     );
     assert_eq!(failing.code, 1, "{}", failing.stderr);
@@ -665,4 +665,135 @@ fn the_configuration_reference_is_up_to_date() {
             "### `sql` transform",
         ],
     );
+}
+
+/// A pipeline reading `in.jsonl` (two bad lines among six), casting a
+/// column that does not always parse, with the given `on_error` settings.
+fn dead_letter_pipeline(dir: &tempfile::TempDir, on_error: &str) -> String {
+    let lines = [
+        r#"{"id":1,"code":"10"}"#,
+        r#"{"id":2,"code":"20"}"#,
+        r#"{"id":3,"code":"#,
+        r#"{"id":"four","code":"40"}"#,
+        r#"{"id":5,"code":"x5"}"#,
+        r#"{"id":6,"code":"60"}"#,
+    ];
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    format!(
+        r#"
+dead_letter:
+  type: file
+  path: {dir}/dead
+sources:
+  orders:
+    type: file
+    path: {dir}/in.jsonl
+    format: json
+    schema: {{ id: int64, code: string }}
+    {on_error}
+transforms:
+  parsed:
+    type: sql
+    inputs: [orders]
+    select: [id, "CAST(code AS INT) AS code"]
+    {on_error}
+sinks:
+  out:
+    type: file
+    inputs: [parsed]
+    path: {dir}/out.jsonl
+"#,
+        dir = dir.path().display()
+    )
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    let paths: Vec<PathBuf> = if !path.exists() {
+        Vec::new()
+    } else if path.is_dir() {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for path in paths {
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            lines.push(serde_json::from_str(line).unwrap());
+        }
+    }
+    lines
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_sink_and_the_rest_flows_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_file(&dir, "run", &dead_letter_pipeline(&dir, ""));
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let out: Vec<i64> = json_lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(out, vec![1, 2, 6]);
+
+    let mut dead = json_lines(&dir.path().join("dead"));
+    dead.sort_by_key(|d| d["record"].as_str().unwrap().to_string());
+    let summary: Vec<(&str, &str, Option<&str>)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["component"].as_str().unwrap(),
+                d["record"].as_str().unwrap(),
+                d["position"].as_str(),
+            )
+        })
+        .collect();
+    let file = dir.path().join("in.jsonl").display().to_string();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "orders",
+                r#"{"id":"four","code":"40"}"#,
+                Some(format!("{file}, byte 58").as_str())
+            ),
+            (
+                "orders",
+                r#"{"id":3,"code":"#,
+                Some(format!("{file}, byte 42").as_str())
+            ),
+            ("parsed", r#"{"id":5,"code":"x5"}"#, None),
+        ]
+    );
+    assert!(dead[0]["error"].as_str().unwrap().contains("four"));
+    assert!(dead[2]["error"].as_str().unwrap().contains("x5"));
+}
+
+#[test]
+fn on_error_fail_stops_and_on_error_drop_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_file(&dir, "run", &dead_letter_pipeline(&dir, "on_error: fail"));
+    assert_eq!(output.code, 1, "{}", output.stderr);
+    assert_contains(
+        &output.stderr,
+        &[
+            "`orders` failed",
+            "bad record",
+            "Truncated record",
+            "byte 42",
+        ],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_file(&dir, "run", &dead_letter_pipeline(&dir, "on_error: drop"));
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_contains(
+        &output.stderr,
+        &["dropped records that could not be handled"],
+    );
+    assert_eq!(json_lines(&dir.path().join("out.jsonl")).len(), 3);
+    assert!(json_lines(&dir.path().join("dead")).is_empty());
 }

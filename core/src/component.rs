@@ -14,6 +14,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
 use crate::checkpoint::Snapshot;
+use crate::dead_letter::Rejected;
 use crate::error::{Error, Result};
 use crate::event_time::EventTimeConfig;
 use crate::message::EventTime;
@@ -54,6 +55,13 @@ pub enum SourceStep {
 pub trait Source: Send + 'static {
     /// Produces the next batch.
     async fn next(&mut self) -> Result<SourceStep>;
+
+    /// Records that could not be decoded since the last call (they are
+    /// handled by the source's `on_error` policy). Called after every
+    /// [`Source::next`].
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
 
     /// Events this instance knows of but has not read yet, if it can tell
     /// (a bounded source's remainder, a broker's consumer lag).
@@ -127,6 +135,7 @@ pub struct Context {
 #[derive(Debug, Default)]
 pub struct Collector {
     batches: Vec<(usize, RecordBatch)>,
+    rejected: Vec<Rejected>,
 }
 
 impl Collector {
@@ -147,6 +156,18 @@ impl Collector {
     /// Takes everything emitted so far, with its port.
     pub fn drain(&mut self) -> std::vec::Drain<'_, (usize, RecordBatch)> {
         self.batches.drain(..)
+    }
+
+    /// Rejects `rows`, which the operator could not handle, with `error`:
+    /// they go where the operator's `on_error` policy says.
+    pub fn reject(&mut self, rows: &RecordBatch, error: &dyn std::fmt::Display) -> Result<()> {
+        self.rejected.extend(Rejected::rows(rows, error)?);
+        Ok(())
+    }
+
+    /// Takes the records rejected so far.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 }
 

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 
 use crate::component::{OperatorFactory, SinkFactory, SourceFactory};
+use crate::dead_letter::OnError;
 use crate::error::{Error, Result};
 use crate::event_time::{EventTimeConfig, with_event_time};
 use crate::partition::Partitioning;
@@ -144,12 +145,14 @@ struct NodeDecl {
     inputs: Vec<Input>,
     parallelism: usize,
     event_time: Option<EventTimeConfig>,
+    on_error: OnError,
 }
 
 /// Declares the nodes of a graph. See the [module documentation](self).
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
     nodes: Vec<NodeDecl>,
+    dead_letter: Option<DeadLetterSink>,
 }
 
 /// Settings of a node just added to a [`GraphBuilder`].
@@ -160,6 +163,13 @@ impl NodeBuilder<'_> {
     /// Runs the node as this many parallel instances (default 1).
     pub fn parallelism(self, parallelism: usize) -> Self {
         self.0.parallelism = parallelism;
+        self
+    }
+
+    /// What the node does with a record it cannot handle (default: send
+    /// it to the dead-letter sink).
+    pub fn on_error(self, on_error: OnError) -> Self {
+        self.0.on_error = on_error;
         self
     }
 
@@ -233,13 +243,35 @@ impl GraphBuilder {
             inputs,
             parallelism: 1,
             event_time: None,
+            on_error: OnError::default(),
         });
         NodeBuilder(self.nodes.last_mut().expect("just pushed"))
     }
 
+    /// Where records that components reject go (see [`dead_letter`]): a
+    /// sink of [`dead_letter::schema`]. Without one, dead-lettered records
+    /// are logged and counted.
+    ///
+    /// [`dead_letter`]: crate::dead_letter
+    pub fn dead_letter_sink(&mut self, factory: impl SinkFactory) -> &mut Self {
+        self.dead_letter_sink_shared(Arc::new(factory))
+    }
+
+    /// [`GraphBuilder::dead_letter_sink`] with a shared factory.
+    pub fn dead_letter_sink_shared(&mut self, factory: Arc<dyn SinkFactory>) -> &mut Self {
+        self.dead_letter = Some(DeadLetterSink(factory));
+        self
+    }
+
     /// Checks the graph and plans it: see [`Pipeline`].
     pub fn build(self) -> Result<Pipeline> {
-        Planner::new(self.nodes)?.plan()
+        if let Some(DeadLetterSink(sink)) = &self.dead_letter {
+            sink.check_input(&crate::dead_letter::schema())
+                .map_err(|e| e.in_node("dead_letter"))?;
+        }
+        let mut pipeline = Planner::new(self.nodes)?.plan()?;
+        pipeline.dead_letter = self.dead_letter;
+        Ok(pipeline)
     }
 }
 
@@ -282,6 +314,8 @@ pub struct Node {
     pub outputs: Vec<OutputPort>,
     /// For sources: event-time settings and the column's index.
     pub event_time: Option<(EventTimeConfig, usize)>,
+    /// What the node does with a record it cannot handle.
+    pub on_error: OnError,
 }
 
 impl Node {
@@ -302,6 +336,17 @@ pub struct Pipeline {
     pub(crate) nodes: Vec<Node>,
     pub(crate) stats: Arc<[Arc<NodeStats>]>,
     pub(crate) signals: Signals,
+    pub(crate) dead_letter: Option<DeadLetterSink>,
+}
+
+/// The sink dead-lettered records go to.
+#[derive(Clone)]
+pub(crate) struct DeadLetterSink(pub(crate) Arc<dyn SinkFactory>);
+
+impl fmt::Debug for DeadLetterSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeadLetterSink")
+    }
 }
 
 impl Pipeline {
@@ -356,6 +401,7 @@ impl Planner {
             stats: nodes.iter().map(|_| Arc::default()).collect(),
             nodes,
             signals: Signals::default(),
+            dead_letter: None,
         })
     }
 
@@ -617,6 +663,7 @@ impl Planner {
             inputs,
             outputs,
             event_time,
+            on_error: decl.on_error,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod component;
+pub mod dead_letter;
 pub mod error;
 pub mod event_time;
 pub mod graph;
@@ -36,6 +37,7 @@ pub mod prelude {
         Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,
         SourceFactory, SourceStep, StateSize,
     };
+    pub use crate::dead_letter::{OnError, Rejected};
     pub use crate::error::{Error, Result};
     pub use crate::event_time::EventTimeConfig;
     pub use crate::graph::{GraphBuilder, Input, Pipeline};

@@ -317,7 +317,10 @@ pub async fn run_operator(
     let (sink, collected) = CollectSink::new();
     let mut graph = GraphBuilder::new();
     graph.source("input", MemorySource::new(schema, batches));
-    graph.operator("operator", operator, ["input"]);
+    // A test wants to see a rejected row as an error.
+    graph
+        .operator("operator", operator, ["input"])
+        .on_error(crate::dead_letter::OnError::Fail);
     graph.sink("output", sink, ["operator"]);
     graph
         .build()?

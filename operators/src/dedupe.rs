@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use arrow::array::{Array, BooleanArray};
+use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use flumen_core::event_time::{event_time_column, is_event_time_type, to_millis};
@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::join::keys_of;
-use crate::window::TimeDomain;
+use crate::window::{TimeDomain, state};
 
 /// Keeps the first row of each key; drops rows with the same key that
 /// come less than `within` (of event time) after it. A key is forgotten
@@ -221,8 +221,48 @@ impl Operator for DedupeInstance {
         Ok(())
     }
 
+    /// The kept keys with their rows' times (`seen`), and the expiry queue
+    /// as it is (`expiry`): it is not in time order, and may name a key
+    /// that was kept again since, or already forgotten, so it cannot be
+    /// rebuilt from `seen` without changing when keys are forgotten.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(crate::window::unsupported("dedupe"))
+        let table = |keys: Vec<&[u8]>, name: &str, times: Vec<i64>| {
+            RecordBatch::try_from_iter([
+                ("key", Arc::new(BinaryArray::from(keys)) as ArrayRef),
+                (name, Arc::new(Int64Array::from(times))),
+            ])
+        };
+        let (seen_keys, kept): (Vec<&[u8]>, Vec<i64>) =
+            self.seen.iter().map(|(k, t)| (k.as_ref(), *t)).unzip();
+        let (expiry_keys, expires): (Vec<&[u8]>, Vec<i64>) =
+            self.expiry.iter().map(|(t, k)| (k.as_ref(), *t)).unzip();
+        Ok(Snapshot {
+            // The watermark, or in processing time the wall clock.
+            values: serde_json::json!({ "watermark": self.clock }),
+            tables: vec![
+                ("seen".into(), table(seen_keys, "kept", kept)?),
+                ("expiry".into(), table(expiry_keys, "expires", expires)?),
+            ],
+        })
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.clock = state::watermark(&snapshot)?;
+        let seen = state::table(&snapshot, "seen")?;
+        let (keys, kept) = (state::binaries(seen, "key")?, state::int64s(seen, "kept")?);
+        for (row, kept) in kept.values().iter().enumerate() {
+            self.seen.insert(Box::from(keys.value(row)), *kept);
+        }
+        let expiry = state::table(&snapshot, "expiry")?;
+        let (keys, expires) = (
+            state::binaries(expiry, "key")?,
+            state::int64s(expiry, "expires")?,
+        );
+        for (row, expires) in expires.values().iter().enumerate() {
+            self.expiry
+                .push_back((*expires, Box::from(keys.value(row))));
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
 use arrow::compute::kernels::cmp;
 use arrow::compute::{
     SortColumn, SortOptions, and, concat_batches, filter_record_batch, lexsort_to_indices, or,
@@ -23,7 +23,7 @@ use flumen_core::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::window::WindowKind;
+use crate::window::{WindowKind, state};
 
 /// Keeps the top `n` rows of each window (and key).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -754,8 +754,41 @@ impl Operator for TopNInstance {
         self.emit(out, true)
     }
 
+    /// The open windows (`windows`: start, end and how many rows) and
+    /// their top rows so far, in rank order (`rows`, every window's rows
+    /// one after another).
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(crate::window::unsupported("top_n"))
+        let ranked = self.windows.values();
+        let starts = Int64Array::from_iter_values(self.windows.keys().copied());
+        let ends = Int64Array::from_iter_values(ranked.clone().map(|r| r.end));
+        let counts = Int64Array::from_iter_values(ranked.clone().map(|r| r.rows.num_rows() as i64));
+        let windows = RecordBatch::try_from_iter([
+            ("start", Arc::new(starts) as ArrayRef),
+            ("end", Arc::new(ends)),
+            ("rows", Arc::new(counts)),
+        ])?;
+        let rows = concat_batches(&self.input, ranked.map(|r| &r.rows))?;
+        Ok(Snapshot {
+            values: serde_json::json!({ "watermark": self.watermark }),
+            tables: vec![("windows".into(), windows), ("rows".into(), rows)],
+        })
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.watermark = state::watermark(&snapshot)?;
+        let windows = state::table(&snapshot, "windows")?;
+        let rows = state::split(
+            state::table(&snapshot, "rows")?,
+            state::int64s(windows, "rows")?,
+        )?;
+        let (starts, ends) = (
+            state::int64s(windows, "start")?,
+            state::int64s(windows, "end")?,
+        );
+        for ((start, end), rows) in starts.values().iter().zip(ends.values()).zip(rows) {
+            self.windows.insert(*start, Ranked { end: *end, rows });
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -21,8 +21,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use flumen_core::checkpoint::CheckpointConfig;
+use flumen_core::dead_letter::OnError;
 use flumen_core::event_time::EventTimeConfig;
-use flumen_core::graph::{GraphBuilder, Input, Pipeline};
+use std::sync::Arc;
+
+use flumen_core::graph::{GraphBuilder, Input, NodeKind, Pipeline};
 use flumen_core::partition::Partitioning;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -61,8 +64,10 @@ impl From<PartitioningConfig> for Partitioning {
 /// The keys every component of a section has, besides its own.
 pub fn common_keys(section: Section) -> &'static [&'static str] {
     match section {
-        Section::Sources => &["type", "parallelism", "event_time"],
-        Section::Transforms | Section::Sinks => &["type", "inputs", "parallelism", "partitioning"],
+        Section::Sources => &["type", "parallelism", "event_time", "on_error"],
+        Section::Transforms | Section::Sinks => {
+            &["type", "inputs", "parallelism", "partitioning", "on_error"]
+        }
     }
 }
 
@@ -83,6 +88,8 @@ pub struct Component {
     pub partitioning: Option<Partitioning>,
     /// Event time, for sources.
     pub event_time: Option<EventTimeConfig>,
+    /// What the component does with a record it cannot handle.
+    pub on_error: OnError,
     /// The component's own keys.
     settings: Value,
 }
@@ -236,6 +243,7 @@ impl FileParser<'_> {
         };
         let mut sections: Vec<&str> = Section::ALL.iter().map(|s| s.key()).collect();
         sections.push("checkpoint");
+        sections.push("dead_letter");
         for key in root.keys() {
             if !sections.contains(&key.as_str()) {
                 return Err(self
@@ -402,6 +410,10 @@ impl FileParser<'_> {
                 ));
             }
         };
+        let on_error = match settings.remove("on_error") {
+            None => OnError::default(),
+            Some(value) => self.typed::<OnError>(&format!("{path}.on_error"), &value)?,
+        };
         Ok(Component {
             section,
             name: name.to_string(),
@@ -410,6 +422,7 @@ impl FileParser<'_> {
             parallelism,
             partitioning,
             event_time,
+            on_error,
             settings: Value::Object(settings),
         })
     }
@@ -510,13 +523,75 @@ impl FileParser<'_> {
             let mut added = graph
                 .node(&component.name, node, inputs.collect())
                 .parallelism(component.parallelism)
+                .on_error(component.on_error)
                 .component_type(&component.type_name);
             if let Some(event_time) = &component.event_time {
                 added = added.event_time(event_time.clone());
             }
             let _ = added;
         }
+        if let Some(sink) = self.dead_letter_sink(registry)? {
+            graph.dead_letter_sink_shared(sink);
+        }
         graph.build().map_err(|e| self.core_error(components, e))
+    }
+
+    /// The `dead_letter` section: a sink (its `type` and settings) that
+    /// receives every component's rejected records.
+    fn dead_letter_sink(
+        &self,
+        registry: &Registry,
+    ) -> Result<Option<Arc<dyn flumen_core::component::SinkFactory>>, ConfigError> {
+        let Some(value) = self.document.value.get("dead_letter") else {
+            return Ok(None);
+        };
+        let Value::Object(map) = value else {
+            return Err(self.error(
+                "dead_letter",
+                Target::Value,
+                "expected a sink's settings: a mapping with `type`",
+            ));
+        };
+        let mut settings = map.clone();
+        let Some(Value::String(type_name)) = settings.remove("type") else {
+            return Err(self.error(
+                "dead_letter",
+                Target::Key,
+                "the dead-letter sink needs a `type` (e.g. `file`)",
+            ));
+        };
+        let Some(sink_type) = registry.get(Section::Sinks, &type_name) else {
+            let names: Vec<&str> = registry
+                .types(Section::Sinks)
+                .iter()
+                .map(|t| t.name)
+                .collect();
+            return Err(self
+                .error(
+                    "dead_letter.type",
+                    Target::Value,
+                    format!(
+                        "unknown sink type `{type_name}`; known: {}",
+                        names.join(", ")
+                    ),
+                )
+                .maybe_help(did_you_mean(&type_name, names.iter().copied())));
+        };
+        match sink_type.build(&Value::Object(settings)) {
+            Ok(NodeKind::Sink(sink)) => Ok(Some(sink)),
+            Ok(_) => Err(self.error("dead_letter.type", Target::Value, "is not a sink type")),
+            Err(BuildError::Invalid { path, message }) => {
+                let full = if path == "." {
+                    "dead_letter".to_string()
+                } else {
+                    format!("dead_letter.{path}")
+                };
+                Err(self.settings_error(&full, &message, &["type"]))
+            }
+            Err(BuildError::Rejected(error)) => {
+                Err(self.error("dead_letter", Target::Value, error.to_string()))
+            }
+        }
     }
 
     fn unknown_type(&self, component: &Component, registry: &Registry) -> ConfigError {

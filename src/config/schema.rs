@@ -34,6 +34,14 @@ fn common_properties(section: Section, generator: &mut SchemaGenerator) -> Map<S
             "default": 1
         }),
     );
+    properties.insert(
+        "on_error".into(),
+        json!({
+            "description": "What the component does with a record it cannot handle (a line that does not decode, a row an expression fails on, a batch a sink rejects): `dead_letter` sends it to the `dead_letter` sink, `drop` counts it, `fail` stops the pipeline.",
+            "enum": ["dead_letter", "fail", "drop"],
+            "default": "dead_letter"
+        }),
+    );
     if section == Section::Sources {
         let mut event_time = generator.subschema_for::<EventTimeConfig>().to_value();
         event_time["description"] =
@@ -98,6 +106,14 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         );
     }
     sections.insert("checkpoint".into(), checkpoint);
+    sections.insert(
+        "dead_letter".into(),
+        json!({
+            "description": "The sink that receives every component's rejected records (with `rejected_at`, `component`, `error`, `record` and `position` columns): any sink type and its settings, without `inputs`.",
+            "type": "object",
+            "required": ["type"]
+        }),
+    );
     let definitions: Map<String, Value> = generator.take_definitions(true);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -120,8 +136,13 @@ pub fn reference_markdown(registry: &Registry) -> String {
          Generated from the configuration structs by `flumen config reference`; \
          the JSON Schema (`flumen config schema`) carries the same text.\n\n\
          Every component has a `type`. Transforms and sinks have `inputs`; any \
-         component may set `parallelism`; transforms and sinks may set `partitioning`; \
-         sources may set `event_time`. See [pipeline files](pipeline-files.md).\n",
+         component may set `parallelism` and `on_error` (`dead_letter`, the default, `drop` or \
+         `fail`: what to do with a record it cannot handle); transforms and sinks may set \
+         `partitioning`; sources may set `event_time`. See [pipeline files](pipeline-files.md).\n\n\
+         ## Dead letters\n\n\
+         The top-level `dead_letter` section is a sink's settings (its `type` and keys, no \
+         `inputs`): it receives every record a component rejects, as rows of `rejected_at`, \
+         `component`, `error`, `record` and `position`. See [dead letters](checkpoints.md#bad-records-and-the-dead-letter-sink).\n",
     );
     out.push_str(
         "\n## Checkpoints\n\nThe top-level `checkpoint` section turns checkpoints on. \

@@ -6,6 +6,7 @@
 //! bounded by the graph's size, not by the input's.
 
 mod channels;
+mod dead_letter;
 pub mod metrics;
 mod stats;
 mod tasks;
@@ -22,7 +23,7 @@ use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
 use self::metrics::{MetricsKind, MetricsLabels, NodeMetrics};
 pub use self::stats::NodeStats;
 pub(crate) use self::tasks::wall_clock_millis;
-use self::tasks::{TaskCheckpoint, TaskEnv};
+use self::tasks::{DeadLetters, TaskCheckpoint, TaskEnv};
 use crate::checkpoint::{
     CheckpointSettings, Coordinator, CoordinatorHandles, Loaded, NodeInfo, StartFrom,
 };
@@ -162,10 +163,23 @@ impl Pipeline {
             }
             None => (None, None, None),
         };
-        let instances = self.create_instances(inputs, outputs, capacity, handles, restored)?;
+        let (dead_letter_tx, dead_letter_task) = match &self.dead_letter {
+            Some(sink) => {
+                let (tx, rx) = mpsc::channel(capacity);
+                let task = dead_letter::run(sink.0.clone(), rx, signals.clone());
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+        let instances =
+            self.create_instances(inputs, outputs, capacity, handles, restored, dead_letter_tx)?;
         for (node, task) in instances {
             let id = tasks.spawn(task).id();
             names.insert(id, node);
+        }
+        if let Some(task) = dead_letter_task {
+            let id = tasks.spawn(task).id();
+            names.insert(id, Arc::from("dead_letter"));
         }
         if let Some(coordinator) = coordinator {
             let id = tasks.spawn(coordinator.run()).id();
@@ -381,6 +395,7 @@ impl Pipeline {
         channel_capacity: usize,
         mut handles: Option<CoordinatorHandles>,
         mut restored: Option<Loaded>,
+        dead_letter: Option<mpsc::Sender<arrow::record_batch::RecordBatch>>,
     ) -> Result<Vec<(Arc<str>, futures::future::BoxFuture<'static, Result<()>>)>> {
         use futures::FutureExt;
 
@@ -420,6 +435,15 @@ impl Pipeline {
                     instance,
                     metrics,
                     signals: self.signals.clone(),
+                    dead_letters: DeadLetters {
+                        policy: node.on_error,
+                        sender: dead_letter.clone(),
+                        counter: ::metrics::counter!(
+                            metrics::DEAD_LETTERED_TOTAL,
+                            "component" => node.name.clone()
+                        ),
+                        logged: Default::default(),
+                    },
                     checkpoint: handles.as_ref().map(|h| TaskCheckpoint {
                         node: n,
                         acks: h.acks.clone(),

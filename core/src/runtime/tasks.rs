@@ -9,6 +9,9 @@ use super::Signals;
 use super::channels::{Inputs, Outputs, Received};
 use super::metrics::NodeMetrics;
 use crate::checkpoint::{Ack, AckKind, Commit, Snapshot};
+use crate::dead_letter::{OnError, Rejected};
+use arrow::record_batch::RecordBatch;
+
 use crate::component::{Collector, Context, InstanceInfo, Operator, Sink, Source, SourceStep};
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
@@ -22,6 +25,18 @@ pub(crate) struct TaskEnv {
     pub(crate) signals: Signals,
     /// Set when the run takes checkpoints.
     pub(crate) checkpoint: Option<TaskCheckpoint>,
+    /// Where rejected records go.
+    pub(crate) dead_letters: DeadLetters,
+}
+
+/// A task's way to the dead-letter sink, and its policy.
+pub(crate) struct DeadLetters {
+    pub(crate) policy: OnError,
+    /// The dead-letter sink's channel, if the pipeline has one.
+    pub(crate) sender: Option<mpsc::Sender<RecordBatch>>,
+    pub(crate) counter: metrics::Counter,
+    /// How many rejected records were logged (the first few are).
+    pub(crate) logged: std::sync::atomic::AtomicU64,
 }
 
 /// How a task takes part in checkpoints.
@@ -41,6 +56,40 @@ impl TaskEnv {
             watermark: None,
             checkpointing: self.checkpoint.is_some(),
         }
+    }
+
+    /// Applies the node's `on_error` policy to records it rejected.
+    async fn rejected(&self, rejected: Vec<Rejected>) -> Result<()> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let dead_letters = &self.dead_letters;
+        if dead_letters.policy == OnError::Fail {
+            return Err(Error::Data(rejected[0].to_string()));
+        }
+        dead_letters.counter.increment(rejected.len() as u64);
+        let logged = dead_letters
+            .logged
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dropped = dead_letters.policy == OnError::Drop || dead_letters.sender.is_none();
+        if dropped && logged < 10 {
+            tracing::warn!(
+                node = %self.node,
+                count = rejected.len(),
+                first = %rejected[0],
+                "dropped records that could not be handled{}",
+                if dead_letters.sender.is_none() && dead_letters.policy == OnError::DeadLetter {
+                    " (the pipeline has no dead_letter sink)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let (OnError::DeadLetter, Some(sender)) = (dead_letters.policy, &dead_letters.sender) {
+            let batch = crate::dead_letter::to_batch(&self.node, &rejected, wall_clock_millis())?;
+            sender.send(batch).await.map_err(|_| Error::ShuttingDown)?;
+        }
+        Ok(())
     }
 
     /// Tells the coordinator what this instance recorded for `checkpoint`.
@@ -101,7 +150,9 @@ pub(crate) async fn run_source(
                 .await?;
         }
         let started = Instant::now();
-        match source.next().await? {
+        let step = source.next().await?;
+        env.rejected(source.take_rejected()).await?;
+        match step {
             SourceStep::Batch(batch) => {
                 env.metrics.record_batch_time(started.elapsed());
                 env.metrics.record_out(&batch);
@@ -220,6 +271,7 @@ pub(crate) fn wall_clock_millis() -> EventTime {
 }
 
 async fn flush(env: &TaskEnv, out: &mut Collector, outputs: &mut Outputs) -> Result<()> {
+    env.rejected(out.take_rejected()).await?;
     for (port, batch) in out.drain() {
         match port {
             0 => env.metrics.record_out(&batch),
@@ -260,7 +312,7 @@ pub(crate) async fn run_sink(
                 env.metrics.record_in(&batch);
                 let started = Instant::now();
                 let written = (batch.num_rows(), batch.get_array_memory_size());
-                sink.write(batch, &mut ctx).await?;
+                write_with_retries(&env, sink.as_mut(), batch, &mut ctx).await?;
                 env.metrics.record_batch_time(started.elapsed());
                 // What a sink writes is its output.
                 env.metrics.record_written(written.0, written.1);
@@ -304,4 +356,48 @@ pub(crate) async fn run_sink(
             }
         }
     }
+}
+
+/// Writes a batch, retrying errors the sink calls retryable with capped
+/// exponential backoff and jitter; a batch the sink rejects for good goes
+/// to the dead-letter output (by the sink's `on_error` policy).
+async fn write_with_retries(
+    env: &TaskEnv,
+    sink: &mut dyn Sink,
+    batch: RecordBatch,
+    ctx: &mut Context,
+) -> Result<()> {
+    const ATTEMPTS: u32 = 8;
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        let error = match sink.write(batch.clone(), ctx).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        match &error {
+            Error::Connector {
+                retryable: true, ..
+            } if attempt < ATTEMPTS => {
+                // Full jitter: a random wait up to the capped delay, so that
+                // many writers do not retry in step.
+                let jitter =
+                    (wall_clock_millis() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 1000;
+                let wait = delay.mul_f64(0.5 + jitter as f64 / 2000.0);
+                tracing::warn!(node = %env.node, attempt, %error, "write failed; retrying in {wait:?}");
+                tokio::select! {
+                    _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Error::Connector {
+                retryable: false, ..
+            }
+            | Error::Data(_) => {
+                return env.rejected(Rejected::rows(&batch, &error)?).await;
+            }
+            _ => return Err(error),
+        }
+    }
+    unreachable!("the loop returns")
 }

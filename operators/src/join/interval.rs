@@ -8,14 +8,15 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use arrow::array::{Array, BooleanArray, Int64Array, UInt32Array};
-use arrow::compute::{filter_record_batch, interleave_record_batch};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
 use arrow::record_batch::RecordBatch;
 use flumen_core::event_time::to_millis;
 use flumen_core::prelude::*;
 
 use super::JoinPlan;
 use super::keys::KeyEncoder;
+use crate::window::state;
 
 /// One side's kept rows, by arrival, with an index by key.
 struct Side {
@@ -91,7 +92,12 @@ impl Side {
             self.first_id += 1;
             dropped.push(kept);
         }
-        if self.entries > 2 * self.live_rows + 1024 {
+        if self.batches.is_empty() {
+            // Nothing is kept: every index entry is stale. Dropping them
+            // now lets the state size fall to zero once all rows are out.
+            self.index.clear();
+            self.entries = 0;
+        } else if self.entries > 2 * self.live_rows + 1024 {
             let first = self.first_id;
             self.index.retain(|_, rows| {
                 rows.retain(|(id, _)| *id >= first);
@@ -114,6 +120,9 @@ impl Side {
             + self.entries * 16
     }
 }
+
+/// The sides' names in checkpoints, by input.
+const SIDES: [&str; 2] = ["left", "right"];
 
 pub(crate) struct IntervalJoin {
     plan: JoinPlan,
@@ -321,8 +330,67 @@ impl Operator for IntervalJoin {
         self.on_watermark(EventTime::MAX, ctx, out).await
     }
 
+    /// Per side (`left`, `right`): the kept rows in arrival order, how
+    /// many rows each kept batch has (`*_batches`: rows expire a batch at a
+    /// time, so the batches are kept as they were) and which rows have
+    /// matched (`*_matched`: a left join emits the others when they
+    /// expire). The key index is rebuilt from the rows.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(crate::window::unsupported("interval joins"))
+        let mut tables = Vec::new();
+        let schemas = [&self.plan.left, &self.plan.right];
+        for ((name, side), schema) in SIDES.iter().zip(&self.sides).zip(schemas) {
+            let kept = &side.batches;
+            tables.push((
+                name.to_string(),
+                concat_batches(schema, kept.iter().map(|k| &k.rows))?,
+            ));
+            let rows = Int64Array::from_iter_values(kept.iter().map(|k| k.rows.num_rows() as i64));
+            tables.push((
+                format!("{name}_batches"),
+                RecordBatch::try_from_iter([("rows", Arc::new(rows) as ArrayRef)])?,
+            ));
+            let matched: BooleanArray = kept
+                .iter()
+                .flat_map(|k| &k.matched)
+                .map(|m| Some(*m))
+                .collect();
+            tables.push((
+                format!("{name}_matched"),
+                RecordBatch::try_from_iter([("matched", Arc::new(matched) as ArrayRef)])?,
+            ));
+        }
+        Ok(Snapshot {
+            values: serde_json::json!({ "watermark": self.watermark }),
+            tables,
+        })
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.watermark = state::watermark(&snapshot)?;
+        for (input, name) in SIDES.iter().enumerate() {
+            let time = [self.plan.left_time, self.plan.right_time][input].expect("timed join");
+            let rows = state::table(&snapshot, name)?;
+            let batches = state::table(&snapshot, &format!("{name}_batches"))?;
+            let matched = state::table(&snapshot, &format!("{name}_matched"))?;
+            let matched = state::booleans(matched, "matched")?;
+            if matched.len() != rows.num_rows() {
+                return Err(Error::internal(format!(
+                    "interval join checkpoint: `{name}_matched` and `{name}` differ in length"
+                )));
+            }
+            let mut offset = 0;
+            for batch in state::split(rows, state::int64s(batches, "rows")?)? {
+                let times = to_millis(batch.column(time))?;
+                let flags = matched
+                    .slice(offset, batch.num_rows())
+                    .values()
+                    .iter()
+                    .collect();
+                offset += batch.num_rows();
+                self.sides[input].add(batch, times, flags)?;
+            }
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::record_batch::RecordBatch;
 use flumen_core::event_time::to_millis;
@@ -13,6 +13,7 @@ use flumen_core::prelude::*;
 
 use super::keys::{KeyEncoder, KeyTable};
 use super::{JoinPlan, pair_up};
+use crate::window::state;
 
 /// Both inputs' rows of one window.
 #[derive(Default)]
@@ -169,8 +170,56 @@ impl Operator for WindowJoin {
         self.on_watermark(EventTime::MAX, ctx, out).await
     }
 
+    /// The open windows (`windows`: start, and how many rows each side
+    /// has in it) and their rows (`left`, `right`: every window's rows one
+    /// after another, in arrival order). A hopping window's row is stored
+    /// once per window it is in, as it is kept.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(crate::window::unsupported("windowed joins"))
+        let sides = self.windows.values();
+        let count = |batches: &[RecordBatch]| {
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>() as i64
+        };
+        let starts = Int64Array::from_iter_values(self.windows.keys().copied());
+        let left_rows = Int64Array::from_iter_values(sides.clone().map(|s| count(&s.left)));
+        let right_rows = Int64Array::from_iter_values(sides.clone().map(|s| count(&s.right)));
+        let windows = RecordBatch::try_from_iter([
+            ("start", Arc::new(starts) as ArrayRef),
+            ("left_rows", Arc::new(left_rows)),
+            ("right_rows", Arc::new(right_rows)),
+        ])?;
+        let left = concat_batches(&self.plan.left, sides.clone().flat_map(|s| &s.left))?;
+        let right = concat_batches(&self.plan.right, sides.flat_map(|s| &s.right))?;
+        Ok(Snapshot {
+            values: serde_json::json!({ "watermark": self.watermark }),
+            tables: vec![
+                ("windows".into(), windows),
+                ("left".into(), left),
+                ("right".into(), right),
+            ],
+        })
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.watermark = state::watermark(&snapshot)?;
+        let windows = state::table(&snapshot, "windows")?;
+        let side = |name: &str| {
+            state::split(
+                state::table(&snapshot, name)?,
+                state::int64s(windows, &format!("{name}_rows"))?,
+            )
+        };
+        let (left, right) = (side("left")?, side("right")?);
+        let starts = state::int64s(windows, "start")?;
+        // A side with no rows in a window keeps no batch, as when running.
+        let kept = |rows: RecordBatch| (rows.num_rows() > 0).then_some(rows);
+        for ((start, left), right) in starts.values().iter().zip(left).zip(right) {
+            let sides = Sides {
+                left: kept(left).into_iter().collect(),
+                right: kept(right).into_iter().collect(),
+            };
+            self.windows.insert(*start, sides);
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -327,7 +327,26 @@ impl Operator for Plan {
         _ctx: &mut Context,
         out: &mut Collector,
     ) -> Result<()> {
-        out.emit(self.apply(batch)?);
+        match self.apply(batch.clone()) {
+            Ok(result) => out.emit(result),
+            // Expressions fail on values (a cast that does not parse, a
+            // division by zero): find the rows they fail on and reject only
+            // those.
+            Err(Error::DataFusion(_) | Error::Arrow(_)) => {
+                let mut good = Vec::new();
+                for row in 0..batch.num_rows() {
+                    let one = batch.slice(row, 1);
+                    match self.apply(one.clone()) {
+                        Ok(result) => good.push(result),
+                        Err(error) => out.reject(&one, &error)?,
+                    }
+                }
+                if let Some(first) = good.first() {
+                    out.emit(arrow::compute::concat_batches(first.schema_ref(), &good)?);
+                }
+            }
+            Err(other) => return Err(other),
+        }
         Ok(())
     }
 }

@@ -293,6 +293,7 @@ impl OperatorFactory for WindowAggregate {
             })?),
             Shape::Session { gap } => Windows::Session(SessionWindows::new(SessionSpec {
                 gap,
+                input: inputs[0].clone(),
                 lateness: self.lateness,
                 time: plan.time,
                 keys: plan.keys,
@@ -425,24 +426,93 @@ impl Operator for WindowInstance {
     fn snapshot(&mut self) -> Result<Snapshot> {
         match &mut self.windows {
             Windows::Panes(w) => w.snapshot(),
-            Windows::Session(_) => Err(unsupported("session windows")),
+            Windows::Session(w) => w.snapshot(),
         }
     }
 
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
         match &mut self.windows {
             Windows::Panes(w) => w.restore(snapshot),
-            Windows::Session(_) => Err(unsupported("session windows")),
+            Windows::Session(w) => w.restore(snapshot),
         }
     }
 }
 
-/// The error of an operator whose state cannot be checkpointed yet.
-pub(crate) fn unsupported(what: &str) -> Error {
-    Error::config(
-        "checkpoint",
-        format!(
-            "{what} cannot be checkpointed yet; run this pipeline without a `checkpoint` section"
-        ),
-    )
+/// Reading operator state back from a checkpoint. A missing table or a
+/// column of the wrong type is an error, not a panic: the files may have
+/// been written by another version, or damaged.
+pub(crate) mod state {
+    use arrow::array::{AsArray, BinaryArray, BooleanArray, Int64Array, UInt32Array};
+    use arrow::compute::take_record_batch;
+    use arrow::datatypes::Int64Type;
+    use flumen_core::prelude::*;
+
+    /// The watermark a snapshot recorded in its values.
+    pub(crate) fn watermark(snapshot: &Snapshot) -> Result<EventTime> {
+        snapshot
+            .values
+            .get("watermark")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| corrupt("watermark"))
+    }
+
+    /// The snapshot's table `name`.
+    pub(crate) fn table<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a RecordBatch> {
+        snapshot.table(name).ok_or_else(|| corrupt(name))
+    }
+
+    /// Column `name` of `table`, as int64.
+    pub(crate) fn int64s<'a>(table: &'a RecordBatch, name: &str) -> Result<&'a Int64Array> {
+        table
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| corrupt(name))
+    }
+
+    /// Column `name` of `table`, as binary (row-encoded keys).
+    pub(crate) fn binaries<'a>(table: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
+        table
+            .column_by_name(name)
+            .and_then(|c| c.as_binary_opt::<i32>())
+            .ok_or_else(|| corrupt(name))
+    }
+
+    /// Column `name` of `table`, as booleans.
+    pub(crate) fn booleans<'a>(table: &'a RecordBatch, name: &str) -> Result<&'a BooleanArray> {
+        table
+            .column_by_name(name)
+            .and_then(|c| c.as_boolean_opt())
+            .ok_or_else(|| corrupt(name))
+    }
+
+    /// Cuts `rows` back into the consecutive parts of `lengths` rows they
+    /// were concatenated from. Each part is copied rather than sliced: a
+    /// slice would count the whole table in its memory size, so
+    /// `state_size` would report the table once per part.
+    pub(crate) fn split(rows: &RecordBatch, lengths: &Int64Array) -> Result<Vec<RecordBatch>> {
+        let mut parts = Vec::with_capacity(lengths.len());
+        let mut offset = 0u32;
+        for &length in lengths.values() {
+            let end = u32::try_from(length)
+                .ok()
+                .and_then(|length| offset.checked_add(length))
+                .filter(|end| *end as usize <= rows.num_rows())
+                .ok_or_else(|| corrupt("row counts"))?;
+            parts.push(take_record_batch(
+                rows,
+                &UInt32Array::from_iter_values(offset..end),
+            )?);
+            offset = end;
+        }
+        if offset as usize != rows.num_rows() {
+            return Err(corrupt("row counts"));
+        }
+        Ok(parts)
+    }
+
+    fn corrupt(what: &str) -> Error {
+        Error::internal(format!(
+            "the checkpointed operator state has no valid `{what}`"
+        ))
+    }
 }

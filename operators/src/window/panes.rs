@@ -412,13 +412,13 @@ impl PaneWindows {
             let keys = self.shared.keys(&ids)?;
             parts.push((*pane, keys, frozen.states.clone()));
         }
-        let widths: Vec<usize> = self
-            .spec
-            .aggregates
-            .accumulators()?
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All).map(|s| s.len()))
-            .collect::<datafusion::error::Result<_>>()?;
+        // Panes without groups have nothing to keep (and some accumulators
+        // report no state columns at all until they have a group).
+        parts.retain(|(_, _, states)| crate::aggregate::state_rows(states) > 0);
+        let widths: Vec<usize> = parts
+            .first()
+            .map(|(_, _, states)| states.iter().map(Vec::len).collect())
+            .unwrap_or_default();
         let values = serde_json::json!({
             "watermark": self.watermark,
             "next_window": self.next_window,

@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
-use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, UInt32Array};
+use arrow::compute::{concat_batches, filter, filter_record_batch, take, take_record_batch};
+use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow::row::{RowConverter, Rows, SortField};
 use flumen_core::prelude::*;
 
+use super::state;
 use super::time::{RowTime, timestamps};
 use crate::aggregate::{Aggregates, GroupedAggregation};
 
@@ -24,6 +25,7 @@ use crate::aggregate::{Aggregates, GroupedAggregation};
 pub(crate) struct SessionSpec {
     pub(crate) gap: i64,
     pub(crate) lateness: i64,
+    pub(crate) input: SchemaRef,
     pub(crate) time: RowTime,
     pub(crate) keys: Vec<usize>,
     pub(crate) key_schema: SchemaRef,
@@ -41,8 +43,9 @@ pub(crate) struct SessionWindows {
     converter: RowConverter,
     /// Open sessions per key, sorted and disjoint.
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
-    /// Rows of open sessions.
-    buffered: Vec<RecordBatch>,
+    /// Rows of open sessions, with their times (kept, because arrival
+    /// times cannot be read from the rows again).
+    buffered: Vec<(RecordBatch, Int64Array)>,
     /// Per key, the end of its last emitted session: an event before it
     /// belongs to a session already out, so it is late.
     emitted_until: HashMap<Box<[u8]>, i64>,
@@ -51,12 +54,16 @@ pub(crate) struct SessionWindows {
 
 impl SessionWindows {
     pub(crate) fn new(spec: SessionSpec) -> Result<Self> {
-        let fields = spec
+        let mut fields: Vec<SortField> = spec
             .key_schema
             .fields()
             .iter()
             .map(|f| SortField::new(f.data_type().clone()))
             .collect();
+        if fields.is_empty() {
+            // No keys: every row gets the same key, that of one null column.
+            fields.push(SortField::new(DataType::Null));
+        }
         Ok(SessionWindows {
             converter: RowConverter::new(fields)?,
             spec,
@@ -68,15 +75,17 @@ impl SessionWindows {
     }
 
     fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        let keys: Vec<ArrayRef> = self
+        let mut keys: Vec<ArrayRef> = self
             .spec
             .keys
             .iter()
             .map(|&k| batch.column(k).clone())
             .collect();
         if keys.is_empty() {
-            // No keys: every row has the same, empty, key.
-            return Ok(self.converter.empty_rows(batch.num_rows(), 0));
+            keys.push(arrow::array::new_null_array(
+                &DataType::Null,
+                batch.num_rows(),
+            ));
         }
         Ok(self.converter.convert_columns(&keys)?)
     }
@@ -89,7 +98,7 @@ impl SessionWindows {
         let mut on_time = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let time = times.value(row);
-            let key = keys.row(if self.spec.keys.is_empty() { 0 } else { row });
+            let key = keys.row(row);
             let late = times.is_null(row)
                 || time.saturating_add(gap).saturating_add(lateness) <= watermark
                 || self
@@ -106,7 +115,10 @@ impl SessionWindows {
         let late = arrow::compute::not(&on_time)?;
         let kept = filter_record_batch(batch, &on_time)?;
         if kept.num_rows() > 0 {
-            self.buffered.push(kept);
+            let times = filter(&times, &on_time)?
+                .as_primitive::<Int64Type>()
+                .clone();
+            self.buffered.push((kept, times));
         }
         Ok((late.true_count() > 0)
             .then(|| filter_record_batch(batch, &late))
@@ -156,13 +168,12 @@ impl SessionWindows {
         let mut remaining = Vec::new();
         let mut parts = Vec::new();
         let mut bounds: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
-        for batch in std::mem::take(&mut self.buffered) {
-            let times = self.spec.time.of(&batch)?;
+        for (batch, times) in std::mem::take(&mut self.buffered) {
             let keys = self.key_rows(&batch)?;
             let mut taken = Vec::new();
             let mut kept = Vec::new();
             for row in 0..batch.num_rows() {
-                let key = keys.row(if self.spec.keys.is_empty() { 0 } else { row });
+                let key = keys.row(row);
                 let time = times.value(row);
                 let session = closed.get(key.as_ref()).and_then(|sessions| {
                     sessions
@@ -182,7 +193,11 @@ impl SessionWindows {
                 parts.push(take_record_batch(&batch, &UInt32Array::from(taken))?);
             }
             if !kept.is_empty() {
-                remaining.push(take_record_batch(&batch, &UInt32Array::from(kept))?);
+                let kept = UInt32Array::from(kept);
+                let times = take(&times, &kept, None)?
+                    .as_primitive::<Int64Type>()
+                    .clone();
+                remaining.push((take_record_batch(&batch, &kept)?, times));
             }
         }
         self.buffered = remaining;
@@ -236,12 +251,80 @@ impl SessionWindows {
             .min()
     }
 
+    /// The buffered rows (`rows`) with their times (`times`), and each
+    /// key's end of its last emitted session (`emitted`). Open sessions are
+    /// not stored: each is exactly the merge of its rows' `[time, time +
+    /// gap]`, in whatever order, so restore rebuilds them from the rows.
+    pub(crate) fn snapshot(&mut self) -> Result<Snapshot> {
+        let rows = concat_batches(&self.spec.input, self.buffered.iter().map(|(b, _)| b))?;
+        let times = self.buffered.iter().flat_map(|(_, t)| t.values().iter());
+        let times: ArrayRef = Arc::new(Int64Array::from_iter_values(times.copied()));
+        let (keys, until): (Vec<&[u8]>, Vec<i64>) = self
+            .emitted_until
+            .iter()
+            .map(|(key, until)| (key.as_ref(), *until))
+            .unzip();
+        Ok(Snapshot {
+            values: serde_json::json!({ "watermark": self.watermark }),
+            tables: vec![
+                ("rows".into(), rows),
+                (
+                    "times".into(),
+                    RecordBatch::try_from_iter([("time", times)])?,
+                ),
+                (
+                    "emitted".into(),
+                    RecordBatch::try_from_iter([
+                        ("key", Arc::new(BinaryArray::from(keys)) as ArrayRef),
+                        ("until", Arc::new(Int64Array::from(until))),
+                    ])?,
+                ),
+            ],
+        })
+    }
+
+    /// Takes back what [`SessionWindows::snapshot`] gave.
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.watermark = state::watermark(&snapshot)?;
+        let rows = state::table(&snapshot, "rows")?;
+        let times = state::int64s(state::table(&snapshot, "times")?, "time")?;
+        if times.len() != rows.num_rows() {
+            return Err(Error::internal(
+                "session window checkpoint: `times` and `rows` differ in length",
+            ));
+        }
+        // Inserted directly: these rows were on time when they arrived,
+        // whatever the watermark says of them now.
+        let keys = self.key_rows(rows)?;
+        for row in 0..rows.num_rows() {
+            let time = times.value(row);
+            let sessions = self
+                .sessions
+                .entry(Box::from(keys.row(row).as_ref()))
+                .or_default();
+            insert_session(sessions, (time, time + self.spec.gap));
+        }
+        if rows.num_rows() > 0 {
+            self.buffered.push((rows.clone(), times.clone()));
+        }
+        let emitted = state::table(&snapshot, "emitted")?;
+        let (keys, until) = (
+            state::binaries(emitted, "key")?,
+            state::int64s(emitted, "until")?,
+        );
+        for (row, until) in until.values().iter().enumerate() {
+            self.emitted_until
+                .insert(Box::from(keys.value(row)), *until);
+        }
+        Ok(())
+    }
+
     pub(crate) fn state_size(&self) -> StateSize {
-        let rows: usize = self.buffered.iter().map(RecordBatch::num_rows).sum();
+        let rows: usize = self.buffered.iter().map(|(b, _)| b.num_rows()).sum();
         let bytes: usize = self
             .buffered
             .iter()
-            .map(RecordBatch::get_array_memory_size)
+            .map(|(b, t)| b.get_array_memory_size() + t.get_array_memory_size())
             .sum();
         StateSize {
             rows: rows as u64,

@@ -1,6 +1,7 @@
 //! The operators, each checked against DataFusion's batch answer over the
 //! same rows.
 
+mod checkpoints;
 mod common;
 mod joins;
 mod routing;

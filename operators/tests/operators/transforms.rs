@@ -10,7 +10,7 @@ use flumen_core::testing::{CollectSink, MemorySource, run_operator};
 use flumen_operators::{MapBatches, SqlTransform, Union, Unnest};
 use proptest::prelude::*;
 
-use crate::common::{header, query, sorted_lines};
+use crate::common::{header, query, quiet, sorted_lines};
 
 fn bids_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -169,6 +169,34 @@ async fn a_failing_expression_stops_the_run_naming_the_operator() {
     .unwrap_err();
     assert_eq!(err.node(), Some("operator"));
     assert!(err.to_string().contains("Divide by zero"), "{err}");
+}
+
+#[tokio::test]
+async fn rows_an_expression_fails_on_go_to_the_dead_letter_sink() {
+    let input = bids(&[
+        (1, Some(5), None, None),
+        (2, Some(0), None, None),
+        (3, Some(4), None, None),
+    ]);
+    let (sink, output) = CollectSink::new();
+    let (dead_sink, dead) = CollectSink::new();
+    let mut graph = GraphBuilder::new();
+    graph.source("bids", MemorySource::new(input.schema(), vec![input]));
+    graph.operator(
+        "ratio",
+        SqlTransform::new().select(["auction", "100 / price AS ratio"]),
+        ["bids"],
+    );
+    graph.sink("out", sink, ["ratio"]);
+    graph.dead_letter_sink(dead_sink);
+    graph.build().unwrap().run_with(quiet()).await.unwrap();
+    assert_eq!(output.rows(), 2);
+    let dead = dead.batches();
+    let lines = sorted_lines(&dead);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("ratio"), "{lines:?}");
+    assert!(lines[0].contains("Divide by zero"), "{lines:?}");
+    assert!(lines[0].contains(r#"{"auction":2,"price":0}"#), "{lines:?}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::{Buf, Bytes};
+use flumen_core::dead_letter::Rejected;
 use flumen_core::prelude::*;
 use flumen_core::storage::Location;
 use object_store::path::Path;
@@ -123,7 +124,8 @@ impl LineSplit {
         }
     }
 
-    pub(super) async fn next(&mut self) -> Result<Option<Bytes>> {
+    /// The next piece of the split's lines, with its offset in the file.
+    pub(super) async fn next(&mut self) -> Result<Option<(u64, Bytes)>> {
         while self.state != SplitState::Done {
             let Some(mut chunk) = self.reader.next().await? else {
                 self.state = SplitState::Done;
@@ -154,11 +156,11 @@ impl LineSplit {
                 let from = (self.end - 1).saturating_sub(chunk_start) as usize;
                 if let Some(newline) = memchr(&chunk, from) {
                     self.state = SplitState::Done;
-                    return Ok(Some(chunk.slice(..newline + 1)));
+                    return Ok(Some((chunk_start, chunk.slice(..newline + 1))));
                 }
             }
             if !chunk.is_empty() {
-                return Ok(Some(chunk));
+                return Ok(Some((chunk_start, chunk)));
             }
         }
         Ok(None)
@@ -223,43 +225,97 @@ impl RecordDecoder {
     }
 }
 
-/// Decodes one split into batches.
+/// What a fresh decoder for a split needs.
+pub(super) struct DecoderSpec {
+    pub(super) format: FileFormat,
+    pub(super) schema: SchemaRef,
+    pub(super) batch_size: usize,
+    pub(super) csv: CsvOptions,
+}
+
+/// The longest piece of a rejected line kept in the dead-letter record.
+const MAX_REJECTED_BYTES: usize = 64 << 10;
+
+/// Decodes one split into batches. A line that does not decode is
+/// rejected (with the file and its byte offset) and the others go on.
 pub(super) struct LineSplitReader {
     split: LineSplit,
+    spec: DecoderSpec,
     decoder: RecordDecoder,
     pending: Bytes,
+    /// File offset of `pending`'s first byte.
+    pending_offset: u64,
+    /// What the decoder has taken since its last batch, to re-read line by
+    /// line if that batch turns out to hold a bad line.
+    fed: Vec<Bytes>,
+    fed_offset: u64,
     input_done: bool,
-    /// Offset in the file of the start of `pending`, for error messages.
+    rejected: Vec<Rejected>,
     file: String,
 }
 
 impl LineSplitReader {
-    pub(super) fn new(split: LineSplit, decoder: RecordDecoder, file: String) -> Self {
-        LineSplitReader {
+    pub(super) fn new(
+        split: LineSplit,
+        spec: DecoderSpec,
+        first_split: bool,
+        file: String,
+    ) -> Result<Self> {
+        let decoder = RecordDecoder::new(
+            spec.format,
+            spec.schema.clone(),
+            spec.batch_size,
+            &spec.csv,
+            first_split,
+        )?;
+        Ok(LineSplitReader {
             split,
+            spec,
             decoder,
             pending: Bytes::new(),
+            pending_offset: 0,
+            fed: Vec::new(),
+            fed_offset: 0,
             input_done: false,
+            rejected: Vec::new(),
             file,
-        }
+        })
+    }
+
+    /// Lines rejected since the last call.
+    pub(super) fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     pub(super) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if self.pending.is_empty() && !self.input_done {
                 match self.split.next().await? {
-                    Some(bytes) => self.pending = bytes,
+                    Some((offset, bytes)) => {
+                        self.pending = bytes;
+                        self.pending_offset = offset;
+                        if self.fed.is_empty() {
+                            self.fed_offset = offset;
+                        }
+                    }
                     None => self.input_done = true,
                 }
             }
-            let used = self
-                .decoder
-                .decode(&self.pending)
-                .map_err(|e| self.bad_data(e))?;
+            let used = match self.decoder.decode(&self.pending) {
+                Ok(used) => used,
+                Err(_) => return self.line_by_line().map(Some),
+            };
+            self.fed.push(self.pending.slice(..used));
             self.pending.advance(used);
+            self.pending_offset += used as u64;
             let batch_full = used == 0 && !self.pending.is_empty();
             if batch_full || (self.input_done && self.pending.is_empty()) {
-                let batch = self.decoder.flush().map_err(|e| self.bad_data(e))?;
+                let batch = match self.decoder.flush() {
+                    Ok(batch) => batch,
+                    Err(_) => return self.line_by_line().map(Some),
+                };
+                self.fed.clear();
+                self.fed_offset = self.pending_offset;
                 if batch.is_some() || self.input_done {
                     return Ok(batch);
                 }
@@ -267,7 +323,65 @@ impl LineSplitReader {
         }
     }
 
-    fn bad_data(&self, error: arrow::error::ArrowError) -> Error {
-        Error::Data(format!("{}: {error}", self.file))
+    /// Re-reads the lines of the batch that failed one at a time: the good
+    /// ones make the batch, the bad ones are rejected. Reading goes on with
+    /// a fresh decoder after the last complete line.
+    fn line_by_line(&mut self) -> Result<RecordBatch> {
+        let mut bytes = Vec::new();
+        for piece in self.fed.drain(..) {
+            bytes.extend_from_slice(&piece);
+        }
+        bytes.extend_from_slice(&self.pending);
+        let start = self.fed_offset;
+        // A last line cut by the chunk boundary is finished by the next
+        // chunk, unless the input is over.
+        let complete = match bytes.iter().rposition(|b| *b == b'\n') {
+            Some(newline) if !self.input_done => newline + 1,
+            None if !self.input_done => 0,
+            _ => bytes.len(),
+        };
+        self.pending = Bytes::copy_from_slice(&bytes[complete..]);
+        self.pending_offset = start + complete as u64;
+        self.fed_offset = self.pending_offset;
+        self.decoder = self.fresh_decoder()?;
+
+        let mut good = Vec::new();
+        let mut line_start = 0;
+        for line in bytes[..complete].split_inclusive(|b| *b == b'\n') {
+            let offset = start + line_start as u64;
+            line_start += line.len();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mut decoder = self.fresh_decoder()?;
+            let decoded = decoder
+                .decode(line)
+                .and_then(|_| decoder.decode(b"\n"))
+                .and_then(|_| decoder.flush());
+            match decoded {
+                Ok(Some(batch)) => good.push(batch),
+                Ok(None) => {}
+                Err(error) => {
+                    let shown = &line[..line.len().min(MAX_REJECTED_BYTES)];
+                    self.rejected.push(Rejected {
+                        error: error.to_string(),
+                        record: String::from_utf8_lossy(shown).trim_end().to_string(),
+                        position: Some(format!("{}, byte {offset}", self.file)),
+                    });
+                }
+            }
+        }
+        Ok(arrow::compute::concat_batches(&self.spec.schema, &good)?)
+    }
+
+    fn fresh_decoder(&self) -> Result<RecordDecoder> {
+        // Past the first line: no header to skip.
+        RecordDecoder::new(
+            self.spec.format,
+            self.spec.schema.clone(),
+            self.spec.batch_size,
+            &self.spec.csv,
+            false,
+        )
     }
 }

@@ -1,12 +1,13 @@
 //! The file source and its instances.
 
 use arrow::datatypes::SchemaRef;
+use flumen_core::dead_letter::Rejected;
 use flumen_core::prelude::*;
 use flumen_core::storage::Location;
 use object_store::ObjectStoreExt;
 
 use super::config::{FileFormat, FileSourceConfig};
-use super::lines::{CHUNK_BYTES, LineSplit, LineSplitReader, RecordDecoder};
+use super::lines::{CHUNK_BYTES, DecoderSpec, LineSplit, LineSplitReader};
 use super::parquet::ParquetSplitReader;
 
 /// A bounded source reading one file. Built from a [`FileSourceConfig`].
@@ -46,6 +47,8 @@ impl SourceFactory for FileSource {
             reader: None,
             rows_read: 0,
             skip: 0,
+            rejected_count: 0,
+            rejected_skip: 0,
         }))
     }
 }
@@ -64,6 +67,10 @@ struct FileInstance {
     rows_read: u64,
     /// Rows still to pass over after a restore.
     skip: u64,
+    /// Lines rejected so far (part of the position), and how many of
+    /// them are still to pass over after a restore.
+    rejected_count: u64,
+    rejected_skip: u64,
 }
 
 impl FileSource {
@@ -99,18 +106,18 @@ impl FileSource {
             return Ok(Reader::Empty);
         }
         let split = LineSplit::new(location, start, end, size, CHUNK_BYTES);
-        let decoder = RecordDecoder::new(
-            *format,
-            schema.clone(),
-            config.batch_size,
-            &config.csv,
-            start == 0,
-        )?;
+        let spec = DecoderSpec {
+            format: *format,
+            schema: schema.clone(),
+            batch_size: config.batch_size,
+            csv: config.csv.clone(),
+        };
         Ok(Reader::Lines(Box::new(LineSplitReader::new(
             split,
-            decoder,
+            spec,
+            start == 0,
             location.display.clone(),
-        ))))
+        )?)))
     }
 }
 
@@ -143,8 +150,21 @@ impl Source for FileInstance {
         }
     }
 
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        let rejected = match self.reader.as_mut() {
+            Some(Reader::Lines(reader)) => reader.take_rejected(),
+            _ => return Vec::new(),
+        };
+        // Lines rejected before the restored position were dealt with by
+        // the run that read them.
+        let already = (self.rejected_skip as usize).min(rejected.len());
+        self.rejected_skip -= already as u64;
+        self.rejected_count += (rejected.len() - already) as u64;
+        rejected.into_iter().skip(already).collect()
+    }
+
     fn position(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::json!({ "rows": self.rows_read }))
+        Ok(serde_json::json!({ "rows": self.rows_read, "rejected": self.rejected_count }))
     }
 
     async fn restore(&mut self, position: serde_json::Value) -> Result<()> {
@@ -157,6 +177,12 @@ impl Source for FileInstance {
             .ok_or_else(|| Error::internal(format!("not a file source position: {position}")))?;
         self.rows_read = rows;
         self.skip = rows;
+        let rejected = position
+            .get("rejected")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        self.rejected_count = rejected;
+        self.rejected_skip = rejected;
         Ok(())
     }
 }

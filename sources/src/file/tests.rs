@@ -197,13 +197,62 @@ async fn reads_split_json_lines_from_s3() {
 }
 
 #[tokio::test]
-async fn a_malformed_line_is_reported_with_the_file() {
+async fn a_malformed_line_is_rejected_with_its_position_and_the_rest_flows() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_file(&dir, "bad.jsonl", "{\"id\": 1}\n{\"id\": oops}\n");
+    let path = write_file(
+        &dir,
+        "bad.jsonl",
+        "{\"id\": 1}\n{\"id\": oops}\n{\"id\": 3}\n{\"id\": \"x\"}\n{\"id\": 5}\n",
+    );
     let config = FileSourceConfig::new(&path).with_schema([("id", "int64")]);
-    let err = read(config, 1).await.unwrap_err().to_string();
+    let (sink, collected) = CollectSink::new();
+    let (dead_sink, dead) = CollectSink::new();
+    let mut graph = GraphBuilder::new();
+    graph.source("file", config.build().unwrap());
+    graph.sink("out", sink, ["file"]);
+    graph.dead_letter_sink(dead_sink);
+    let options = RunOptions {
+        handle_signals: false,
+        ..RunOptions::default()
+    };
+    graph.build().unwrap().run_with(options).await.unwrap();
+    assert_eq!(collected.rows(), 3);
+    let dead = dead.batches();
+    let column = |name: &str| -> Vec<String> {
+        dead.iter()
+            .flat_map(|b| {
+                let column = b.column_by_name(name).unwrap().as_string::<i32>().clone();
+                (0..b.num_rows()).map(move |i| column.value(i).to_string())
+            })
+            .collect()
+    };
+    assert_eq!(column("record"), ["{\"id\": oops}", "{\"id\": \"x\"}"]);
+    assert_eq!(
+        column("position"),
+        [format!("{path}, byte 10"), format!("{path}, byte 33")]
+    );
+    assert_eq!(column("component"), ["file", "file"]);
+
+    // Told to fail, the source stops the run, naming the file.
+    let config = FileSourceConfig::new(&path).with_schema([("id", "int64")]);
+    let (sink, _) = CollectSink::new();
+    let mut graph = GraphBuilder::new();
+    graph
+        .source("file", config.build().unwrap())
+        .on_error(flumen_core::dead_letter::OnError::Fail);
+    graph.sink("out", sink, ["file"]);
+    let err = graph
+        .build()
+        .unwrap()
+        .run_with(RunOptions {
+            handle_signals: false,
+            ..RunOptions::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("`file` failed: bad record: "), "{err}");
-    assert!(err.contains("bad.jsonl"), "{err}");
+    assert!(err.contains("bad.jsonl, byte 10"), "{err}");
 }
 
 #[test]
@@ -244,7 +293,9 @@ async fn split_all(content: &[u8], splits: u64, chunk: u64) -> Vec<u8> {
             continue;
         }
         let mut split = LineSplit::new(&location, start, end, size, chunk);
-        while let Some(bytes) = split.next().await.unwrap() {
+        while let Some((offset, bytes)) = split.next().await.unwrap() {
+            // Each piece starts where the previous one of the split ended.
+            assert!(offset >= start.saturating_sub(1) && offset < size.max(1));
             all.extend_from_slice(&bytes);
         }
     }

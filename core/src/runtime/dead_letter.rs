@@ -1,0 +1,68 @@
+//! The dead-letter sink's task: writes what the components reject, and
+//! commits it every second, so that a crash loses at most the last second
+//! of dead letters that were not yet committed (they are rejected again
+//! when the input is replayed from a checkpoint).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::mpsc;
+
+use super::Signals;
+use super::tasks::wall_clock_millis;
+use crate::component::{Context, InstanceInfo, SinkFactory};
+use crate::error::{Error, Result};
+
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(
+    factory: Arc<dyn SinkFactory>,
+    mut rejected: mpsc::Receiver<RecordBatch>,
+    signals: Signals,
+) -> Result<()> {
+    let in_node = |e: Error| e.in_node("dead_letter");
+    let mut sink = factory
+        .create(InstanceInfo::SINGLE, crate::dead_letter::schema())
+        .map_err(in_node)?;
+    let mut ctx = Context {
+        node: Arc::from("dead_letter"),
+        instance: InstanceInfo::SINGLE,
+        watermark: None,
+        // Committed in pieces, like a sink in a checkpointed run.
+        checkpointing: true,
+    };
+    // Keep what earlier runs committed; discard what they only staged.
+    sink.recover(Some((u64::MAX, serde_json::Value::Null)), &mut ctx)
+        .await
+        .map_err(in_node)?;
+    let mut pending = false;
+    let mut ticks = tokio::time::interval(COMMIT_EVERY);
+    loop {
+        tokio::select! {
+            _ = signals.abort.cancelled() => return Err(Error::ShuttingDown),
+            batch = rejected.recv() => match batch {
+                Some(batch) => {
+                    sink.write(batch, &mut ctx).await.map_err(in_node)?;
+                    pending = true;
+                }
+                // Every component has finished.
+                None => break,
+            },
+            _ = ticks.tick() => {
+                if pending {
+                    commit(sink.as_mut(), &mut ctx).await.map_err(in_node)?;
+                    pending = false;
+                }
+            }
+        }
+    }
+    sink.finish(&mut ctx).await.map_err(in_node)?;
+    commit(sink.as_mut(), &mut ctx).await.map_err(in_node)
+}
+
+/// Publishes what was written so far, numbered by the time.
+async fn commit(sink: &mut dyn crate::component::Sink, ctx: &mut Context) -> Result<()> {
+    let transaction = sink.pre_commit(wall_clock_millis() as u64, ctx).await?;
+    sink.commit(transaction, ctx).await
+}
