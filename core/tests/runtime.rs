@@ -604,3 +604,95 @@ fn nodes_come_in_topological_order() {
     let names: Vec<&str> = pipeline.nodes().iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "out"]);
 }
+
+/// A sink that fails its first writes: `retryable` ones the runtime should
+/// retry, the others it should dead-letter.
+struct Flaky {
+    failures: Arc<AtomicUsize>,
+    retryable: bool,
+    written: Arc<AtomicUsize>,
+}
+
+impl SinkFactory for Flaky {
+    fn create(&self, _instance: InstanceInfo, _schema: SchemaRef) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(FlakyInstance {
+            failures: self.failures.clone(),
+            retryable: self.retryable,
+            written: self.written.clone(),
+        }))
+    }
+}
+
+struct FlakyInstance {
+    failures: Arc<AtomicUsize>,
+    retryable: bool,
+    written: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Sink for FlakyInstance {
+    async fn write(&mut self, batch: RecordBatch, _ctx: &mut Context) -> Result<()> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(Error::connector(
+                "flaky",
+                self.retryable,
+                "the server is away",
+            ));
+        }
+        self.written.fetch_add(batch.num_rows(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn retryable_sink_errors_are_retried_and_others_dead_lettered() {
+    // Two retryable failures: retried (with backoff), nothing lost.
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut graph = GraphBuilder::new();
+    graph.source("numbers", MemorySource::new(schema(), batches(3, 10)));
+    graph.sink(
+        "flaky",
+        Flaky {
+            failures: Arc::new(AtomicUsize::new(2)),
+            retryable: true,
+            written: written.clone(),
+        },
+        ["numbers"],
+    );
+    graph.build().unwrap().run_with(quiet()).await.unwrap();
+    assert_eq!(written.load(Ordering::SeqCst), 30);
+
+    // One failure for good: that batch goes to the dead-letter sink.
+    let written = Arc::new(AtomicUsize::new(0));
+    let (dead_sink, dead) = CollectSink::new();
+    let mut graph = GraphBuilder::new();
+    graph.source("numbers", MemorySource::new(schema(), batches(3, 10)));
+    graph.sink(
+        "flaky",
+        Flaky {
+            failures: Arc::new(AtomicUsize::new(1)),
+            retryable: false,
+            written: written.clone(),
+        },
+        ["numbers"],
+    );
+    graph.dead_letter_sink(dead_sink);
+    graph.build().unwrap().run_with(quiet()).await.unwrap();
+    assert_eq!(written.load(Ordering::SeqCst), 20);
+    assert_eq!(dead.rows(), 10);
+    let batch = &dead.batches()[0];
+    let error = batch
+        .column_by_name("error")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0);
+    assert!(error.contains("the server is away"), "{error}");
+    let component = batch
+        .column_by_name("component")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0);
+    assert_eq!(component, "flaky");
+}

@@ -57,11 +57,17 @@ fn write_events(path: &Path) {
 }
 
 fn pipeline(dir: &Path, out: &str, interval: &str) -> std::path::PathBuf {
+    let store = format!("store: {}/{out}-checkpoints", dir.display());
+    pipeline_with_store(dir, out, interval, &store)
+}
+
+/// [`pipeline`] with the checkpoint section's `store` (and `storage`) keys.
+fn pipeline_with_store(dir: &Path, out: &str, interval: &str, store: &str) -> std::path::PathBuf {
     let yaml = format!(
         r#"
 checkpoint:
   interval: {interval}
-  store: {dir}/{out}-checkpoints
+  {store}
 sources:
   events:
     type: file
@@ -317,5 +323,114 @@ fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
     assert!(
         listed.contains("yes"),
         "the final checkpoint is listed: {listed}"
+    );
+}
+
+#[test]
+fn checkpoints_go_to_an_s3_store_and_restore_from_it() {
+    let endpoint = std::env::var("FLUMEN_TEST_S3_ENDPOINT").expect(
+        "this test needs an S3-API server: run it through scripts/test.sh, which starts one",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.jsonl"));
+    let (rows, windows) = reference(dir.path());
+
+    let prefix = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace('.', "");
+    let store = format!(
+        "store: s3://flumen-test/checkpoints/{prefix}\n  storage: {{ endpoint: \"{endpoint}\", region: us-east-1, access_key_id: flumen, secret_access_key: flumen }}"
+    );
+    let file = pipeline_with_store(dir.path(), "crashed", "50ms", &store);
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .env("FLUMEN_CRASH_BEFORE_COMMIT", "2")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    let output = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("restoring from checkpoint checkpoint=2"),
+        "{log}"
+    );
+    let out = dir.path().join("crashed");
+    assert!(
+        committed(&out.join("rows")) == rows,
+        "rows differ from the uninterrupted run"
+    );
+    assert_eq!(committed(&out.join("windows")), windows);
+}
+
+#[test]
+fn sigusr1_takes_a_checkpoint_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("paced.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+checkpoint:
+  interval: 1h
+  store: {dir}/checkpoints
+sources:
+  bids:
+    type: nexmark
+    kind: bid
+    events: 30000
+    max_events_per_second: 10000
+sinks:
+  out:
+    type: file
+    inputs: [bids]
+    path: {dir}/out
+"#,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut asked = false;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if !asked && line.contains("running") {
+            std::thread::sleep(Duration::from_millis(800));
+            let status = std::process::Command::new("kill")
+                .args(["-USR1", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            asked = true;
+        }
+    }
+    assert!(child.wait().unwrap().success(), "{log}");
+    assert!(log.contains("SIGUSR1: taking a checkpoint"), "{log}");
+    assert!(
+        log.contains("checkpoint complete checkpoint=1") && log.contains("finished=false"),
+        "{log}"
+    );
+    // Two files: the one checkpoint asked for, and the end.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("out")).unwrap().count(),
+        2
     );
 }

@@ -159,11 +159,12 @@ impl Coordinator {
             tokio::select! {
                 _ = self.signals.abort.cancelled() => return Err(Error::ShuttingDown),
                 _ = ticks.tick(), if self.in_flight.is_none() && !self.sources_all_ended() => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.in_flight = Some((id, HashMap::new()));
-                    tracing::debug!(checkpoint = id, "checkpoint triggered");
-                    self.trigger.send_replace(id);
+                    self.start();
+                }
+                _ = self.signals.checkpoint_now.notified(), if self.in_flight.is_none() && !self.sources_all_ended() => {
+                    self.start();
+                    // The next periodic one is an interval after this one.
+                    ticks.reset();
                 }
                 ack = self.acks.recv() => {
                     let Some(ack) = ack else { return Ok(()) };
@@ -175,6 +176,15 @@ impl Coordinator {
                 return self.finish().await;
             }
         }
+    }
+
+    /// Sends the next checkpoint's barriers from the sources.
+    fn start(&mut self) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.in_flight = Some((id, HashMap::new()));
+        tracing::debug!(checkpoint = id, "checkpoint triggered");
+        self.trigger.send_replace(id);
     }
 
     fn receive(&mut self, ack: Ack) {

@@ -41,6 +41,8 @@ pub(crate) struct Signals {
     pub(crate) drain: tokio_util::sync::CancellationToken,
     /// Stop now: something failed or the user insisted.
     pub(crate) abort: tokio_util::sync::CancellationToken,
+    /// Take a checkpoint now rather than at the next interval.
+    pub(crate) checkpoint_now: Arc<tokio::sync::Notify>,
 }
 
 /// How a pipeline runs.
@@ -83,6 +85,12 @@ impl ShutdownHandle {
     /// Stops every task now; `run` returns [`Error::Interrupted`].
     pub fn abort(&self) {
         self.signals.abort.cancel();
+    }
+
+    /// Takes a checkpoint now, if the run takes checkpoints and none is in
+    /// progress (then the request waits for it to finish).
+    pub fn checkpoint(&self) {
+        self.signals.checkpoint_now.notify_one();
     }
 }
 
@@ -501,8 +509,21 @@ impl Pipeline {
     }
 }
 
-/// First signal: drain. Second: abort.
+/// First signal: drain. Second: abort. SIGUSR1: a checkpoint now.
 async fn handle_os_signals(signals: Signals, interrupted: Arc<AtomicBool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut requests) = signal(SignalKind::user_defined1()) {
+            let checkpoint_now = signals.checkpoint_now.clone();
+            tokio::spawn(async move {
+                while requests.recv().await.is_some() {
+                    tracing::info!("SIGUSR1: taking a checkpoint");
+                    checkpoint_now.notify_one();
+                }
+            });
+        }
+    }
     if wait_for_signal().await.is_err() {
         return;
     }
