@@ -25,6 +25,7 @@ use flumen::prelude::*;
 use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator, bid_schema};
 use flumen_core::testing::MemorySource;
 
+mod checkpoints;
 mod stateful;
 
 /// Events per query run (of which 46 in 50 are bids).
@@ -63,8 +64,9 @@ fn main() {
     }
     let stateless = [("q0", Query::Q0), ("q1", Query::Q1), ("q2", Query::Q2)];
     let stateful = ["q4", "q5", "q7", "q8"];
-    let needs_events =
-        stateless.iter().any(|(name, _)| wanted(name)) || stateful.iter().any(|name| wanted(name));
+    let needs_events = stateless.iter().any(|(name, _)| wanted(name))
+        || stateful.iter().any(|name| wanted(name))
+        || wanted("checkpoints");
     if needs_events {
         let events = stateful::Events::generate(events());
         if stateless.iter().any(|(name, _)| wanted(name)) {
@@ -81,6 +83,9 @@ fn main() {
         }
         if stateful.iter().any(|name| wanted(name)) {
             stateful::run(&runtime, &events, &wanted);
+        }
+        if wanted("checkpoints") {
+            checkpoints::run(&runtime, &events);
         }
     }
     if wanted("json") {

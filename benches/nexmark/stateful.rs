@@ -20,7 +20,7 @@ use super::{best_rate, millions};
 
 /// Pre-generated events of every kind, in event-time order.
 pub struct Events {
-    count: u64,
+    pub count: u64,
     persons: Vec<RecordBatch>,
     auctions: Vec<RecordBatch>,
     bids: Vec<RecordBatch>,
@@ -58,7 +58,7 @@ impl Events {
 }
 
 /// A query's answer as comparable rows.
-type Rows = Vec<String>;
+pub type Rows = Vec<String>;
 
 const SECOND: i64 = 1000;
 
@@ -140,6 +140,31 @@ fn q5_engine(
     slide: i64,
     parallelism: usize,
 ) -> Rows {
+    let (graph, collected) = q5_graph(events, size, slide, parallelism);
+    q5_rows(run_graph(runtime, graph, &collected))
+}
+
+/// q5's answer as comparable rows.
+pub fn q5_rows(output: Vec<RecordBatch>) -> Rows {
+    sorted(
+        output
+            .iter()
+            .flat_map(|b| {
+                let (start, auction, bids) =
+                    (ints(b, "window_start"), ints(b, "auction"), ints(b, "bids"));
+                (0..b.num_rows()).map(move |i| format!("{} {} {}", start[i], auction[i], bids[i]))
+            })
+            .collect(),
+    )
+}
+
+/// The q5 pipeline over `events`, and what its sink will have collected.
+pub fn q5_graph(
+    events: &Events,
+    size: i64,
+    slide: i64,
+    parallelism: usize,
+) -> (GraphBuilder, flumen_core::testing::Collected) {
     let (sink, collected) = CollectSink::new();
     let mut graph = GraphBuilder::new();
     graph
@@ -160,17 +185,7 @@ fn q5_engine(
         ["counts"],
     );
     graph.sink("out", sink, ["hottest"]);
-    let output = run_graph(runtime, graph, &collected);
-    sorted(
-        output
-            .iter()
-            .flat_map(|b| {
-                let (start, auction, bids) =
-                    (ints(b, "window_start"), ints(b, "auction"), ints(b, "bids"));
-                (0..b.num_rows()).map(move |i| format!("{} {} {}", start[i], auction[i], bids[i]))
-            })
-            .collect(),
-    )
+    (graph, collected)
 }
 
 /// Counts per pane of `slide`; each window merges its panes, then keeps

@@ -358,6 +358,13 @@ pub trait Sink: Send + 'static {
         Ok(())
     }
 
+    /// The run is stopping without finishing (a failure elsewhere, or an
+    /// abort): discard what was written since the last pre-commit. What
+    /// was pre-committed stays, for recovery to commit or discard.
+    async fn abort(&mut self, _ctx: &mut Context) -> Result<()> {
+        Ok(())
+    }
+
     /// Called before anything is written. `from` is the checkpoint the run
     /// restores and what this instance pre-committed in it (commit it
     /// again), or `None` on a fresh start. Anything staged and not in it

@@ -83,7 +83,10 @@ impl SourceFactory for MemorySource {
             .step_by(instance.parallelism)
             .cloned()
             .collect();
-        Ok(Box::new(MemorySourceInstance { batches }))
+        Ok(Box::new(MemorySourceInstance {
+            batches,
+            emitted: 0,
+        }))
     }
 
     fn default_event_time(&self) -> Option<EventTimeConfig> {
@@ -97,15 +100,35 @@ impl SourceFactory for MemorySource {
 
 struct MemorySourceInstance {
     batches: VecDeque<RecordBatch>,
+    /// Batches handed out: the read position.
+    emitted: u64,
 }
 
 #[async_trait]
 impl Source for MemorySourceInstance {
     async fn next(&mut self) -> Result<SourceStep> {
         Ok(match self.batches.pop_front() {
-            Some(batch) => SourceStep::Batch(batch),
+            Some(batch) => {
+                self.emitted += 1;
+                SourceStep::Batch(batch)
+            }
             None => SourceStep::Finished,
         })
+    }
+
+    fn position(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "batches": self.emitted }))
+    }
+
+    async fn restore(&mut self, position: serde_json::Value) -> Result<()> {
+        let emitted = position["batches"]
+            .as_u64()
+            .ok_or_else(|| Error::internal(format!("not a memory source position: {position}")))?;
+        for _ in 0..emitted {
+            self.batches.pop_front();
+        }
+        self.emitted = emitted;
+        Ok(())
     }
 }
 

@@ -281,7 +281,8 @@ fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
     write_events(&dir.path().join("events.jsonl"));
     let (rows, windows) = reference(dir.path());
 
-    // A first run dies after checkpoint 3; then its manifest is damaged.
+    // A first run dies after checkpoint 3; then a state file of it is cut
+    // short, as a disk that filled up would leave it.
     let file = pipeline(dir.path(), "crashed", "50ms");
     let status = flumen()
         .args(["run", "--progress", "off"])
@@ -292,8 +293,18 @@ fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
         .unwrap();
     assert!(!status.success());
     let store = dir.path().join("crashed-checkpoints");
-    let manifest = store.join("chk-0000000003/_manifest.json");
-    std::fs::write(&manifest, "{ not json").unwrap();
+    let state = std::fs::read_dir(store.join("chk-0000000003"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .expect("checkpoint 3 holds the window's state");
+    let length = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
 
     let output = flumen()
         .args(["run", "--progress", "off"])
@@ -306,7 +317,7 @@ fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
         log.contains("checkpoint 3 is unusable; trying the one before it"),
         "{log}"
     );
-    assert!(log.contains("corrupt manifest"), "{log}");
+    assert!(log.contains("is corrupt"), "{log}");
     let out = dir.path().join("crashed");
     assert!(
         committed(&out.join("rows")) == rows,

@@ -287,32 +287,50 @@ pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut inputs: Inputs,
     restore: Option<serde_json::Value>,
-    mut commits: Option<mpsc::UnboundedReceiver<Commit>>,
+    commits: Option<mpsc::UnboundedReceiver<Commit>>,
 ) -> Result<()> {
     let mut ctx = env.context();
+    let result = sink_loop(&env, sink.as_mut(), &mut inputs, restore, commits, &mut ctx).await;
+    if result.is_err() {
+        // Whatever caused it is the error to report, not a failed cleanup.
+        if let Err(error) = sink.abort(&mut ctx).await {
+            tracing::warn!(node = %env.node, %error, "could not discard uncommitted output");
+        }
+    }
+    result
+}
+
+async fn sink_loop(
+    env: &TaskEnv,
+    sink: &mut dyn Sink,
+    inputs: &mut Inputs,
+    restore: Option<serde_json::Value>,
+    mut commits: Option<mpsc::UnboundedReceiver<Commit>>,
+    ctx: &mut Context,
+) -> Result<()> {
     // The end's transaction is numbered after the last checkpoint seen.
     let mut last_checkpoint = env.checkpoint.as_ref().map_or(0, |c| c.restored);
     let from = restore.map(|transaction| (last_checkpoint, transaction));
-    sink.recover(from, &mut ctx).await?;
+    sink.recover(from, ctx).await?;
     loop {
         let received = match &mut commits {
             Some(commits) => tokio::select! {
                 biased;
                 commit = commits.recv() => {
                     let commit = commit.ok_or(Error::ShuttingDown)?;
-                    sink.commit(commit.transaction, &mut ctx).await?;
+                    sink.commit(commit.transaction, ctx).await?;
                     continue;
                 }
-                received = env.receive(&mut inputs) => received?,
+                received = env.receive(inputs) => received?,
             },
-            None => env.receive(&mut inputs).await?,
+            None => env.receive(inputs).await?,
         };
         match received {
             Received::Batch { batch, .. } => {
                 env.metrics.record_in(&batch);
                 let started = Instant::now();
                 let written = (batch.num_rows(), batch.get_array_memory_size());
-                write_with_retries(&env, sink.as_mut(), batch, &mut ctx).await?;
+                write_with_retries(env, sink, batch, ctx).await?;
                 env.metrics.record_batch_time(started.elapsed());
                 // What a sink writes is its output.
                 env.metrics.record_written(written.0, written.1);
@@ -321,20 +339,20 @@ pub(crate) async fn run_sink(
                 env.metrics.record_watermark(watermark);
                 if let Watermark::EventTime(time) = watermark {
                     ctx.watermark = Some(time);
-                    sink.on_watermark(time, &mut ctx).await?;
+                    sink.on_watermark(time, ctx).await?;
                 }
             }
             Received::Barrier(barrier) => {
                 last_checkpoint = barrier.checkpoint;
-                let transaction = sink.pre_commit(barrier.checkpoint, &mut ctx).await?;
+                let transaction = sink.pre_commit(barrier.checkpoint, ctx).await?;
                 env.ack(barrier.checkpoint, AckKind::Transaction(transaction));
             }
             Received::End => {
-                sink.finish(&mut ctx).await?;
-                let transaction = sink.pre_commit(last_checkpoint + 1, &mut ctx).await?;
+                sink.finish(ctx).await?;
+                let transaction = sink.pre_commit(last_checkpoint + 1, ctx).await?;
                 match &mut commits {
                     // Without checkpoints, the end is the only commit.
-                    None => sink.commit(transaction, &mut ctx).await?,
+                    None => sink.commit(transaction, ctx).await?,
                     // With them, the end is the final checkpoint: commit
                     // once the coordinator has recorded it.
                     Some(commits) => {
@@ -344,7 +362,7 @@ pub(crate) async fn run_sink(
                                 _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
                                 commit = commits.recv() => commit.ok_or(Error::ShuttingDown)?,
                             };
-                            sink.commit(commit.transaction, &mut ctx).await?;
+                            sink.commit(commit.transaction, ctx).await?;
                             if commit.last {
                                 break;
                             }

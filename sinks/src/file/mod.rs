@@ -274,6 +274,14 @@ impl Sink for FileInstance {
         publish(&transaction).await
     }
 
+    async fn abort(&mut self, _ctx: &mut Context) -> Result<()> {
+        // Rows written since the last pre-commit belong to no checkpoint.
+        match self.staging.take() {
+            Some(staging) => remove(&staging.path).await,
+            None => Ok(()),
+        }
+    }
+
     async fn recover(
         &mut self,
         from: Option<(u64, serde_json::Value)>,
