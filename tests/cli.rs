@@ -17,6 +17,10 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator};
 
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/lake.rs"]
+mod lake;
+#[path = "cli/sql.rs"]
+mod sql;
 
 fn flumen() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flumen"));

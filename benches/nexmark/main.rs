@@ -26,6 +26,7 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator, b
 use flumen_core::testing::MemorySource;
 
 mod checkpoints;
+mod parquet_sink;
 mod stateful;
 
 /// Events per query run (of which 46 in 50 are bids).
@@ -66,7 +67,8 @@ fn main() {
     let stateful = ["q4", "q5", "q7", "q8"];
     let needs_events = stateless.iter().any(|(name, _)| wanted(name))
         || stateful.iter().any(|name| wanted(name))
-        || wanted("checkpoints");
+        || wanted("checkpoints")
+        || wanted("parquet");
     if needs_events {
         let events = stateful::Events::generate(events());
         if stateless.iter().any(|(name, _)| wanted(name)) {
@@ -86,6 +88,9 @@ fn main() {
         }
         if wanted("checkpoints") {
             checkpoints::run(&runtime, &events);
+        }
+        if wanted("parquet") {
+            parquet_sink::run(&runtime, &events);
         }
     }
     if wanted("json") {

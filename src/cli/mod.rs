@@ -1,7 +1,8 @@
-//! The command line: `flumen run | validate | graph | config`.
+//! The command line: `flumen run | validate | graph | config | checkpoints |
+//! sql`.
 //!
-//! Exit codes: 0 success, 1 the pipeline failed while running, 2 the
-//! command or the pipeline file is wrong.
+//! Exit codes: 0 success, 1 the pipeline failed while running (or a
+//! `flumen sql` query failed), 2 the command or the pipeline file is wrong.
 
 mod checkpoints;
 mod graph;
@@ -9,6 +10,7 @@ mod logging;
 mod metrics;
 mod progress;
 mod run;
+mod sql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +67,9 @@ enum Command {
     /// List and inspect the checkpoints in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// Query the Parquet files that sinks write, with SQL (read-only):
+    /// tables given by location or by a pipeline file's `parquet` sinks.
+    Sql(sql::SqlArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +84,7 @@ enum ConfigCommand {
 enum Failure {
     /// The command line or the pipeline file is wrong: exit 2.
     Usage(String),
-    /// The pipeline failed while running: exit 1.
+    /// The pipeline (or a query) failed while running: exit 1.
     Runtime(String),
 }
 
@@ -132,6 +137,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             write_output(output, &rendered)
         }
         Command::Checkpoints(command) => checkpoints::run(command),
+        Command::Sql(args) => sql::run(args, &registry),
         Command::Config(ConfigCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&pipeline_schema(&registry))
                 .expect("a schema serializes");

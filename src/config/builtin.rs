@@ -6,7 +6,7 @@ use flumen_operators::{
     DedupeConfig, JoinConfig, RouteConfig, SqlConfig, TopNConfig, UnionConfig, UnnestConfig,
     WindowConfig,
 };
-use flumen_sinks::{BlackholeConfig, FileSinkConfig, StdoutConfig};
+use flumen_sinks::{BlackholeConfig, FileSinkConfig, ParquetSinkConfig, StdoutConfig};
 use flumen_sources::{FileSourceConfig, NexmarkConfig};
 
 use super::registry::{ComponentConfig, Registry, Section, operator, sink, source};
@@ -69,6 +69,11 @@ impl Registry {
                 Sinks,
                 "file",
                 "Writes rows to a local file as JSON lines or CSV.",
+            )
+            .register::<ParquetSinkConfig>(
+                Sinks,
+                "parquet",
+                "Writes rows as Parquet files to a directory or object store, partitioned Hive-style, committed with checkpoints.",
             );
         registry
     }
@@ -111,6 +116,12 @@ impl ComponentConfig for StdoutConfig {
 }
 
 impl ComponentConfig for BlackholeConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(sink(self.build()?))
+    }
+}
+
+impl ComponentConfig for ParquetSinkConfig {
     fn build_node(&self) -> Result<NodeKind> {
         Ok(sink(self.build()?))
     }

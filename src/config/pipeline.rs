@@ -99,6 +99,12 @@ impl Component {
     pub fn path(&self) -> String {
         format!("{}.{}", self.section.key(), self.name)
     }
+
+    /// The component's own keys, as the file gives them (after `${VAR}`
+    /// substitution), without the keys every component has.
+    pub fn settings(&self) -> &Value {
+        &self.settings
+    }
 }
 
 /// A checked pipeline file, with its built graph.

@@ -445,3 +445,92 @@ sinks:
         2
     );
 }
+
+/// Rows, distinct ids and the sum of ids in the Parquet files under `dir`
+/// (staging excluded), read by DataFusion.
+fn parquet_figures(dir: &Path) -> (i64, i64, i64) {
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ctx = SessionContext::new();
+        ctx.register_parquet("lake", dir.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT count(*), count(DISTINCT id), sum(id) FROM lake")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let value = |c: usize| {
+            arrow::compute::cast(batches[0].column(c), &arrow::datatypes::DataType::Int64)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0)
+        };
+        (value(0), value(1), value(2))
+    })
+}
+
+#[test]
+fn parquet_files_survive_sigkill_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.jsonl"));
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 20ms
+  store: {dir}/checkpoints
+sources:
+  events:
+    type: file
+    path: {dir}/events.jsonl
+    format: json
+    batch_size: 1000
+    schema: {{ id: int64, ts: timestamp_ms }}
+    event_time: {{ column: ts }}
+transforms:
+  kept:
+    type: sql
+    inputs: [events]
+    filter: id % 7 <> 0
+sinks:
+  lake:
+    type: parquet
+    inputs: [kept]
+    path: {dir}/lake
+    time_partition: hour
+    max_rows: 50000
+"#,
+        dir = dir.path().display()
+    );
+    let file = dir.path().join("lake.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut random = Random::new();
+    let mut kills = 0;
+    while let Attempt::Killed = run_and_kill(&file, &mut random) {
+        kills += 1;
+        assert!(kills < 1000, "no progress");
+    }
+    eprintln!("killed {kills} times before the run finished");
+    assert!(
+        kills >= 10,
+        "only {kills} kills: the run is too short to test"
+    );
+    let expected: Vec<i64> = (0..EVENTS as i64).filter(|id| id % 7 != 0).collect();
+    let (rows, distinct, sum) = parquet_figures(&dir.path().join("lake"));
+    assert_eq!(rows, expected.len() as i64, "rows lost or repeated");
+    assert_eq!(distinct, expected.len() as i64);
+    assert_eq!(sum, expected.iter().sum::<i64>());
+    assert!(
+        !dir.path().join("lake/_staging").exists()
+            || std::fs::read_dir(dir.path().join("lake/_staging"))
+                .unwrap()
+                .count()
+                == 0,
+        "staged files remain"
+    );
+}

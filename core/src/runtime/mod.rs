@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
 use self::metrics::{MetricsKind, MetricsLabels, NodeMetrics};
 pub use self::stats::NodeStats;
-pub(crate) use self::tasks::wall_clock_millis;
+pub use self::tasks::wall_clock_millis;
 use self::tasks::{DeadLetters, TaskCheckpoint, TaskEnv};
 use crate::checkpoint::{
     CheckpointSettings, Coordinator, CoordinatorHandles, Loaded, NodeInfo, StartFrom,

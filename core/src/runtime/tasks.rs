@@ -264,7 +264,7 @@ pub(crate) async fn run_operator(
 }
 
 /// Wall-clock time in milliseconds since the epoch.
-pub(crate) fn wall_clock_millis() -> EventTime {
+pub fn wall_clock_millis() -> EventTime {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as EventTime)

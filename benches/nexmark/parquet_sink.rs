@@ -1,0 +1,77 @@
+//! The Parquet sink beside parquet's own `ArrowWriter` writing the same
+//! batches, with the same settings, to a local file.
+
+use std::time::Instant;
+
+use flumen::prelude::*;
+use flumen::sinks::ParquetSinkConfig;
+use flumen_core::testing::MemorySource;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::RUNS;
+use super::stateful::Events;
+
+pub fn run(runtime: &tokio::runtime::Runtime, events: &Events) {
+    let batches = events.bids().to_vec();
+    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mb = bytes as f64 / 1e6;
+    let schema = batches[0].schema();
+
+    let baseline = best_seconds(|| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = std::fs::File::create(dir.path().join("bids.parquet")).expect("file");
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(properties)).expect("writer");
+        for batch in &batches {
+            writer.write(batch).expect("write");
+        }
+        writer.close().expect("close");
+    });
+    let engine = best_seconds(|| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = ParquetSinkConfig::new(dir.path().to_str().expect("utf-8 path"));
+        config.max_rows = u64::MAX;
+        config.max_bytes = u64::MAX;
+        let mut graph = GraphBuilder::new();
+        graph.source("bids", MemorySource::new(schema.clone(), batches.clone()));
+        graph.sink("lake", config.build().expect("sink"), ["bids"]);
+        let options = RunOptions {
+            handle_signals: false,
+            ..RunOptions::default()
+        };
+        runtime
+            .block_on(graph.build().expect("valid pipeline").run_with(options))
+            .expect("run");
+    });
+    println!("Parquet sink, {mb:.0} MB of Arrow bids (zstd, local filesystem)");
+    println!("{:<28} {:>10} {:>8}", "", "MB/s", "ratio");
+    println!(
+        "{:<28} {:>10.0} {:>8}",
+        "ArrowWriter loop",
+        mb / baseline,
+        ""
+    );
+    println!(
+        "{:<28} {:>10.0} {:>7.2}x",
+        "engine parquet sink p=1",
+        mb / engine,
+        baseline / engine
+    );
+    println!();
+}
+
+fn best_seconds(mut f: impl FnMut()) -> f64 {
+    (0..RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
