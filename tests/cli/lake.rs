@@ -116,3 +116,122 @@ sinks:
     ]);
     assert!(explain.contains("hour = Utf8(\"01\")"), "{explain}");
 }
+
+/// A paced pipeline into a local Parquet table, checkpointing often.
+fn paced_lake(dir: &std::path::Path, interval: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: {interval}
+  store: {dir}/checkpoints
+sources:
+  auction_bids:
+    type: nexmark
+    kind: bid
+    events: 60000
+    max_events_per_second: 20000
+sinks:
+  bids:
+    type: parquet
+    inputs: [auction_bids]
+    path: {dir}/lake
+    time_partition: hour
+    max_rows: 5000
+"#,
+        dir = dir.display()
+    );
+    let file = dir.join("paced.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// `SELECT count(*)` over the local table, if it has files yet.
+fn local_count(dir: &std::path::Path) -> Option<u64> {
+    let table = format!("bids={}/lake", dir.display());
+    let output = flumen()
+        .args([
+            "sql",
+            "--table",
+            &table,
+            "--format",
+            "csv",
+            "SELECT count(*) FROM bids",
+        ])
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // Before the first commit there is nothing to read yet.
+        assert!(
+            stderr.contains("no Parquet files")
+                || stderr.contains("does not exist")
+                || stderr.contains("not found"),
+            "{stderr}"
+        );
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn queries_during_a_run_see_only_committed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = paced_lake(dir.path(), "300ms");
+    let mut run = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    while run.try_wait().unwrap().is_none() {
+        if let Some(count) = local_count(dir.path()) {
+            seen.push(count);
+        }
+    }
+    assert!(run.wait().unwrap().success());
+    let total = local_count(dir.path()).unwrap();
+    assert_eq!(total, 55_200);
+    // Whole checkpoints appear at once; rows never go away.
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(seen.iter().all(|c| *c <= total), "{seen:?}");
+    assert!(
+        seen.iter().any(|c| *c > 0 && *c < total),
+        "no query ran mid-way: {seen:?}"
+    );
+}
+
+#[test]
+fn a_crash_between_pre_commit_and_commit_publishes_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = paced_lake(dir.path(), "300ms");
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .env("FLUMEN_CRASH_BEFORE_COMMIT", "3")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    let staged = dir.path().join("lake/_staging");
+    assert!(
+        std::fs::read_dir(&staged).map(|d| d.count()).unwrap_or(0) > 0,
+        "nothing staged"
+    );
+    let status = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(local_count(dir.path()), Some(55_200));
+    assert!(
+        !staged.exists() || std::fs::read_dir(&staged).unwrap().count() == 0,
+        "staged files remain"
+    );
+}

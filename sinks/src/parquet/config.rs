@@ -116,6 +116,14 @@ impl ParquetSinkConfig {
         }
     }
 
+    /// Whether `path` is on the local filesystem.
+    pub(super) fn is_local(&self) -> bool {
+        match url::Url::parse(&self.path) {
+            Ok(url) if url.scheme().len() > 1 => url.scheme() == "file",
+            _ => true,
+        }
+    }
+
     /// Checks the settings and returns the sink.
     pub fn build(&self) -> Result<ParquetSink> {
         let positive = |key: &str, value: u64| {

@@ -313,6 +313,16 @@ impl Sink for ParquetInstance {
         for staged in files.list(&self.staging()).await? {
             files.delete(&staged).await?;
         }
+        if self.config.is_local() {
+            // A local upload cut short leaves part files that listings do
+            // not show (`name#1`): remove the whole staging directory.
+            let directory = std::path::Path::new("/").join(self.staging().as_ref());
+            match tokio::fs::remove_dir_all(&directory).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(files.error(format!("{}: {e}", directory.display()))),
+            }
+        }
         // Files of later checkpoints (restoring an earlier one, or starting
         // fresh) are written again by this run.
         let restored = from.as_ref().map_or(0, |(id, _)| *id);
