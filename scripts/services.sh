@@ -4,7 +4,7 @@
 # them. What a server needs is installed once into ~/.cache/flumen.
 #
 #   S3 API:  moto server (PyPI, in a virtualenv); bucket `flumen-test`
-#            -> FLUMEN_TEST_S3_ENDPOINT
+#            -> FLUMEN_TEST_S3_ENDPOINT, FLUMEN_TEST_S3_PID
 
 FLUMEN_CACHE="${FLUMEN_CACHE:-$HOME/.cache/flumen}"
 SERVICES_DIR="$(mktemp -d -t flumen-services.XXXXXX)"
@@ -37,6 +37,8 @@ start_s3() {
   port=$(free_port)
   "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
   echo $! >>"$SERVICES_DIR/pids"
+  # For tests that pause the server (SIGSTOP) to see requests time out.
+  export FLUMEN_TEST_S3_PID=$!
   export FLUMEN_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
   wait_for "moto" "$log" curl -fsS "$FLUMEN_TEST_S3_ENDPOINT/"
   curl -fsS -X PUT "$FLUMEN_TEST_S3_ENDPOINT/flumen-test" >/dev/null

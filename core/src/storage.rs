@@ -53,6 +53,12 @@ pub struct StorageOptions {
     #[schemars(with = "Option<String>")]
     pub request_timeout: Option<Duration>,
 
+    /// How long to keep retrying a failed request (timeouts, throttling,
+    /// server errors) before giving up, e.g. `5m`. Default: 3m.
+    #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<String>")]
+    pub retry_timeout: Option<Duration>,
+
     /// Any other object_store setting, by its name (e.g.
     /// `virtual_hosted_style_request: "true"`).
     #[serde(default)]
@@ -71,7 +77,8 @@ pub struct Location {
 }
 
 /// Resolves `location`: a local path (relative to the working directory),
-/// a `file://` URL, or an `s3://bucket/key` URL. `key` is the configuration
+/// a `file://` URL, an `s3://bucket/key` URL, or `memory://name/key` (an
+/// in-process store shared by name). `key` is the configuration
 /// path used in errors; options under `{key}` siblings are reported as
 /// `storage.*`.
 pub fn resolve(location: &str, options: &StorageOptions, key: &str) -> Result<Location> {
@@ -99,6 +106,14 @@ pub fn resolve(location: &str, options: &StorageOptions, key: &str) -> Result<Lo
             let store = LocalFileSystem::new().with_automatic_cleanup(true);
             Ok(located(Arc::new(store), path))
         }
+        "memory" => {
+            let path = Path::from_url_path(url.path())
+                .map_err(|e| Error::config(key, format!("`{location}`: {e}")))?;
+            Ok(located(
+                memory_store(url.host_str().unwrap_or_default()),
+                path,
+            ))
+        }
         #[cfg(feature = "s3")]
         "s3" | "s3a" => {
             let store = s3::build(&url, options)?;
@@ -119,9 +134,26 @@ pub fn resolve(location: &str, options: &StorageOptions, key: &str) -> Result<Lo
 }
 
 #[cfg(feature = "s3")]
-const SUPPORTED: &str = "local paths, file://, s3://";
+const SUPPORTED: &str = "local paths, file://, s3://, memory://";
 #[cfg(not(feature = "s3"))]
-const SUPPORTED: &str = "local paths, file:// (s3:// needs the `s3` feature)";
+const SUPPORTED: &str = "local paths, file://, memory:// (s3:// needs the `s3` feature)";
+
+/// The in-memory store `memory://NAME/...` names: one per name, shared by
+/// everything in the process that uses it, gone when the process ends.
+/// For tests and programs that embed Flumen.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(object_store::memory::InMemory::new()))
+        .clone()
+}
 
 #[cfg(feature = "s3")]
 mod s3 {
@@ -161,6 +193,15 @@ mod s3 {
             .allow_http
             .unwrap_or_else(|| endpoint.is_some_and(|e| e.starts_with("http://")));
         builder = builder.with_allow_http(allow_http);
+        // Retries are bounded by time, not by count, so that a server that
+        // is away for a while is waited out.
+        builder = builder.with_retry(object_store::RetryConfig {
+            max_retries: 1000,
+            retry_timeout: options
+                .retry_timeout
+                .unwrap_or(std::time::Duration::from_secs(180)),
+            ..Default::default()
+        });
         if let Some(timeout) = options.request_timeout {
             builder = builder.with_config(
                 AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),

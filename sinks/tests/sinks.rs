@@ -143,3 +143,85 @@ fn stdout_runs_as_one_instance() {
         "invalid pipeline: `out`: parallelism: 2 is more than this component supports (1)"
     );
 }
+
+/// Every row of every Parquet file under `location`, with the partition
+/// directories each came from.
+async fn parquet_rows(location: &str) -> (Vec<String>, Vec<String>) {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let resolved = flumen_core::storage::resolve(location, &Default::default(), "path").unwrap();
+    let files: Vec<_> = resolved
+        .store
+        .list(Some(&resolved.path))
+        .try_collect()
+        .await
+        .unwrap();
+    let (mut rows, mut directories) = (Vec::new(), Vec::new());
+    for file in files {
+        let name = file.location.as_ref().to_string();
+        assert!(!name.contains("_staging"), "a staged file remains: {name}");
+        let bytes = resolved
+            .store
+            .get(&file.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 1024).unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let text = arrow::util::pretty::pretty_format_batches(&[batch])
+                .unwrap()
+                .to_string();
+            rows.extend(
+                text.lines()
+                    .skip(3)
+                    .filter(|l| !l.starts_with('+'))
+                    .map(String::from),
+            );
+        }
+        let directory = name.rsplit_once('/').unwrap().0.to_string();
+        directories.push(directory[resolved.path.as_ref().len()..].to_string());
+    }
+    rows.sort();
+    directories.sort();
+    directories.dedup();
+    (rows, directories)
+}
+
+#[tokio::test]
+async fn parquet_sink_writes_partitions_to_an_object_store() {
+    let mut config = flumen_sinks::ParquetSinkConfig::new("memory://sinks-test/table");
+    config.partition_by = vec!["name".into()];
+    config.max_rows = 10;
+    run(config.build().unwrap(), 1).await;
+    let (rows, directories) = parquet_rows("memory://sinks-test/table").await;
+    // The partition column lives in the path, not in the files.
+    let expected: Vec<String> = sorted_rows(&batches())
+        .iter()
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            format!("| {} | {} |", cells[1], cells[3])
+        })
+        .collect();
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            format!("| {} | {} |", cells[1], cells[2])
+        })
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(rows, expected);
+    assert!(
+        directories.contains(&"/name=n1".to_string()),
+        "{directories:?}"
+    );
+    assert!(
+        directories.contains(&"/name=__HIVE_DEFAULT_PARTITION__".to_string()),
+        "{directories:?}"
+    );
+}

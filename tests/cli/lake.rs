@@ -235,3 +235,74 @@ fn a_crash_between_pre_commit_and_commit_publishes_on_restart() {
         "staged files remain"
     );
 }
+
+#[test]
+fn a_paused_s3_server_is_waited_out_and_nothing_is_lost() {
+    let endpoint = s3_endpoint();
+    let pid = std::env::var("FLUMEN_TEST_S3_PID")
+        .expect("the S3 server's pid: run through scripts/test.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace('.', "");
+    let lake = format!("s3://flumen-test/paused-{prefix}/bids");
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 500ms
+  store: {dir}/checkpoints
+sources:
+  auction_bids:
+    type: nexmark
+    kind: bid
+    events: 60000
+    max_events_per_second: 10000
+sinks:
+  bids:
+    type: parquet
+    inputs: [auction_bids]
+    path: {lake}
+    max_rows: 5000
+    storage: {{ endpoint: "{endpoint}", region: us-east-1, access_key_id: flumen, secret_access_key: flumen, request_timeout: 2s }}
+"#,
+        dir = dir.path().display()
+    );
+    let file = dir.path().join("paused.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let run = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Paused, not killed: moto keeps its objects only in memory.
+    signal("-STOP");
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    signal("-CONT");
+    let output = run.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the run gave up instead of retrying: {log}"
+    );
+    let table = format!("bids={lake}/");
+    let counted = sql(&[
+        "--table",
+        &table,
+        "--format",
+        "csv",
+        "SELECT count(*) FROM bids",
+    ]);
+    assert_eq!(counted.lines().nth(1), Some("55200"), "{counted}");
+}
