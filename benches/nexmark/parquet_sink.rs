@@ -33,9 +33,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, events: &Events) {
         }
         writer.close().expect("close");
     });
-    let engine = best_seconds(|| {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut config = ParquetSinkConfig::new(dir.path().to_str().expect("utf-8 path"));
+    let sink = |config: ParquetSinkConfig| {
+        let mut config = config;
         config.max_rows = u64::MAX;
         config.max_bytes = u64::MAX;
         let mut graph = GraphBuilder::new();
@@ -48,7 +47,31 @@ pub fn run(runtime: &tokio::runtime::Runtime, events: &Events) {
         runtime
             .block_on(graph.build().expect("valid pipeline").run_with(options))
             .expect("run");
+    };
+    let engine = best_seconds(|| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        sink(ParquetSinkConfig::new(
+            dir.path().to_str().expect("utf-8 path"),
+        ));
     });
+    // The local S3-API server, when one runs (scripts/services.sh).
+    let s3 = std::env::var("FLUMEN_TEST_S3_ENDPOINT")
+        .ok()
+        .map(|endpoint| {
+            let mut run = 0;
+            best_seconds(|| {
+                run += 1;
+                let mut config = ParquetSinkConfig::new(format!(
+                    "s3://flumen-test/bench-{}-{run}",
+                    std::process::id()
+                ));
+                config.storage.endpoint = Some(endpoint.clone());
+                config.storage.region = Some("us-east-1".into());
+                config.storage.access_key_id = Some("flumen".into());
+                config.storage.secret_access_key = Some("flumen".into());
+                sink(config);
+            })
+        });
     println!("Parquet sink, {mb:.0} MB of Arrow bids (zstd, local filesystem)");
     println!("{:<28} {:>10} {:>8}", "", "MB/s", "ratio");
     println!(
@@ -63,6 +86,14 @@ pub fn run(runtime: &tokio::runtime::Runtime, events: &Events) {
         mb / engine,
         baseline / engine
     );
+    if let Some(s3) = s3 {
+        println!(
+            "{:<28} {:>10.0} {:>7.2}x",
+            "engine p=1, local S3 server",
+            mb / s3,
+            baseline / s3
+        );
+    }
     println!();
 }
 
