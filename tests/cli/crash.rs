@@ -423,8 +423,9 @@ sinks:
         let line = line.unwrap();
         log.push_str(&line);
         log.push('\n');
-        if !asked && line.contains("running") {
-            std::thread::sleep(Duration::from_millis(800));
+        // Logged once the run is set up, its signal handlers among it; the
+        // paced source then runs for about three seconds.
+        if !asked && line.contains("starting without a checkpoint") {
             let status = std::process::Command::new("kill")
                 .args(["-USR1", &child.id().to_string()])
                 .status()

@@ -272,12 +272,21 @@ sinks:
     );
     let file = dir.path().join("paused.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let run = flumen()
+    let mut run = flumen()
         .args(["run", "--progress", "off"])
         .arg(&file)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The log, read on a thread so that the child never blocks on it.
+    let (lines, log_lines) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")
             .args([name, &pid])
@@ -285,15 +294,24 @@ sinks:
             .unwrap();
         assert!(status.success());
     };
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Mid-run: once a first checkpoint has gone to the store.
+    let mut log = String::new();
+    for line in log_lines.iter() {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("checkpoint complete") {
+            break;
+        }
+    }
     // Paused, not killed: moto keeps its objects only in memory.
     signal("-STOP");
     std::thread::sleep(std::time::Duration::from_secs(30));
     signal("-CONT");
-    let output = run.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
+    let status = run.wait().unwrap();
+    reader.join().unwrap();
+    log.extend(log_lines.try_iter().map(|line| line + "\n"));
     assert!(
-        output.status.success(),
+        status.success(),
         "the run gave up instead of retrying: {log}"
     );
     let table = format!("bids={lake}/");

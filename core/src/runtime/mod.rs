@@ -157,9 +157,12 @@ impl Pipeline {
         let capacity = options.channel_capacity.max(1);
         let signals = self.signals.clone();
         let interrupted = Arc::new(AtomicBool::new(false));
-        let signal_task = options
-            .handle_signals
-            .then(|| tokio::spawn(handle_os_signals(signals.clone(), interrupted.clone())));
+        let signal_task = options.handle_signals.then(|| {
+            // Registered before the run starts: a checkpoint request that
+            // comes early must not meet SIGUSR1's default action (exit).
+            listen_for_checkpoint_requests(&signals);
+            tokio::spawn(handle_os_signals(signals.clone(), interrupted.clone()))
+        });
 
         let (inputs, outputs) = self.wire(capacity);
         let mut tasks = JoinSet::new();
@@ -509,8 +512,8 @@ impl Pipeline {
     }
 }
 
-/// First signal: drain. Second: abort. SIGUSR1: a checkpoint now.
-async fn handle_os_signals(signals: Signals, interrupted: Arc<AtomicBool>) {
+/// SIGUSR1: a checkpoint now.
+fn listen_for_checkpoint_requests(signals: &Signals) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -524,6 +527,12 @@ async fn handle_os_signals(signals: Signals, interrupted: Arc<AtomicBool>) {
             });
         }
     }
+    #[cfg(not(unix))]
+    let _ = signals;
+}
+
+/// First signal: drain. Second: abort.
+async fn handle_os_signals(signals: Signals, interrupted: Arc<AtomicBool>) {
     if wait_for_signal().await.is_err() {
         return;
     }

@@ -431,7 +431,8 @@ async fn a_row_for_an_emitted_session_stays_late_after_a_restore() {
 /// snapshot must carry: it cannot be read from the rows again.
 #[tokio::test]
 async fn processing_time_sessions_keep_their_rows_arrival_times() {
-    let mut config = window(WindowKind::Session { gap: ms(200) }, &["key"], &[NATIVE]);
+    // A gap long enough that feeding both parts never spans it.
+    let mut config = window(WindowKind::Session { gap: ms(1000) }, &["key"], &[NATIVE]);
     config.time = TimeDomain::Processing;
     let factory = config.build().unwrap();
     let create = || {
@@ -453,7 +454,10 @@ async fn processing_time_sessions_keep_their_rows_arrival_times() {
     let did_then = feed(restored.as_mut(), &[Step::Rows(0, rest)], 0, false).await;
     // Past the sessions' end, as when their timer fires: their rows are
     // no longer "now".
-    std::thread::sleep(ms(250));
+    let due = restored.next_timer().expect("open sessions set a timer");
+    while flumen_core::runtime::wall_clock_millis() < due {
+        tokio::time::sleep(ms(10)).await;
+    }
     let mut out = Collector::default();
     restored
         .on_timer(EventTime::MAX, &mut context(), &mut out)
