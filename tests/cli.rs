@@ -22,6 +22,17 @@ mod lake;
 #[path = "cli/sql.rs"]
 mod sql;
 
+/// Runs `flumen run FILE` quietly to its end, optionally set to die once
+/// checkpoint `crash_before_commit` is recorded and before it is committed.
+fn run_pipeline(file: &Path, crash_before_commit: Option<u64>) -> std::process::ExitStatus {
+    let mut command = flumen();
+    command.args(["run", "--progress", "off"]).arg(file);
+    if let Some(checkpoint) = crash_before_commit {
+        command.env("FLUMEN_CRASH_BEFORE_COMMIT", checkpoint.to_string());
+    }
+    command.stderr(Stdio::null()).status().unwrap()
+}
+
 fn flumen() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flumen"));
     command.current_dir(env!("CARGO_MANIFEST_DIR"));

@@ -138,12 +138,7 @@ fn staged(dir: &Path) -> usize {
 /// The uninterrupted run, and checks of its output against the input.
 fn reference(dir: &Path) -> (Vec<String>, Vec<String>) {
     let file = pipeline(dir, "reference", "50ms");
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, None);
     assert!(status.success());
     let rows = committed(&dir.join("reference/rows"));
     let windows = committed(&dir.join("reference/windows"));
@@ -243,13 +238,7 @@ fn a_crash_between_pre_commit_and_commit_is_committed_on_restart() {
     let (rows, windows) = reference(dir.path());
 
     let file = pipeline(dir.path(), "crashed", "50ms");
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .env("FLUMEN_CRASH_BEFORE_COMMIT", "2")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, Some(2));
     assert!(
         !status.success(),
         "the process should have died before committing"
@@ -260,12 +249,7 @@ fn a_crash_between_pre_commit_and_commit_is_committed_on_restart() {
     let visible = committed(&out.join("rows")).len();
     assert!(visible < rows.len());
 
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, None);
     assert!(status.success());
     assert!(
         committed(&out.join("rows")) == rows,
@@ -284,13 +268,7 @@ fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
     // A first run dies after checkpoint 3; then a state file of it is cut
     // short, as a disk that filled up would leave it.
     let file = pipeline(dir.path(), "crashed", "50ms");
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .env("FLUMEN_CRASH_BEFORE_COMMIT", "3")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, Some(3));
     assert!(!status.success());
     let store = dir.path().join("crashed-checkpoints");
     let state = std::fs::read_dir(store.join("chk-0000000003"))
@@ -356,13 +334,7 @@ fn checkpoints_go_to_an_s3_store_and_restore_from_it() {
         "store: s3://flumen-test/checkpoints/{prefix}\n  storage: {{ endpoint: \"{endpoint}\", region: us-east-1, access_key_id: flumen, secret_access_key: flumen }}"
     );
     let file = pipeline_with_store(dir.path(), "crashed", "50ms", &store);
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .env("FLUMEN_CRASH_BEFORE_COMMIT", "2")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, Some(2));
     assert!(!status.success());
     let output = flumen()
         .args(["run", "--progress", "off"])

@@ -61,12 +61,7 @@ sinks:
     );
     let file = dir.path().join("lake.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, None);
     assert!(status.success());
 
     // The input's own figures, from the generator the source runs.
@@ -209,25 +204,14 @@ fn queries_during_a_run_see_only_committed_files() {
 fn a_crash_between_pre_commit_and_commit_publishes_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let file = paced_lake(dir.path(), "300ms");
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .env("FLUMEN_CRASH_BEFORE_COMMIT", "3")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, Some(3));
     assert!(!status.success());
     let staged = dir.path().join("lake/_staging");
     assert!(
         std::fs::read_dir(&staged).map(|d| d.count()).unwrap_or(0) > 0,
         "nothing staged"
     );
-    let status = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = super::run_pipeline(&file, None);
     assert!(status.success());
     assert_eq!(local_count(dir.path()), Some(55_200));
     assert!(

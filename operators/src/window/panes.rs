@@ -151,29 +151,44 @@ impl PaneWindows {
     /// Adds rows whose panes are already frozen, each pane's rows as one
     /// more part of it.
     fn add_to_frozen(&mut self, batch: &RecordBatch, panes: &[i64]) -> Result<()> {
+        for (pane, keys, rows, arguments) in self.split_by_pane(batch, panes)? {
+            let mut part = GroupedAggregation::new(&self.spec.aggregates, &self.spec.key_schema)?;
+            part.update(&keys, rows, &arguments)?;
+            let frozen = self.frozen_part(part)?;
+            self.insert_frozen(pane, frozen);
+        }
+        Ok(())
+    }
+
+    /// Per pane: its rows' key columns, row count and aggregate arguments.
+    #[allow(clippy::type_complexity)]
+    fn split_by_pane(
+        &self,
+        batch: &RecordBatch,
+        panes: &[i64],
+    ) -> Result<Vec<(i64, Vec<ArrayRef>, usize, Vec<crate::aggregate::Arguments>)>> {
         let arguments = self.spec.aggregates.arguments(batch)?;
         let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (row, pane) in panes.iter().enumerate() {
             by_pane.entry(*pane).or_default().push(row as u32);
         }
-        for (pane, rows) in by_pane {
-            let indices = UInt32Array::from(rows);
-            let keys = self
-                .spec
-                .keys
-                .iter()
-                .map(|&k| Ok(take(batch.column(k), &indices, None)?))
-                .collect::<Result<Vec<_>>>()?;
-            let arguments = arguments
-                .iter()
-                .map(|a| a.take(&indices))
-                .collect::<Result<Vec<_>>>()?;
-            let mut part = GroupedAggregation::new(&self.spec.aggregates, &self.spec.key_schema)?;
-            part.update(&keys, indices.len(), &arguments)?;
-            let frozen = self.frozen_part(part)?;
-            self.insert_frozen(pane, frozen);
-        }
-        Ok(())
+        by_pane
+            .into_iter()
+            .map(|(pane, rows)| {
+                let indices = UInt32Array::from(rows);
+                let keys = self
+                    .spec
+                    .keys
+                    .iter()
+                    .map(|&k| Ok(take(batch.column(k), &indices, None)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let arguments = arguments
+                    .iter()
+                    .map(|a| a.take(&indices))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((pane, keys, indices.len(), arguments))
+            })
+            .collect()
     }
 
     fn add_on_time(&mut self, batch: &RecordBatch, panes: &[i64]) -> Result<()> {
@@ -185,31 +200,16 @@ impl PaneWindows {
             let window = self.first_window(earliest);
             self.next_window = Some(self.next_window.map_or(window, |next| next.min(window)));
         }
-        let arguments = self.spec.aggregates.arguments(batch)?;
         if panes.iter().all(|p| *p == first) {
+            let arguments = self.spec.aggregates.arguments(batch)?;
             let keys = key_columns(batch, &self.spec.keys);
             return self
                 .pane(first)?
                 .update(&keys, batch.num_rows(), &arguments);
         }
         // Rows of several panes: update each with its own rows.
-        let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (row, pane) in panes.iter().enumerate() {
-            by_pane.entry(*pane).or_default().push(row as u32);
-        }
-        for (pane, rows) in by_pane {
-            let indices = UInt32Array::from(rows);
-            let keys = self
-                .spec
-                .keys
-                .iter()
-                .map(|&k| Ok(take(batch.column(k), &indices, None)?))
-                .collect::<Result<Vec<_>>>()?;
-            let arguments = arguments
-                .iter()
-                .map(|a| a.take(&indices))
-                .collect::<Result<Vec<_>>>()?;
-            self.pane(pane)?.update(&keys, indices.len(), &arguments)?;
+        for (pane, keys, rows, arguments) in self.split_by_pane(batch, panes)? {
+            self.pane(pane)?.update(&keys, rows, &arguments)?;
         }
         Ok(())
     }
