@@ -3,8 +3,11 @@
 # then `start_services`; `stop_services` (or the EXIT trap it sets) stops
 # them. What a server needs is installed once into ~/.cache/flumen.
 #
-#   S3 API:  moto server (PyPI, in a virtualenv); bucket `flumen-test`
-#            -> FLUMEN_TEST_S3_ENDPOINT, FLUMEN_TEST_S3_PID
+#   S3 API:    moto server (PyPI, in a virtualenv); bucket `flumen-test`
+#              -> FLUMEN_TEST_S3_ENDPOINT, FLUMEN_TEST_S3_PID
+#   Kafka API: tansu broker (crates.io), in-memory storage
+#              -> FLUMEN_TEST_KAFKA_BROKERS, FLUMEN_TEST_TANSU (the binary,
+#                 for tests that run their own broker)
 
 FLUMEN_CACHE="${FLUMEN_CACHE:-$HOME/.cache/flumen}"
 SERVICES_DIR="$(mktemp -d -t flumen-services.XXXXXX)"
@@ -45,9 +48,30 @@ start_s3() {
   echo "S3 API (moto) at $FLUMEN_TEST_S3_ENDPOINT, bucket flumen-test"
 }
 
+start_kafka() {
+  local tansu
+  tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+  if ! "$tansu" --help >/dev/null 2>&1; then
+    echo "installing tansu (a Kafka-API broker for tests); this takes about 11 minutes, once"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
+    tansu="$HOME/.cargo/bin/tansu"
+  fi
+  local port log="$SERVICES_DIR/tansu.log"
+  port=$(free_port)
+  "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$log" 2>&1 &
+  echo $! >>"$SERVICES_DIR/pids"
+  export FLUMEN_TEST_TANSU="$tansu"
+  export FLUMEN_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  wait_for "tansu" "$log" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+  echo "Kafka API (tansu) at $FLUMEN_TEST_KAFKA_BROKERS"
+}
+
 start_services() {
   trap stop_services EXIT
   start_s3
+  start_kafka
 }
 
 stop_services() {

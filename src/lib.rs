@@ -34,9 +34,13 @@ pub use flumen_sources as sources;
 pub mod prelude {
     pub use flumen_core::prelude::*;
     pub use flumen_operators::{MapBatches, SqlTransform, Union, Unnest};
+    #[cfg(feature = "kafka")]
+    pub use flumen_sinks::KafkaSinkConfig;
     pub use flumen_sinks::{
         BlackholeConfig, BlackholeSink, FileSinkConfig, StdoutConfig, StdoutFormat, TextFormat,
     };
+    #[cfg(feature = "kafka")]
+    pub use flumen_sources::KafkaSourceConfig;
     pub use flumen_sources::nexmark::EventKind;
     pub use flumen_sources::{FileSourceConfig, NexmarkConfig};
 }

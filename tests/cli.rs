@@ -17,6 +17,9 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator};
 
 #[path = "cli/crash.rs"]
 mod crash;
+#[cfg(feature = "kafka")]
+#[path = "cli/kafka.rs"]
+mod kafka;
 #[path = "cli/lake.rs"]
 mod lake;
 #[path = "cli/sql.rs"]
@@ -91,7 +94,7 @@ fn unknown_component_type_suggests_the_closest() {
     assert_contains(
         &stderr,
         &[
-            "error: unknown source type `nexmrk`; source types: file, nexmark",
+            "error: unknown source type `nexmrk`; source types: file, kafka, nexmark",
             "pipeline.yaml:3:11 (at `sources.bids.type`)",
             " 3 |     type: nexmrk",
             "|           ^^^^^^",

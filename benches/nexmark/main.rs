@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench nexmark                # everything
 //! cargo bench --bench nexmark -- q1 q5 json  # only sections whose name matches
+//! cargo bench --bench nexmark -- kafka         # Kafka source and sink (starts tansu)
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
 //!
@@ -26,6 +27,8 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator, b
 use flumen_core::testing::MemorySource;
 
 mod checkpoints;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod parquet_sink;
 mod stateful;
 
@@ -95,6 +98,10 @@ fn main() {
     }
     if wanted("json") {
         json_file_source(&runtime);
+    }
+    #[cfg(feature = "kafka")]
+    if wanted("kafka") {
+        kafka::run(&runtime);
     }
 }
 

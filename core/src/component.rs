@@ -87,6 +87,69 @@ pub trait Source: Send + 'static {
             "this source cannot resume from a checkpoint",
         ))
     }
+
+    /// Called once before the first `next` (after any restore).
+    fn open(&mut self, _ctx: &SourceContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint` is complete: durable, with every instance's
+    /// part in it. A source that reports progress upstream (a Kafka
+    /// consumer group's offsets) does it here and never earlier, since
+    /// until now the checkpoint could still be lost and its records read
+    /// again. `position` is what this instance recorded in it. The final
+    /// checkpoint of a run that ends is reported after the source has
+    /// finished.
+    async fn checkpoint_complete(
+        &mut self,
+        _checkpoint: u64,
+        _position: &serde_json::Value,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the source needs a checkpoint taken soon (a Kafka
+    /// rebalance waits for one before it hands partitions over). Checked
+    /// after every `next`.
+    fn wants_checkpoint(&mut self) -> bool {
+        false
+    }
+
+    /// The split (a Kafka partition, say) the batch `next` last returned
+    /// came from, for a source whose splits advance in event time
+    /// independently: the watermark is then the minimum over the splits.
+    fn batch_split(&self) -> Option<u64> {
+        None
+    }
+
+    /// Splits this instance started or stopped reading since the last
+    /// call (partitions assigned to it, or handed to another consumer). A
+    /// new split holds the watermark back until its first event; a
+    /// released one no longer does.
+    fn take_split_changes(&mut self) -> Vec<SplitChange> {
+        Vec::new()
+    }
+}
+
+/// A split a source started or stopped reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitChange {
+    /// Now read by this instance.
+    Added(u64),
+    /// No longer read by this instance.
+    Released(u64),
+}
+
+/// What a source instance is told before it starts.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// Name of the node in the graph.
+    pub node: Arc<str>,
+    /// Which parallel instance this is.
+    pub instance: InstanceInfo,
+    /// Whether the run takes checkpoints: a source then reports progress
+    /// upstream only in [`Source::checkpoint_complete`].
+    pub checkpointing: bool,
 }
 
 /// Declares a source in a graph and creates its instances.
@@ -113,6 +176,21 @@ pub trait SourceFactory: Send + Sync + 'static {
     /// The largest parallelism the source supports.
     fn max_parallelism(&self) -> Option<usize> {
         None
+    }
+
+    /// Whether the run that took checkpoint `checkpoint` reported it
+    /// upstream ([`Source::checkpoint_complete`]) before it stopped, given
+    /// the positions its instances recorded. A checkpoint written but not
+    /// reported (the process died in between) may since have been
+    /// overtaken: another consumer group member can have read the same
+    /// input from the previous checkpoint's offsets. The run then restores
+    /// the checkpoint before it instead, whose output nobody else repeats.
+    fn reported_upstream(
+        &self,
+        _checkpoint: u64,
+        _positions: &[serde_json::Value],
+    ) -> Result<bool> {
+        Ok(true)
     }
 }
 

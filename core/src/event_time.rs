@@ -1,6 +1,7 @@
 //! Event time: which column holds it, and how sources turn it into
 //! watermarks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,15 +133,29 @@ pub fn to_millis(column: &ArrayRef) -> Result<Int64Array> {
 }
 
 /// Turns the event times a source produces into watermarks.
+///
+/// A source that reads several splits which advance in event time
+/// independently (the partitions of a Kafka topic) names the split of each
+/// batch: the watermark is then the minimum over the splits of each one's
+/// newest event time, so a lagging partition holds it back instead of
+/// seeing its events arrive late. A split quiet for the idle timeout stops
+/// holding it back; a split the source gives up is forgotten.
 #[derive(Debug)]
 pub(crate) struct WatermarkGenerator {
     column: usize,
     delay_millis: i64,
     idle_timeout: Option<Duration>,
-    max_seen: Option<EventTime>,
+    splits: HashMap<u64, SplitProgress>,
     emitted: Option<EventTime>,
     idle_since: Option<Instant>,
     idle: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SplitProgress {
+    /// `None` until the split's first event: it holds the watermark back.
+    max_seen: Option<EventTime>,
+    last_data: Instant,
 }
 
 impl WatermarkGenerator {
@@ -150,7 +165,7 @@ impl WatermarkGenerator {
             delay_millis: i64::try_from(config.max_out_of_orderness.as_millis())
                 .unwrap_or(i64::MAX),
             idle_timeout: config.idle_timeout,
-            max_seen: None,
+            splits: HashMap::new(),
             emitted: None,
             idle_since: None,
             idle: false,
@@ -159,28 +174,81 @@ impl WatermarkGenerator {
 
     /// Notes a batch's event times; returns a watermark to send after the
     /// batch if it advanced (or the source was idle until now).
+    #[cfg(test)]
     pub(crate) fn observe(&mut self, batch: &RecordBatch) -> Result<Option<Watermark>> {
+        self.observe_split(batch, None, Instant::now())
+    }
+
+    /// As [`WatermarkGenerator::observe`], for a batch from `split`.
+    pub(crate) fn observe_split(
+        &mut self,
+        batch: &RecordBatch,
+        split: Option<u64>,
+        now: Instant,
+    ) -> Result<Option<Watermark>> {
         self.idle_since = None;
         let millis = to_millis(batch.column(self.column))?;
         if let Some(batch_max) = max(&millis) {
-            self.max_seen = Some(self.max_seen.map_or(batch_max, |m| m.max(batch_max)));
+            let progress = self
+                .splits
+                .entry(split.unwrap_or(0))
+                .or_insert(SplitProgress {
+                    max_seen: None,
+                    last_data: now,
+                });
+            progress.max_seen = Some(progress.max_seen.map_or(batch_max, |m| m.max(batch_max)));
+            progress.last_data = now;
         }
-        let Some(max_seen) = self.max_seen else {
-            return Ok(None);
+        let was_idle = std::mem::replace(&mut self.idle, false);
+        match self.advance(now) {
+            Some(watermark) => Ok(Some(watermark)),
+            // Data makes an idle source active again, even without progress.
+            None if was_idle => Ok(self.emitted.map(Watermark::EventTime)),
+            None => Ok(None),
+        }
+    }
+
+    /// Notes a split the source has started reading: until its first
+    /// event (or its idle timeout) it holds the watermark back, so that
+    /// its events are not late for having arrived after another split's.
+    pub(crate) fn add(&mut self, split: u64, now: Instant) {
+        self.splits.entry(split).or_insert(SplitProgress {
+            max_seen: None,
+            last_data: now,
+        });
+    }
+
+    /// Forgets `split` (the source no longer reads it); returns the
+    /// watermark if that lets it advance.
+    pub(crate) fn release(&mut self, split: u64, now: Instant) -> Option<Watermark> {
+        self.splits.remove(&split);
+        self.advance(now)
+    }
+
+    /// The minimum over the active splits, if it moved forward.
+    fn advance(&mut self, now: Instant) -> Option<Watermark> {
+        let active = |p: &&SplitProgress| {
+            self.idle_timeout
+                .is_none_or(|timeout| now.duration_since(p.last_data) < timeout)
         };
-        let watermark = max_seen.saturating_sub(self.delay_millis);
-        let advanced = self.emitted.is_none_or(|e| watermark > e);
-        if advanced || self.idle {
-            self.idle = false;
-            let watermark = self.emitted.map_or(watermark, |e| e.max(watermark));
-            self.emitted = Some(watermark);
-            return Ok(Some(Watermark::EventTime(watermark)));
+        // A split with no event yet (`None`) is the minimum.
+        let slowest = self
+            .splits
+            .values()
+            .filter(active)
+            .map(|p| p.max_seen)
+            .min()??;
+        let watermark = slowest.saturating_sub(self.delay_millis);
+        if self.emitted.is_some_and(|e| watermark <= e) {
+            return None;
         }
-        Ok(None)
+        self.emitted = Some(watermark);
+        Some(Watermark::EventTime(watermark))
     }
 
     /// Notes that the source had nothing; returns [`Watermark::Idle`] once
-    /// the idle timeout has passed.
+    /// the idle timeout has passed, or a watermark that advanced because
+    /// a quiet split stopped holding it back.
     pub(crate) fn on_idle(&mut self, now: Instant) -> Option<Watermark> {
         let timeout = self.idle_timeout?;
         let since = *self.idle_since.get_or_insert(now);
@@ -188,7 +256,10 @@ impl WatermarkGenerator {
             self.idle = true;
             return Some(Watermark::Idle);
         }
-        None
+        if self.idle {
+            return None;
+        }
+        self.advance(now)
     }
 }
 
@@ -241,6 +312,78 @@ mod tests {
         assert_eq!(
             generator.observe(&batch(&[500])).unwrap(),
             Some(Watermark::EventTime(1_000))
+        );
+    }
+
+    #[test]
+    fn slowest_split_holds_the_watermark_until_released() {
+        let config = EventTimeConfig::new("ts");
+        let mut generator = WatermarkGenerator::new(&config, 0);
+        let now = Instant::now();
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[5_000]), Some(1), now)
+                .unwrap(),
+            Some(Watermark::EventTime(5_000))
+        );
+        // Split 2 is behind: the watermark does not move past it, and does
+        // not move back either.
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[2_000]), Some(2), now)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[9_000]), Some(1), now)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[7_000]), Some(2), now)
+                .unwrap(),
+            Some(Watermark::EventTime(7_000))
+        );
+        assert_eq!(generator.release(2, now), Some(Watermark::EventTime(9_000)));
+    }
+
+    #[test]
+    fn a_split_without_events_holds_the_watermark_back() {
+        let config = EventTimeConfig::new("ts");
+        let mut generator = WatermarkGenerator::new(&config, 0);
+        let now = Instant::now();
+        generator.add(1, now);
+        generator.add(2, now);
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[5_000]), Some(1), now)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[3_000]), Some(2), now)
+                .unwrap(),
+            Some(Watermark::EventTime(3_000))
+        );
+    }
+
+    #[test]
+    fn quiet_split_stops_holding_the_watermark_back() {
+        let config = EventTimeConfig::new("ts").with_idle_timeout(Duration::from_millis(100));
+        let mut generator = WatermarkGenerator::new(&config, 0);
+        let start = Instant::now();
+        generator
+            .observe_split(&batch(&[1_000]), Some(1), start)
+            .unwrap();
+        let later = start + Duration::from_millis(150);
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[8_000]), Some(2), later)
+                .unwrap(),
+            Some(Watermark::EventTime(8_000))
         );
     }
 

@@ -225,3 +225,164 @@ async fn parquet_sink_writes_partitions_to_an_object_store() {
         "{directories:?}"
     );
 }
+
+/// The Kafka sink against librdkafka's mock cluster, which implements
+/// transactions (tansu, the broker the end-to-end tests use, does not).
+#[cfg(feature = "kafka")]
+mod kafka {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use flumen_core::checkpoint::{CheckpointSettings, CheckpointStore, StartFrom};
+    use flumen_core::prelude::*;
+    use flumen_core::storage::StorageOptions;
+    use flumen_sinks::KafkaSinkConfig;
+    use rdkafka::ClientConfig;
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+
+    use flumen_core::testing::MemorySource;
+
+    use super::{batches, schema};
+
+    /// Every message in `topic`, as `isolation` (`read_committed` or
+    /// `read_uncommitted`) sees it: id -> how many times.
+    fn read(brokers: &str, topic: &str, isolation: &str) -> BTreeMap<i64, usize> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "reader")
+            .set("isolation.level", isolation)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            assignment
+                .add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let mut seen = BTreeMap::new();
+        let mut quiet = 0;
+        while quiet < 10 {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    quiet = 0;
+                    let value: serde_json::Value =
+                        serde_json::from_slice(message.payload().unwrap()).unwrap();
+                    *seen.entry(value["id"].as_i64().unwrap()).or_insert(0) += 1;
+                }
+                Some(Err(error)) => panic!("{error}"),
+                None => quiet += 1,
+            }
+        }
+        seen
+    }
+
+    fn context() -> Context {
+        Context {
+            node: "out".into(),
+            instance: InstanceInfo::SINGLE,
+            watermark: None,
+            checkpointing: true,
+        }
+    }
+
+    /// The transactional protocol end to end: a transaction per
+    /// checkpoint, committed on `commit`, the open one aborted on `abort`,
+    /// a restarted instance taking the transactional ids over. (The mock
+    /// cluster neither hides open transactions from `read_committed`
+    /// readers nor fences old producers, so those are Kafka's to show.)
+    #[tokio::test(flavor = "multi_thread")]
+    async fn transactions_follow_checkpoints_across_a_restart() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("out", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let factory = KafkaSinkConfig::new(&brokers, "out")
+            .with_key("id")
+            .exactly_once()
+            .build()
+            .unwrap();
+        assert!(factory.exactly_once());
+        let mut ctx = context();
+        let mut sink = factory.create(InstanceInfo::SINGLE, schema()).unwrap();
+        sink.recover(None, &mut ctx).await.unwrap();
+        let input = batches();
+
+        sink.write(input[0].clone(), &mut ctx).await.unwrap();
+        let first = sink.pre_commit(1, &mut ctx).await.unwrap();
+        assert_eq!(first["checkpoint"], 1);
+        // Rows after the barrier go into the next transaction, on the
+        // other producer, while the first waits for its commit.
+        sink.write(input[1].clone(), &mut ctx).await.unwrap();
+        sink.commit(first.clone(), &mut ctx).await.unwrap();
+        // Committing again (as recovery may) changes nothing.
+        sink.commit(first.clone(), &mut ctx).await.unwrap();
+        sink.abort(&mut ctx).await.unwrap();
+
+        // The transaction after an abort starts afresh.
+        sink.write(input[2].clone(), &mut ctx).await.unwrap();
+        let third = sink.pre_commit(2, &mut ctx).await.unwrap();
+        sink.commit(third, &mut ctx).await.unwrap();
+        drop(sink);
+
+        // A restarted instance takes over the transactional ids.
+        let mut restarted = factory.create(InstanceInfo::SINGLE, schema()).unwrap();
+        restarted.recover(Some((1, first)), &mut ctx).await.unwrap();
+
+        restarted.write(input[3].clone(), &mut ctx).await.unwrap();
+        let fourth = restarted.pre_commit(3, &mut ctx).await.unwrap();
+        restarted.commit(fourth, &mut ctx).await.unwrap();
+        let everything =
+            tokio::task::spawn_blocking(move || read(&brokers, "out", "read_uncommitted"))
+                .await
+                .unwrap();
+        // The aborted batch (ids 25..50) was purged before it was sent.
+        let expected: BTreeMap<i64, usize> = (0..25).chain(50..100).map(|id| (id, 1)).collect();
+        assert_eq!(everything, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_checkpointed_pipeline_writes_every_row_once() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("rows", 3, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let store_dir = tempfile::tempdir().unwrap();
+        let mut graph = GraphBuilder::new();
+        graph.source("input", MemorySource::new(schema(), batches()));
+        graph.sink(
+            "out",
+            KafkaSinkConfig::new(&brokers, "rows")
+                .with_key("name")
+                .exactly_once()
+                .build()
+                .unwrap(),
+            ["input"],
+        );
+        let store = CheckpointStore::open(
+            store_dir.path().to_str().unwrap(),
+            &StorageOptions::default(),
+        )
+        .unwrap();
+        let options = RunOptions {
+            handle_signals: false,
+            checkpoints: Some(CheckpointSettings {
+                store,
+                interval: Duration::from_millis(5),
+                keep: 2,
+                start: StartFrom::Latest,
+            }),
+            ..RunOptions::default()
+        };
+        graph.build().unwrap().run_with(options).await.unwrap();
+        let seen = tokio::task::spawn_blocking(move || read(&brokers, "rows", "read_committed"))
+            .await
+            .unwrap();
+        let expected: BTreeMap<i64, usize> = (0..100).map(|id| (id, 1)).collect();
+        assert_eq!(seen, expected);
+    }
+}

@@ -26,7 +26,14 @@ impl Registry {
                 Sources,
                 "file",
                 "Reads a JSON lines, CSV or Parquet file.",
-            )
+            );
+        #[cfg(feature = "kafka")]
+        registry.register::<flumen_sources::KafkaSourceConfig>(
+            Sources,
+            "kafka",
+            "Reads Kafka topics as a consumer group member; offsets committed with checkpoints.",
+        );
+        registry
             .register::<SqlConfig>(
                 Transforms,
                 "sql",
@@ -75,6 +82,12 @@ impl Registry {
                 "parquet",
                 "Writes rows as Parquet files to a directory or object store, partitioned Hive-style, committed with checkpoints.",
             );
+        #[cfg(feature = "kafka")]
+        registry.register::<flumen_sinks::KafkaSinkConfig>(
+            Sinks,
+            "kafka",
+            "Writes rows to a Kafka topic, at least once or exactly once with transactions.",
+        );
         registry
     }
 }
@@ -160,5 +173,19 @@ impl ComponentConfig for DedupeConfig {
 impl ComponentConfig for RouteConfig {
     fn build_node(&self) -> Result<NodeKind> {
         Ok(operator(self.build()?))
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl ComponentConfig for flumen_sources::KafkaSourceConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(source(self.build()?))
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl ComponentConfig for flumen_sinks::KafkaSinkConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(sink(self.build()?))
     }
 }

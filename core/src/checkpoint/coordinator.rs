@@ -2,7 +2,7 @@
 //! what every instance recorded, writes the checkpoint, and tells the sinks
 //! to commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -34,6 +34,9 @@ pub(crate) enum AckKind {
     /// with this final pre-committed transaction (it then waits for its
     /// commit), an operator with nothing held.
     Ended(serde_json::Value),
+    /// A source has reported the completed checkpoint upstream (committed
+    /// a Kafka group's offsets, say).
+    Reported,
 }
 
 /// A sink instance is told to make a pre-committed transaction visible.
@@ -48,6 +51,8 @@ pub(crate) struct Commit {
 pub(crate) struct CoordinatorHandles {
     pub(crate) acks: mpsc::UnboundedSender<Ack>,
     pub(crate) trigger: watch::Receiver<u64>,
+    /// The last checkpoint completed, and whether it was the final one.
+    pub(crate) completed: watch::Receiver<(u64, bool)>,
     /// Per node, per instance: the commit channel of a sink instance.
     pub(crate) commits: Vec<Vec<Option<mpsc::UnboundedReceiver<Commit>>>>,
     /// The checkpoint the run restored, or 0.
@@ -65,6 +70,14 @@ pub(crate) struct NodeInfo {
 /// What each (node, instance) answered for one checkpoint.
 type Answers = HashMap<(usize, usize), AckKind>;
 
+/// A written checkpoint waiting for its sources to report it upstream.
+struct Reporting {
+    checkpoint: u64,
+    waiting: HashSet<(usize, usize)>,
+    /// What each sink is then told to commit.
+    commits: Vec<(usize, usize, serde_json::Value)>,
+}
+
 pub(crate) struct Coordinator {
     store: CheckpointStore,
     interval: Duration,
@@ -72,10 +85,14 @@ pub(crate) struct Coordinator {
     nodes: Vec<NodeInfo>,
     next_id: u64,
     trigger: watch::Sender<u64>,
+    completed: watch::Sender<(u64, bool)>,
     acks: mpsc::UnboundedReceiver<Ack>,
     commits: Vec<Vec<Option<mpsc::UnboundedSender<Commit>>>>,
     /// The checkpoint being taken, and what has come in for it.
     in_flight: Option<(u64, Answers)>,
+    /// A checkpoint written whose sinks wait to commit until every source
+    /// has reported it upstream.
+    reporting: Option<Reporting>,
     ended: HashMap<(usize, usize), serde_json::Value>,
     signals: Signals,
 }
@@ -93,6 +110,7 @@ impl Coordinator {
     ) -> (Self, CoordinatorHandles) {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (trigger_tx, trigger_rx) = watch::channel(0);
+        let (completed_tx, completed_rx) = watch::channel((0, false));
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for node in &nodes {
@@ -117,15 +135,18 @@ impl Coordinator {
             nodes,
             next_id: after + 1,
             trigger: trigger_tx,
+            completed: completed_tx,
             acks: ack_rx,
             commits: senders,
             in_flight: None,
+            reporting: None,
             ended: HashMap::new(),
             signals,
         };
         let handles = CoordinatorHandles {
             acks: ack_tx,
             trigger: trigger_rx,
+            completed: completed_rx,
             commits: receivers,
             restored: 0,
         };
@@ -158,10 +179,10 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = self.signals.abort.cancelled() => return Err(Error::ShuttingDown),
-                _ = ticks.tick(), if self.in_flight.is_none() && !self.sources_all_ended() => {
+                _ = ticks.tick(), if self.idle() && !self.sources_all_ended() => {
                     self.start();
                 }
-                _ = self.signals.checkpoint_now.notified(), if self.in_flight.is_none() && !self.sources_all_ended() => {
+                _ = self.signals.checkpoint_now.notified(), if self.idle() && !self.sources_all_ended() => {
                     self.start();
                     // The next periodic one is an interval after this one.
                     ticks.reset();
@@ -172,10 +193,16 @@ impl Coordinator {
                 }
             }
             self.complete_if_ready().await?;
-            if self.in_flight.is_none() && self.all_ended() {
+            self.commit_if_reported();
+            if self.idle() && self.all_ended() {
                 return self.finish().await;
             }
         }
+    }
+
+    /// No checkpoint is being taken or committed.
+    fn idle(&self) -> bool {
+        self.in_flight.is_none() && self.reporting.is_none()
     }
 
     /// Sends the next checkpoint's barriers from the sources.
@@ -193,6 +220,12 @@ impl Coordinator {
             AckKind::Ended(value) => {
                 self.ended.insert(key, value);
             }
+            AckKind::Reported => match &mut self.reporting {
+                Some(reporting) if reporting.checkpoint == ack.checkpoint => {
+                    reporting.waiting.remove(&key);
+                }
+                _ => {}
+            },
             kind => match &mut self.in_flight {
                 Some((id, acks)) if *id == ack.checkpoint => {
                     acks.insert(key, kind);
@@ -235,22 +268,49 @@ impl Coordinator {
                     record.values = snapshot.values.clone();
                     snapshots.push((name, i, snapshot));
                 }
-                Some(AckKind::Ended(_)) | None => {
+                Some(AckKind::Ended(_) | AckKind::Reported) | None => {
                     record.values = self.ended.get(&(n, i)).cloned().unwrap_or_default();
                 }
             }
         }
         self.write(&mut manifest, &snapshots).await?;
         crash_point(id);
-        for (n, i, transaction) in commits {
-            self.send_commit(n, i, transaction, false);
-        }
+        // Sources report the checkpoint upstream first, sinks commit after:
+        // a process that dies in between has its output staged, published
+        // when it restarts, and never read twice by whoever takes over its
+        // input.
+        self.completed.send_replace((id, false));
+        self.reporting = Some(Reporting {
+            checkpoint: id,
+            waiting: self.source_instances(),
+            commits,
+        });
         Ok(())
+    }
+
+    fn source_instances(&self) -> HashSet<(usize, usize)> {
+        self.instances()
+            .filter(|(n, _)| self.nodes[*n].kind == "source")
+            .collect()
+    }
+
+    /// Sends the sinks their commits once every source has reported.
+    fn commit_if_reported(&mut self) {
+        if self
+            .reporting
+            .as_ref()
+            .is_some_and(|r| r.waiting.is_empty())
+        {
+            let reporting = self.reporting.take().expect("checked above");
+            for (n, i, transaction) in reporting.commits {
+                self.send_commit(n, i, transaction, false);
+            }
+        }
     }
 
     /// The final checkpoint: every source has ended (or was drained) and
     /// every sink has pre-committed the rest of its output.
-    async fn finish(self) -> Result<()> {
+    async fn finish(mut self) -> Result<()> {
         let id = self.next_id;
         let mut manifest = self.manifest(id, true);
         for (n, i) in self.instances().collect::<Vec<_>>() {
@@ -260,6 +320,26 @@ impl Coordinator {
         }
         self.write(&mut manifest, &[]).await?;
         crash_point(id);
+        self.completed.send_replace((id, true));
+        let mut waiting = self.source_instances();
+        while !waiting.is_empty() {
+            let ack = tokio::select! {
+                _ = self.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                ack = self.acks.recv() => ack,
+            };
+            match ack {
+                Some(Ack {
+                    checkpoint,
+                    node,
+                    instance,
+                    kind: AckKind::Reported,
+                }) if checkpoint == id => {
+                    waiting.remove(&(node, instance));
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
         for (n, i) in self.instances().collect::<Vec<_>>() {
             if self.nodes[n].kind == "sink" {
                 let transaction = self.ended.get(&(n, i)).cloned().unwrap_or_default();

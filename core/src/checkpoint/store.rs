@@ -277,9 +277,19 @@ impl CheckpointStore {
     /// The newest checkpoint that reads back whole. A damaged one is
     /// reported in the log and the one before it is tried.
     pub async fn latest(&self) -> Result<Option<Loaded>> {
+        self.latest_accepted(|_| Ok(true)).await
+    }
+
+    /// The newest checkpoint that reads back whole and that `accept` takes;
+    /// older ones are tried in turn.
+    pub async fn latest_accepted(
+        &self,
+        mut accept: impl FnMut(&Loaded) -> Result<bool>,
+    ) -> Result<Option<Loaded>> {
         for id in self.folders().await?.into_iter().rev() {
             match self.load(id).await {
-                Ok(loaded) => return Ok(Some(loaded)),
+                Ok(loaded) if accept(&loaded)? => return Ok(Some(loaded)),
+                Ok(_) => {}
                 // No manifest: the checkpoint never completed.
                 Err(Error::Config { .. }) => {}
                 Err(error) => {

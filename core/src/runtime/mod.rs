@@ -256,7 +256,11 @@ impl Pipeline {
         let store = &settings.store;
         let restored = match settings.start {
             StartFrom::Fresh => None,
-            StartFrom::Latest => store.latest().await?,
+            StartFrom::Latest => {
+                store
+                    .latest_accepted(|loaded| self.reported_upstream(loaded))
+                    .await?
+            }
             StartFrom::Checkpoint(id) => Some(store.load(id).await?),
         };
         if let Some(loaded) = &restored {
@@ -301,6 +305,30 @@ impl Pipeline {
         );
         handles.restored = restored_id;
         Ok((coordinator, handles, restored))
+    }
+
+    /// Whether every source reported `loaded` upstream before the run that
+    /// took it stopped (see [`crate::component::SourceFactory::reported_upstream`]).
+    fn reported_upstream(&self, loaded: &Loaded) -> Result<bool> {
+        let id = loaded.manifest.id;
+        for node in &self.nodes {
+            let NodeKind::Source(factory) = &node.kind else {
+                continue;
+            };
+            let Some(record) = loaded.manifest.nodes.get(&node.name) else {
+                continue;
+            };
+            let positions: Vec<_> = record.instances.iter().map(|i| i.values.clone()).collect();
+            if !factory.reported_upstream(id, &positions)? {
+                tracing::warn!(
+                    checkpoint = id,
+                    source = %node.name,
+                    "the run stopped before it reported this checkpoint to the source, which may have handed its input to another consumer since: restoring the checkpoint before it"
+                );
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A checkpoint restores only into a pipeline with the same nodes,
@@ -473,8 +501,11 @@ impl Pipeline {
                             .as_ref()
                             .map(|(config, column)| WatermarkGenerator::new(config, *column));
                         let position = snapshot.take().map(|s| s.values);
-                        let trigger = handles.as_ref().map(|h| h.trigger.clone());
-                        tasks::run_source(env, source, outputs, watermarks, position, trigger)
+                        let checkpoints = handles.as_ref().map(|h| tasks::SourceCheckpoints {
+                            trigger: h.trigger.clone(),
+                            completed: h.completed.clone(),
+                        });
+                        tasks::run_source(env, source, outputs, watermarks, position, checkpoints)
                             .boxed()
                     }
                     NodeKind::Operator(factory) => {

@@ -12,7 +12,10 @@ use crate::checkpoint::{Ack, AckKind, Commit, Snapshot};
 use crate::dead_letter::{OnError, Rejected};
 use arrow::record_batch::RecordBatch;
 
-use crate::component::{Collector, Context, InstanceInfo, Operator, Sink, Source, SourceStep};
+use crate::component::{
+    Collector, Context, InstanceInfo, Operator, Sink, Source, SourceContext, SourceStep,
+    SplitChange,
+};
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
 use crate::message::{Barrier, EventTime, Message, Watermark};
@@ -117,13 +120,20 @@ impl TaskEnv {
     }
 }
 
+/// How a source task follows checkpoints: barriers to emit, and
+/// checkpoints completed (with whether it was the run's final one).
+pub(crate) struct SourceCheckpoints {
+    pub(crate) trigger: watch::Receiver<u64>,
+    pub(crate) completed: watch::Receiver<(u64, bool)>,
+}
+
 pub(crate) async fn run_source(
     env: TaskEnv,
     mut source: Box<dyn Source>,
     mut outputs: Outputs,
     mut watermarks: Option<WatermarkGenerator>,
     restore: Option<serde_json::Value>,
-    mut trigger: Option<watch::Receiver<u64>>,
+    mut checkpoints: Option<SourceCheckpoints>,
 ) -> Result<()> {
     if let Some(position) = restore {
         source.restore(position).await?;
@@ -132,6 +142,13 @@ pub(crate) async fn run_source(
         // Fail now, not at the first checkpoint, if the source cannot say.
         source.position()?;
     }
+    // What this instance recorded in each checkpoint not yet complete.
+    let mut recorded: std::collections::VecDeque<(u64, serde_json::Value)> = Default::default();
+    source.open(&SourceContext {
+        node: env.node.clone(),
+        instance: env.instance,
+        checkpointing: env.checkpoint.is_some(),
+    })?;
     loop {
         if env.signals.abort.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -139,19 +156,45 @@ pub(crate) async fn run_source(
         if env.signals.drain.is_cancelled() {
             break;
         }
-        if let Some(trigger) = &mut trigger
-            && trigger.has_changed().unwrap_or(false)
-        {
-            // Everything emitted so far is before the barrier.
-            let checkpoint = *trigger.borrow_and_update();
-            env.ack(checkpoint, AckKind::Position(source.position()?));
-            outputs
-                .send_to_all(Message::Barrier(Barrier { checkpoint }))
-                .await?;
+        if let Some(checkpoints) = &mut checkpoints {
+            if checkpoints.completed.has_changed().unwrap_or(false) {
+                let (checkpoint, _) = *checkpoints.completed.borrow_and_update();
+                if let Some(position) = take_recorded(&mut recorded, checkpoint) {
+                    source.checkpoint_complete(checkpoint, &position).await?;
+                }
+                env.ack(checkpoint, AckKind::Reported);
+            }
+            if checkpoints.trigger.has_changed().unwrap_or(false) {
+                // Everything emitted so far is before the barrier.
+                let checkpoint = *checkpoints.trigger.borrow_and_update();
+                let position = source.position()?;
+                recorded.push_back((checkpoint, position.clone()));
+                env.ack(checkpoint, AckKind::Position(position));
+                outputs
+                    .send_to_all(Message::Barrier(Barrier { checkpoint }))
+                    .await?;
+            }
         }
         let started = Instant::now();
         let step = source.next().await?;
         env.rejected(source.take_rejected()).await?;
+        if source.wants_checkpoint() {
+            env.signals.checkpoint_now.notify_one();
+        }
+        let now = Instant::now();
+        for change in source.take_split_changes() {
+            let Some(generator) = watermarks.as_mut() else {
+                continue;
+            };
+            match change {
+                SplitChange::Added(split) => generator.add(split, now),
+                SplitChange::Released(split) => {
+                    if let Some(watermark) = generator.release(split, now) {
+                        outputs.send_to_all(Message::Watermark(watermark)).await?;
+                    }
+                }
+            }
+        }
         match step {
             SourceStep::Batch(batch) => {
                 env.metrics.record_batch_time(started.elapsed());
@@ -160,7 +203,9 @@ pub(crate) async fn run_source(
                     env.metrics.record_source_lag(lag);
                 }
                 let watermark = match &mut watermarks {
-                    Some(generator) => generator.observe(&batch)?,
+                    Some(generator) => {
+                        generator.observe_split(&batch, source.batch_split(), now)?
+                    }
                     None => None,
                 };
                 outputs.send_batch(0, batch).await?;
@@ -170,7 +215,7 @@ pub(crate) async fn run_source(
                 }
             }
             SourceStep::Idle => {
-                if let Some(idle) = watermarks.as_mut().and_then(|g| g.on_idle(Instant::now())) {
+                if let Some(idle) = watermarks.as_mut().and_then(|g| g.on_idle(now)) {
                     outputs.send_to_all(Message::Watermark(idle)).await?;
                 }
             }
@@ -181,12 +226,55 @@ pub(crate) async fn run_source(
     outputs
         .send_to_all(Message::Watermark(Watermark::MAX))
         .await?;
+    let ended = match env.checkpoint {
+        Some(_) => source.position()?,
+        None => serde_json::Value::Null,
+    };
     if env.checkpoint.is_some() {
-        env.ack(0, AckKind::Ended(source.position()?));
+        env.ack(0, AckKind::Ended(ended.clone()));
     }
     outputs.send_to_all(Message::End).await?;
     env.metrics.record_finished();
+    if let Some(checkpoints) = &mut checkpoints {
+        // Checkpoints still complete (the final one last): the source
+        // reports them as it would have while running.
+        loop {
+            tokio::select! {
+                _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                changed = checkpoints.completed.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let (checkpoint, last) = *checkpoints.completed.borrow_and_update();
+                    // A checkpoint whose barrier came after the end holds
+                    // the final position.
+                    let position = take_recorded(&mut recorded, checkpoint).unwrap_or_else(|| ended.clone());
+                    source.checkpoint_complete(checkpoint, &position).await?;
+                    env.ack(checkpoint, AckKind::Reported);
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// The position recorded for `checkpoint`, forgetting it and every
+/// earlier one.
+fn take_recorded(
+    recorded: &mut std::collections::VecDeque<(u64, serde_json::Value)>,
+    checkpoint: u64,
+) -> Option<serde_json::Value> {
+    let mut found = None;
+    while recorded.front().is_some_and(|(id, _)| *id <= checkpoint) {
+        let (id, position) = recorded.pop_front().expect("checked above");
+        if id == checkpoint {
+            found = Some(position);
+        }
+    }
+    found
 }
 
 pub(crate) async fn run_operator(

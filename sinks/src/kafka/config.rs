@@ -1,0 +1,210 @@
+//! Configuration of the Kafka sink.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use flumen_core::prelude::*;
+use flumen_sources::kafka::KafkaSecurity;
+
+use super::sink::KafkaSink;
+
+/// Writes rows to a Kafka topic, one message per row.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers: `host:port`, comma-separated for several.
+    pub brokers: String,
+
+    /// The topic written to.
+    pub topic: String,
+
+    /// Column whose value (as text) is each message's key; messages with
+    /// the same key go to the same partition. Default: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+
+    /// How a row becomes a message value: `json` (an object, default),
+    /// `avro` (a datum of `avro.schema_file`), `string` or `bytes` (the
+    /// single column named by `value_column`).
+    #[serde(default)]
+    pub format: KafkaValueFormat,
+
+    /// The column written as the value with `format: string` or `bytes`.
+    #[serde(default)]
+    pub value_column: Option<String>,
+
+    /// Avro options.
+    #[serde(default)]
+    pub avro: Option<AvroWriteOptions>,
+
+    /// Message headers: header name to the column giving its value.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+
+    /// `exactly_once`: each checkpoint's messages are written in a Kafka
+    /// transaction committed with the checkpoint (readers must use
+    /// `isolation.level: read_committed`). `at_least_once` (default): an
+    /// idempotent producer, flushed at every checkpoint; a crash can
+    /// write rows since the last checkpoint again.
+    #[serde(default)]
+    pub delivery: Delivery,
+
+    /// Prefix of the transactional ids (`<prefix>-<instance>-<slot>`),
+    /// unique per pipeline. Default: `flumen-<topic>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+
+    /// `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// How long the producer waits to fill a batch before sending.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub linger: Duration,
+
+    /// TLS and SASL settings.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+
+    /// Any other librdkafka producer property, passed through
+    /// (`batch.size: "1000000"`). These win over Flumen's own.
+    #[serde(default)]
+    pub properties: IndexMap<String, String>,
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+
+/// How rows are encoded as message values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaValueFormat {
+    /// One JSON object per row.
+    #[default]
+    Json,
+    /// One Avro datum per row.
+    Avro,
+    /// A text column's value.
+    String,
+    /// A binary column's value.
+    Bytes,
+}
+
+/// Avro encoding.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AvroWriteOptions {
+    /// The Avro record schema to write (`.avsc`); its fields are taken
+    /// from the columns of the same names.
+    pub schema_file: PathBuf,
+}
+
+/// The delivery guarantee of the Kafka sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Idempotent producer, flushed at checkpoints.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions committed with checkpoints.
+    ExactlyOnce,
+}
+
+/// Compression of produced batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    pub(super) fn codec(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Writes JSON rows to `topic` at `brokers`, at least once.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        KafkaSinkConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            key: None,
+            format: KafkaValueFormat::Json,
+            value_column: None,
+            avro: None,
+            headers: IndexMap::new(),
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: None,
+            compression: Compression::default(),
+            linger: default_linger(),
+            security: KafkaSecurity::default(),
+            properties: IndexMap::new(),
+        }
+    }
+
+    /// Keys messages by `column`.
+    pub fn with_key(mut self, column: impl Into<String>) -> Self {
+        self.key = Some(column.into());
+        self
+    }
+
+    /// Writes in Kafka transactions committed with checkpoints.
+    pub fn exactly_once(mut self) -> Self {
+        self.delivery = Delivery::ExactlyOnce;
+        self
+    }
+
+    /// Sets a librdkafka property.
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Checks the settings and returns the sink.
+    pub fn build(&self) -> Result<KafkaSink> {
+        if self.topic.trim().is_empty() {
+            return Err(Error::config("topic", "is empty; name the topic to write"));
+        }
+        // Fail on a bad property now rather than at the first write.
+        self.client_config()?;
+        KafkaSink::new(self.clone())
+    }
+
+    pub(super) fn client_config(&self) -> Result<rdkafka::ClientConfig> {
+        let mut client =
+            flumen_sources::kafka::client_config(&self.brokers, &self.security, &IndexMap::new())?;
+        client
+            .set("enable.idempotence", "true")
+            .set("compression.codec", self.compression.codec())
+            .set("linger.ms", self.linger.as_millis().to_string());
+        for (key, value) in &self.properties {
+            client.set(key, value);
+        }
+        client
+            .create_native_config()
+            .map_err(flumen_sources::kafka::kafka_error)?;
+        Ok(client)
+    }
+}

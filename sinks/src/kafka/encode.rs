@@ -1,0 +1,183 @@
+//! Rows to message keys, values and headers.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+
+use flumen_core::prelude::*;
+
+use super::config::{KafkaSinkConfig, KafkaValueFormat};
+
+/// The messages of one batch.
+pub(super) struct Messages {
+    values: Vec<u8>,
+    /// Where each row's value ends in `values`.
+    ends: Vec<usize>,
+    keys: Option<StringArray>,
+    headers: Vec<(String, StringArray)>,
+}
+
+impl Messages {
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn value(&self, row: usize) -> &[u8] {
+        let start = if row == 0 { 0 } else { self.ends[row - 1] };
+        &self.values[start..self.ends[row]]
+    }
+
+    pub(super) fn key(&self, row: usize) -> Option<&str> {
+        self.keys
+            .as_ref()
+            .and_then(|keys| keys.is_valid(row).then(|| keys.value(row)))
+    }
+
+    pub(super) fn headers(&self, row: usize) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.headers.iter().map(move |(name, values)| {
+            (
+                name.as_str(),
+                values.is_valid(row).then(|| values.value(row)),
+            )
+        })
+    }
+}
+
+/// Encodes batches of one schema.
+pub(super) struct RowEncoder {
+    format: KafkaValueFormat,
+    value_column: Option<usize>,
+    avro: Option<Arc<apache_avro::Schema>>,
+    key: Option<usize>,
+    headers: Vec<(String, usize)>,
+}
+
+impl RowEncoder {
+    pub(super) fn new(config: &KafkaSinkConfig, schema: &SchemaRef) -> Result<Self> {
+        let column = |key: &str, name: &str| {
+            schema.index_of(name).map_err(|_| {
+                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                Error::config(
+                    key,
+                    format!(
+                        "column `{name}` does not exist; columns: {}",
+                        names.join(", ")
+                    ),
+                )
+            })
+        };
+        let key = config
+            .key
+            .as_deref()
+            .map(|k| column("key", k))
+            .transpose()?;
+        let headers = config
+            .headers
+            .iter()
+            .map(|(header, name)| Ok((header.clone(), column(&format!("headers.{header}"), name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let value_column = match config.format {
+            KafkaValueFormat::String | KafkaValueFormat::Bytes => {
+                let name = config.value_column.as_deref().ok_or_else(|| {
+                    Error::config("value_column", "names the column written as the value; required with format string or bytes")
+                })?;
+                Some(column("value_column", name)?)
+            }
+            _ => None,
+        };
+        let avro = match config.format {
+            KafkaValueFormat::Avro => {
+                let options = config.avro.as_ref().ok_or_else(|| {
+                    Error::config("avro.schema_file", "format avro needs a schema file")
+                })?;
+                let text = std::fs::read_to_string(&options.schema_file).map_err(|e| {
+                    Error::config(
+                        "avro.schema_file",
+                        format!("cannot read `{}`: {e}", options.schema_file.display()),
+                    )
+                })?;
+                Some(Arc::new(apache_avro::Schema::parse_str(&text).map_err(
+                    |e| Error::config("avro.schema_file", format!("not an Avro schema: {e}")),
+                )?))
+            }
+            _ => None,
+        };
+        Ok(RowEncoder {
+            format: config.format,
+            value_column,
+            avro,
+            key,
+            headers,
+        })
+    }
+
+    pub(super) fn encode(&self, batch: &RecordBatch) -> Result<Messages> {
+        let as_text = |index: usize| -> Result<StringArray> {
+            let column = arrow::compute::cast(batch.column(index), &DataType::Utf8)?;
+            Ok(column.as_string::<i32>().clone())
+        };
+        let keys = self.key.map(as_text).transpose()?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, index)| Ok((name.clone(), as_text(*index)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut values = Vec::new();
+        let mut ends = Vec::with_capacity(batch.num_rows());
+        match self.format {
+            KafkaValueFormat::Json => {
+                json_lines(batch, &mut values)?;
+                // One line per row: newlines inside values are escaped.
+                let mut text = Vec::with_capacity(values.len());
+                for line in values.split(|b| *b == b'\n').take(batch.num_rows()) {
+                    text.extend_from_slice(line);
+                    ends.push(text.len());
+                }
+                values = text;
+            }
+            KafkaValueFormat::Avro => {
+                let schema = self.avro.as_ref().expect("set for avro");
+                let mut lines = Vec::new();
+                json_lines(batch, &mut lines)?;
+                for line in lines.split(|b| *b == b'\n').take(batch.num_rows()) {
+                    let json: serde_json::Value = serde_json::from_slice(line)
+                        .map_err(|e| Error::internal(format!("row JSON: {e}")))?;
+                    let value = apache_avro::types::Value::from(json)
+                        .resolve(schema)
+                        .map_err(|e| {
+                            Error::Data(format!("row does not fit the Avro schema: {e}"))
+                        })?;
+                    let datum = apache_avro::to_avro_datum(schema, value)
+                        .map_err(|e| Error::Data(format!("cannot encode the row as Avro: {e}")))?;
+                    values.extend_from_slice(&datum);
+                    ends.push(values.len());
+                }
+            }
+            KafkaValueFormat::String | KafkaValueFormat::Bytes => {
+                let column = batch.column(self.value_column.expect("set for string and bytes"));
+                let binary = arrow::compute::cast(column, &DataType::Binary)?;
+                let binary = binary.as_binary::<i32>();
+                for row in 0..binary.len() {
+                    if binary.is_valid(row) {
+                        values.extend_from_slice(binary.value(row));
+                    }
+                    ends.push(values.len());
+                }
+            }
+        }
+        Ok(Messages {
+            values,
+            ends,
+            keys,
+            headers,
+        })
+    }
+}
+
+fn json_lines(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    let mut writer = arrow::json::LineDelimitedWriter::new(out);
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(())
+}

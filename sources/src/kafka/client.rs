@@ -1,0 +1,161 @@
+//! Connection settings shared by the Kafka source and sink.
+
+use indexmap::IndexMap;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::{ClientContext, error::KafkaError};
+use serde::Deserialize;
+
+use flumen_core::prelude::*;
+
+/// How to reach and authenticate to a Kafka cluster. Secrets are best
+/// given as `${VAR}`, read from the environment when the pipeline loads.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub protocol: Option<SecurityProtocol>,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or
+    /// `OAUTHBEARER`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// SASL password, e.g. `${KAFKA_PASSWORD}`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file of the certificate authorities to trust (TLS).
+    #[serde(default)]
+    pub ca_location: Option<String>,
+    /// PEM file of the client certificate (mutual TLS).
+    #[serde(default)]
+    pub certificate_location: Option<String>,
+    /// PEM file of the client's private key (mutual TLS).
+    #[serde(default)]
+    pub key_location: Option<String>,
+    /// Password of the private key, e.g. `${KAFKA_KEY_PASSWORD}`.
+    #[serde(default)]
+    pub key_password: Option<String>,
+}
+
+/// The transport and authentication of a Kafka connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication.
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL authentication without TLS.
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+/// The librdkafka settings for `brokers`, `security` and the user's extra
+/// `properties` (which win, so any librdkafka setting can be reached).
+pub fn client_config(
+    brokers: &str,
+    security: &KafkaSecurity,
+    properties: &IndexMap<String, String>,
+) -> Result<ClientConfig> {
+    if brokers.trim().is_empty() {
+        return Err(Error::config(
+            "brokers",
+            "is empty; expected `host:port` (comma-separated for several)",
+        ));
+    }
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    // librdkafka's own debug output (`properties: { debug: cgrp }`) shows
+    // with RUST_LOG=flumen::kafka=debug.
+    let level = if tracing::enabled!(target: "flumen::kafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    };
+    config.set_log_level(level);
+    if let Some(protocol) = security.protocol {
+        let name = match protocol {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        };
+        config.set("security.protocol", name);
+    }
+    let settings = [
+        ("sasl.mechanism", &security.sasl_mechanism),
+        ("sasl.username", &security.username),
+        ("sasl.password", &security.password),
+        ("ssl.ca.location", &security.ca_location),
+        ("ssl.certificate.location", &security.certificate_location),
+        ("ssl.key.location", &security.key_location),
+        ("ssl.key.password", &security.key_password),
+    ];
+    for (key, value) in settings {
+        if let Some(value) = value {
+            config.set(key, value);
+        }
+    }
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    // librdkafka checks every name and value here, without connecting:
+    // a bad property fails when the pipeline is built, naming it.
+    config.create_native_config().map_err(kafka_error)?;
+    Ok(config)
+}
+
+/// A librdkafka error as a Flumen error: retryable unless librdkafka says
+/// it is fatal or the request was invalid.
+pub fn kafka_error(error: KafkaError) -> Error {
+    if let KafkaError::ClientConfig(_, description, key, value) = &error {
+        return Error::config(
+            "properties",
+            format!("librdkafka refused `{key}: {value}`: {description}"),
+        );
+    }
+    let retryable = match &error {
+        KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => false,
+        other => other.rdkafka_error_code().is_none_or(|code| {
+            !matches!(
+                code,
+                rdkafka::types::RDKafkaErrorCode::Fatal
+                    | rdkafka::types::RDKafkaErrorCode::InvalidArgument
+                    | rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+                    | rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed
+                    | rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed
+            )
+        }),
+    };
+    Error::connector("kafka", retryable, error)
+}
+
+/// librdkafka's log and error callbacks, into `tracing`.
+#[derive(Debug, Default, Clone)]
+pub struct LoggingContext;
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "flumen::kafka", %error, reason, "kafka client error");
+    }
+}
+
+pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "flumen::kafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "flumen::kafka", facility, "{message}"),
+        _ => tracing::debug!(target: "flumen::kafka", facility, "{message}"),
+    }
+}

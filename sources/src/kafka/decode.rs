@@ -1,0 +1,430 @@
+//! Turning message values into Arrow columns, vectorized where the format
+//! allows: a chunk of JSON or CSV messages is decoded in one pass, and only
+//! when that fails is it decoded message by message to find the bad ones.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, BinaryArray, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use flumen_core::prelude::*;
+
+use super::client::{self, kafka_error};
+use super::config::{KafkaFormat, KafkaSourceConfig};
+
+/// The longest piece of a rejected message kept in its dead-letter record.
+const MAX_REJECTED_BYTES: usize = 64 << 10;
+
+/// A resolved value format.
+#[derive(Debug, Clone)]
+pub(crate) enum Format {
+    Json,
+    Csv {
+        delimiter: u8,
+    },
+    Avro {
+        schema: Arc<apache_avro::Schema>,
+        confluent_header: bool,
+    },
+    String,
+    Bytes,
+}
+
+impl Format {
+    pub(crate) fn from_config(config: &KafkaSourceConfig) -> Result<Format> {
+        Ok(match config.format {
+            KafkaFormat::Json => Format::Json,
+            KafkaFormat::Csv => Format::Csv {
+                delimiter: config.csv.delimiter as u8,
+            },
+            KafkaFormat::String => Format::String,
+            KafkaFormat::Bytes => Format::Bytes,
+            KafkaFormat::Avro => {
+                let options = config.avro.as_ref().ok_or_else(|| {
+                    Error::config(
+                        "avro.schema_file",
+                        "format avro needs the writer's schema file",
+                    )
+                })?;
+                let text = std::fs::read_to_string(&options.schema_file).map_err(|e| {
+                    Error::config(
+                        "avro.schema_file",
+                        format!("cannot read `{}`: {e}", options.schema_file.display()),
+                    )
+                })?;
+                let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
+                    Error::config(
+                        "avro.schema_file",
+                        format!(
+                            "`{}` is not an Avro schema: {e}",
+                            options.schema_file.display()
+                        ),
+                    )
+                })?;
+                Format::Avro {
+                    schema: Arc::new(schema),
+                    confluent_header: options.confluent_header,
+                }
+            }
+        })
+    }
+}
+
+/// A batch of message values to decode: the payloads laid end to end,
+/// each followed by a newline (so that JSON and CSV decode in one pass).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Payloads {
+    pub(crate) bytes: Vec<u8>,
+    /// Where each payload ends in `bytes` (before its newline).
+    pub(crate) ends: Vec<usize>,
+}
+
+impl Payloads {
+    pub(crate) fn push(&mut self, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+        self.ends.push(self.bytes.len());
+        self.bytes.push(b'\n');
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn get(&self, index: usize) -> &[u8] {
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] + 1
+        };
+        &self.bytes[start..self.ends[index]]
+    }
+}
+
+/// What decoding a chunk gave: the rows of the messages that decoded (in
+/// order, one row each), which messages those were, and why the others
+/// failed.
+pub(crate) struct Decoded {
+    pub(crate) batch: RecordBatch,
+    /// `None`: every message decoded.
+    pub(crate) kept: Option<Vec<usize>>,
+    pub(crate) failed: Vec<(usize, String)>,
+}
+
+/// Decodes values in one format into batches of one schema.
+pub(crate) struct ValueDecoder {
+    format: Format,
+    schema: SchemaRef,
+}
+
+impl ValueDecoder {
+    pub(crate) fn new(format: Format, schema: SchemaRef) -> Self {
+        ValueDecoder { format, schema }
+    }
+
+    pub(crate) fn decode(&self, payloads: &Payloads) -> Result<Decoded> {
+        match &self.format {
+            Format::Json | Format::Csv { .. } => {
+                if let Ok(batch) = self.decode_lines(&payloads.bytes, payloads.len())
+                    && batch.num_rows() == payloads.len()
+                {
+                    return Ok(Decoded {
+                        batch,
+                        kept: None,
+                        failed: Vec::new(),
+                    });
+                }
+                self.one_by_one(payloads, |index| {
+                    let payload = payloads.get(index);
+                    let mut line = Vec::with_capacity(payload.len() + 1);
+                    line.extend_from_slice(payload);
+                    line.push(b'\n');
+                    Ok(line)
+                })
+            }
+            Format::Avro {
+                schema,
+                confluent_header,
+            } => self.one_by_one(payloads, |index| {
+                avro_to_json_line(schema, payloads.get(index), *confluent_header)
+            }),
+            Format::String => {
+                let mut kept = Vec::with_capacity(payloads.len());
+                let mut failed = Vec::new();
+                for index in 0..payloads.len() {
+                    match std::str::from_utf8(payloads.get(index)) {
+                        Ok(_) => kept.push(index),
+                        Err(e) => failed.push((index, format!("value is not UTF-8: {e}"))),
+                    }
+                }
+                let values = StringArray::from_iter_values(
+                    kept.iter()
+                        .map(|i| std::str::from_utf8(payloads.get(*i)).expect("checked above")),
+                );
+                let kept = (!failed.is_empty()).then_some(kept);
+                self.single_column(Arc::new(values), kept, failed)
+            }
+            Format::Bytes => {
+                let values =
+                    BinaryArray::from_iter_values((0..payloads.len()).map(|i| payloads.get(i)));
+                self.single_column(Arc::new(values), None, Vec::new())
+            }
+        }
+    }
+
+    fn single_column(
+        &self,
+        values: ArrayRef,
+        kept: Option<Vec<usize>>,
+        failed: Vec<(usize, String)>,
+    ) -> Result<Decoded> {
+        let values = arrow::compute::cast(&values, self.schema.field(0).data_type())?;
+        let batch = RecordBatch::try_new(self.schema.clone(), vec![values])?;
+        Ok(Decoded {
+            batch,
+            kept,
+            failed,
+        })
+    }
+
+    /// Decodes newline-separated JSON or CSV records in one pass, expecting
+    /// `rows` of them. Room is left for one more, so that a message holding
+    /// two records shows as a row too many rather than passing unseen.
+    fn decode_lines(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch> {
+        let batch_size = rows + 1;
+        let batch = match self.format {
+            Format::Csv { delimiter } => {
+                let mut decoder = arrow::csv::ReaderBuilder::new(self.schema.clone())
+                    .with_batch_size(batch_size)
+                    .with_header(false)
+                    .with_delimiter(delimiter)
+                    .build_decoder();
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let used = decoder.decode(rest)?;
+                    if used == 0 {
+                        break;
+                    }
+                    rest = &rest[used..];
+                }
+                decoder.flush()?
+            }
+            _ => {
+                let mut decoder = arrow::json::ReaderBuilder::new(self.schema.clone())
+                    .with_batch_size(batch_size)
+                    .build_decoder()?;
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let used = decoder.decode(rest)?;
+                    if used == 0 {
+                        break;
+                    }
+                    rest = &rest[used..];
+                }
+                decoder.flush()?
+            }
+        };
+        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())))
+    }
+
+    /// Decodes each message alone (as a text line `line_of` gives), so that
+    /// a bad one is rejected and the rest kept.
+    fn one_by_one(
+        &self,
+        payloads: &Payloads,
+        line_of: impl Fn(usize) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Decoded> {
+        let mut kept = Vec::with_capacity(payloads.len());
+        let mut failed = Vec::new();
+        let mut lines = Vec::new();
+        for index in 0..payloads.len() {
+            let line = match line_of(index) {
+                Ok(line) => line,
+                Err(error) => {
+                    failed.push((index, error));
+                    continue;
+                }
+            };
+            match self.decode_lines(&line, 1) {
+                Ok(batch) if batch.num_rows() == 1 => {
+                    kept.push(index);
+                    lines.extend_from_slice(&line);
+                }
+                Ok(batch) => failed.push((
+                    index,
+                    format!(
+                        "expected one record per message, found {}",
+                        batch.num_rows()
+                    ),
+                )),
+                Err(error) => failed.push((index, error.to_string())),
+            }
+        }
+        // The good ones, decoded together (each is known to decode alone).
+        let batch = self.decode_lines(&lines, kept.len())?;
+        let kept = (!failed.is_empty()).then_some(kept);
+        Ok(Decoded {
+            batch,
+            kept,
+            failed,
+        })
+    }
+}
+
+/// A payload as shown in a dead-letter record: text where it is text.
+pub(crate) fn shown(payload: &[u8]) -> String {
+    let shown = &payload[..payload.len().min(MAX_REJECTED_BYTES)];
+    String::from_utf8_lossy(shown).into_owned()
+}
+
+/// One Avro datum as a JSON line.
+fn avro_to_json_line(
+    schema: &apache_avro::Schema,
+    payload: &[u8],
+    confluent_header: bool,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut datum = payload;
+    if confluent_header {
+        if datum.len() < 5 || datum[0] != 0 {
+            return Err("missing the Confluent header (a zero byte and a schema id)".into());
+        }
+        datum = &datum[5..];
+    }
+    let value = apache_avro::from_avro_datum(schema, &mut datum, None)
+        .map_err(|e| format!("not an Avro datum of the schema: {e}"))?;
+    let json = serde_json::Value::try_from(value).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The Arrow columns of an Avro record schema's fields.
+pub(crate) fn avro_to_arrow(schema: &apache_avro::Schema) -> Result<SchemaRef> {
+    use apache_avro::Schema as Avro;
+    let apache_avro::Schema::Record(record) = schema else {
+        return Err(Error::config(
+            "avro.schema_file",
+            "the Avro schema must be a record; declare `schema` for other shapes",
+        ));
+    };
+    let mut fields = Vec::new();
+    for field in &record.fields {
+        let (inner, nullable) = match &field.schema {
+            Avro::Union(union) if union.is_nullable() => {
+                let others: Vec<_> = union
+                    .variants()
+                    .iter()
+                    .filter(|v| **v != Avro::Null)
+                    .collect();
+                match others.as_slice() {
+                    [one] => (*one, true),
+                    _ => (&field.schema, true),
+                }
+            }
+            other => (other, false),
+        };
+        let data_type = match inner {
+            Avro::Boolean => DataType::Boolean,
+            Avro::Int => DataType::Int32,
+            Avro::Long => DataType::Int64,
+            Avro::Float => DataType::Float32,
+            Avro::Double => DataType::Float64,
+            Avro::String | Avro::Enum(_) | Avro::Uuid => DataType::Utf8,
+            Avro::Bytes => DataType::Binary,
+            Avro::Date => DataType::Date32,
+            Avro::TimestampMillis | Avro::LocalTimestampMillis => {
+                DataType::Timestamp(TimeUnit::Millisecond, None)
+            }
+            Avro::TimestampMicros | Avro::LocalTimestampMicros => {
+                DataType::Timestamp(TimeUnit::Microsecond, None)
+            }
+            other => {
+                return Err(Error::config(
+                    "schema",
+                    format!(
+                        "Avro field `{}` has type {other:?}, which is not mapped to a column automatically; declare `schema`",
+                        field.name
+                    ),
+                ));
+            }
+        };
+        fields.push(Field::new(&field.name, data_type, nullable));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The schema of the `string` and `bytes` formats.
+pub(crate) fn value_schema(data_type: DataType) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("value", data_type, true)]))
+}
+
+/// Infers the columns of JSON values from a sample read from the start of
+/// every partition of the topics (outside the group: nothing is committed).
+pub(crate) fn infer_schema(config: &KafkaSourceConfig, format: &Format) -> Result<SchemaRef> {
+    if !matches!(format, Format::Json) {
+        return Err(Error::config(
+            "schema",
+            "is required for CSV messages (they carry no column names)",
+        ));
+    }
+    if config.topics.iter().any(|t| t.starts_with('^')) {
+        return Err(Error::config(
+            "schema",
+            "cannot be inferred for topic patterns; declare it",
+        ));
+    }
+    let mut client = client::client_config(&config.brokers, &config.security, &config.properties)?;
+    client
+        .set("group.id", format!("{}-schema-sample", config.group))
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = client.create().map_err(kafka_error)?;
+    let timeout = Duration::from_secs(10);
+    let mut assignment = TopicPartitionList::new();
+    for topic in &config.topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(kafka_error)?;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .map_err(kafka_error)?;
+        }
+    }
+    consumer.assign(&assignment).map_err(kafka_error)?;
+    let mut sample = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut taken = 0;
+    while taken < config.sample_size && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                if let Some(payload) = message.payload() {
+                    sample.extend_from_slice(payload);
+                    sample.push(b'\n');
+                    taken += 1;
+                }
+            }
+            Some(Err(error)) => return Err(kafka_error(error)),
+            None if taken > 0 => break,
+            None => {}
+        }
+    }
+    if taken == 0 {
+        return Err(Error::config(
+            "schema",
+            format!(
+                "no messages in {} to infer a schema from; declare it",
+                config.topics.join(", ")
+            ),
+        ));
+    }
+    let (schema, _) =
+        arrow::json::reader::infer_json_schema(&sample[..], Some(taken)).map_err(|e| {
+            Error::config(
+                "schema",
+                format!("could not infer it from a sample: {e}; declare it"),
+            )
+        })?;
+    Ok(Arc::new(schema))
+}

@@ -1,0 +1,24 @@
+//! The Kafka source: each instance is a consumer group member; processes
+//! that share a group share the topics' partitions.
+//!
+//! Read positions are per-partition offsets recorded in checkpoints; they
+//! are committed to the group only once a checkpoint is complete, and a
+//! rebalance that takes partitions away first waits for a checkpoint that
+//! covers everything read from them.
+
+mod client;
+mod config;
+mod consumer;
+mod decode;
+mod source;
+#[cfg(test)]
+mod tests;
+
+pub use self::client::{KafkaSecurity, LoggingContext, SecurityProtocol};
+pub use self::config::{
+    AvroOptions, KafkaFormat, KafkaSourceConfig, MetadataColumns, StartFrom, StopAt,
+};
+pub use self::source::KafkaSource;
+
+#[doc(hidden)]
+pub use self::client::{client_config, kafka_error};
