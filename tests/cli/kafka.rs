@@ -379,15 +379,44 @@ fn chrono_millis(text: &str) -> i64 {
         .timestamp_millis()
 }
 
+/// Starts `flumen run FILE` with JSON logs on stderr. A run still going
+/// after three minutes is killed, so that a stuck consumer group fails the
+/// test instead of hanging it.
 fn spawn(file: &Path) -> Child {
-    flumen()
+    let child = flumen()
         .args(["run", "--progress", "off", "--log-format", "json"])
         .arg(file)
         .env("RUST_LOG", "info,flumen_sources::kafka=debug")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    kill_after(&child, Duration::from_secs(180));
+    child
+}
+
+/// `flumen run FILE` to its end (or killed after five minutes), with its
+/// output.
+fn run_to_end(file: &Path) -> std::process::Output {
+    let child = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(file)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    kill_after(&child, Duration::from_secs(300));
+    child.wait_with_output().unwrap()
+}
+
+/// Kills `child` after `limit`, unless it has ended by then.
+fn kill_after(child: &Child, limit: Duration) {
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // Harmless if the run has ended.
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    });
 }
 
 #[test]
@@ -400,11 +429,7 @@ fn a_million_events_round_trip_as_datafusion_answers() {
     produce_events(&brokers, &topic, 4, 1_000_000, 10_000, events);
     assert_eq!(topic_size(&brokers, &topic), 1_000_000);
     let file = pipeline(dir.path(), "out", &topic, &unique("group"), &brokers);
-    let output = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = run_to_end(&file);
     assert!(
         output.status.success(),
         "{}",
@@ -513,11 +538,7 @@ fn sigkilled_five_times_the_output_is_exactly_once() {
             "run {kill} finished before it was killed"
         );
     }
-    let output = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = run_to_end(&file);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("restoring from checkpoint"), "{log}");
@@ -641,11 +662,7 @@ fn two_processes_share_a_group_and_the_survivors_take_over_a_killed_one() {
     // A restarts, as a supervisor would restart it: recovery publishes
     // what its last checkpoint staged (the group's offsets already count
     // it as done), and it finds nothing left to read.
-    let restarted = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&files[0])
-        .output()
-        .unwrap();
+    let restarted = run_to_end(&files[0]);
     let log = String::from_utf8_lossy(&restarted.stderr);
     if let Ok(path) = std::env::var("KAFKA_TEST_LOGS") {
         std::fs::write(format!("{path}.restart"), log.as_bytes()).unwrap();
@@ -821,11 +838,7 @@ fn malformed_messages_reach_the_dead_letters_with_their_offsets() {
         1000,
     );
     let file = pipeline(dir.path(), "out", &topic, &unique("group"), &brokers);
-    let output = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = run_to_end(&file);
     assert!(
         output.status.success(),
         "{}",

@@ -1,6 +1,6 @@
 //! The checkpoint coordinator: triggers barriers at the sources, gathers
-//! what every instance recorded, writes the checkpoint, and tells the sinks
-//! to commit.
+//! what every instance recorded, writes the checkpoint, lets the sources
+//! report it upstream, and then tells the sinks to commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -240,7 +240,8 @@ impl Coordinator {
     }
 
     /// Writes the checkpoint in flight once every instance has answered
-    /// (or ended), then sends the commits.
+    /// (or ended), then tells the sources it is complete; the sinks commit
+    /// once every source has reported it ([`Coordinator::commit_if_reported`]).
     async fn complete_if_ready(&mut self) -> Result<()> {
         let ready = match &self.in_flight {
             Some((_, acks)) => self

@@ -194,38 +194,29 @@ impl ValueDecoder {
     /// two records shows as a row too many rather than passing unseen.
     fn decode_lines(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch> {
         let batch_size = rows + 1;
-        let batch = match self.format {
-            Format::Csv { delimiter } => {
-                let mut decoder = arrow::csv::ReaderBuilder::new(self.schema.clone())
+        let mut decoder = match self.format {
+            Format::Csv { delimiter } => LineDecoder::Csv(Box::new(
+                arrow::csv::ReaderBuilder::new(self.schema.clone())
                     .with_batch_size(batch_size)
                     .with_header(false)
                     .with_delimiter(delimiter)
-                    .build_decoder();
-                let mut rest = bytes;
-                while !rest.is_empty() {
-                    let used = decoder.decode(rest)?;
-                    if used == 0 {
-                        break;
-                    }
-                    rest = &rest[used..];
-                }
-                decoder.flush()?
-            }
-            _ => {
-                let mut decoder = arrow::json::ReaderBuilder::new(self.schema.clone())
+                    .build_decoder(),
+            )),
+            _ => LineDecoder::Json(
+                arrow::json::ReaderBuilder::new(self.schema.clone())
                     .with_batch_size(batch_size)
-                    .build_decoder()?;
-                let mut rest = bytes;
-                while !rest.is_empty() {
-                    let used = decoder.decode(rest)?;
-                    if used == 0 {
-                        break;
-                    }
-                    rest = &rest[used..];
-                }
-                decoder.flush()?
-            }
+                    .build_decoder()?,
+            ),
         };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let used = decoder.decode(rest)?;
+            if used == 0 {
+                break;
+            }
+            rest = &rest[used..];
+        }
+        let batch = decoder.flush()?;
         Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())))
     }
 
@@ -270,6 +261,30 @@ impl ValueDecoder {
             kept,
             failed,
         })
+    }
+}
+
+/// Arrow's incremental decoders for the formats with one record per line.
+enum LineDecoder {
+    Json(arrow::json::reader::Decoder),
+    Csv(Box<arrow::csv::reader::Decoder>),
+}
+
+impl LineDecoder {
+    /// Decodes from `buf`; returns how many bytes were used (0 once the
+    /// batch is full).
+    fn decode(&mut self, buf: &[u8]) -> std::result::Result<usize, arrow::error::ArrowError> {
+        match self {
+            LineDecoder::Json(d) => d.decode(buf),
+            LineDecoder::Csv(d) => d.decode(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::result::Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        match self {
+            LineDecoder::Json(d) => d.flush(),
+            LineDecoder::Csv(d) => d.flush(),
+        }
     }
 }
 
