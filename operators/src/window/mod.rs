@@ -49,7 +49,7 @@ pub enum WindowKind {
         #[schemars(with = "String")]
         slide: Duration,
     },
-    /// Per key, a window that lasts while events come less than `gap` apart:
+    /// Per key, a window that lasts while events come at most `gap` apart:
     /// `session: { gap: 30s }`.
     Session {
         /// The silence that ends a session.

@@ -1,5 +1,5 @@
-//! Session windows: per key, a session lasts while events keep coming less
-//! than `gap` apart.
+//! Session windows: per key, a session lasts while events keep coming at most
+//! `gap` apart.
 //!
 //! Sessions merge as events arrive, including a late event that bridges
 //! two sessions of its key. The rows of open sessions are kept; when the
@@ -100,11 +100,11 @@ impl SessionWindows {
             let time = times.value(row);
             let key = keys.row(row);
             let late = times.is_null(row)
-                || time.saturating_add(gap).saturating_add(lateness) <= watermark
+                || time.saturating_add(gap).saturating_add(lateness) < watermark
                 || self
                     .emitted_until
                     .get(key.as_ref())
-                    .is_some_and(|until| time < *until);
+                    .is_some_and(|until| time <= *until);
             on_time.push(!late);
             if !late {
                 let sessions = self.sessions.entry(Box::from(key.as_ref())).or_default();
@@ -125,8 +125,11 @@ impl SessionWindows {
             .transpose()?)
     }
 
+    /// A session is closed once the watermark has passed its end: an event
+    /// at exactly its end (the watermark's own time may still come) would
+    /// join it.
     fn closed(&self, session: &Session) -> bool {
-        session.1.saturating_add(self.spec.lateness) <= self.watermark
+        session.1.saturating_add(self.spec.lateness) < self.watermark
     }
 
     /// Notes the watermark and emits the sessions it closes.
@@ -140,7 +143,7 @@ impl SessionWindows {
         for (key, sessions) in self.sessions.iter_mut() {
             let (done, open): (Vec<Session>, Vec<Session>) = sessions
                 .iter()
-                .partition(|s| s.1.saturating_add(self.spec.lateness) <= self.watermark);
+                .partition(|s| s.1.saturating_add(self.spec.lateness) < self.watermark);
             if !done.is_empty() {
                 let until = done.iter().map(|s| s.1).max().expect("non-empty");
                 let entry = self.emitted_until.entry(key.clone()).or_insert(until);
