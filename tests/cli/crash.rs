@@ -13,10 +13,10 @@ const EVENTS: u64 = 1_000_000;
 
 /// A small xorshift generator: the seed is printed, so a failure can be
 /// replayed with `CRASH_SEED`.
-struct Random(u64);
+pub(super) struct Random(u64);
 
 impl Random {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let seed = std::env::var("CRASH_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -31,7 +31,7 @@ impl Random {
         Random(seed)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -103,11 +103,14 @@ sinks:
     path
 }
 
-/// Every committed line under `dir`, sorted; staging files are hidden
-/// (`.`-prefixed) and so not read.
-fn committed(dir: &Path) -> Vec<String> {
+/// Every committed line under `dir` (none if it does not exist), sorted;
+/// staging files are hidden (`.`-prefixed) and so not read.
+pub(super) fn committed(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return lines;
+    };
+    for entry in entries {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with('.') {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
+use super::crash::{Random, committed};
 use super::flumen;
 
 fn brokers() -> String {
@@ -257,24 +258,6 @@ sinks:
     path
 }
 
-/// Every committed line of the files in `dir` (staging files, which start
-/// with `.`, are not output yet).
-fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return lines;
-    };
-    for entry in entries {
-        let entry = entry.unwrap();
-        if !entry.file_name().to_string_lossy().starts_with('.') {
-            let text = std::fs::read_to_string(entry.path()).unwrap();
-            lines.extend(text.lines().map(String::from));
-        }
-    }
-    lines.sort();
-    lines
-}
-
 fn ids(rows: &[String]) -> Vec<u64> {
     let mut ids: Vec<u64> = rows
         .iter()
@@ -448,34 +431,6 @@ fn a_million_events_round_trip_as_datafusion_answers() {
     assert_eq!(windows(&committed(&out.join("windows"))), expected_windows);
 }
 
-/// A small xorshift generator; the seed is printed so that a failure can
-/// be replayed with `CRASH_SEED`.
-struct Random(u64);
-
-impl Random {
-    fn new() -> Self {
-        let seed = std::env::var("CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("kafka crash test seed: CRASH_SEED={seed}");
-        Random(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Reads a run's JSON log lines as they come, handing each to `on_line`
 /// until it returns true; the rest is drained in the background and
 /// returned by the handle.
@@ -628,13 +583,13 @@ fn two_processes_share_a_group_and_the_survivors_take_over_a_killed_one() {
     );
     let a_log = a_log.join().unwrap();
 
-    // Once A's session has expired, a third member joins. (With Kafka the
-    // expiry alone moves A's partitions to B; tansu 0.6 starts no new
-    // group generation when a session expires, only when a member joins.)
-    std::thread::sleep(Duration::from_secs(7));
-    let mut c = spawn(&files[2]);
+    // Once A's session has expired the group rebalances (B hands its
+    // partitions back), and then a third member joins. (With Kafka that
+    // rebalance alone moves A's partitions to B; tansu 0.6 hands each
+    // member its old assignment again until a new member joins.)
     let mut b = b.expect("B started");
-    let b_log = follow(&mut b, |_| false);
+    let b_log = follow(&mut b, |log| message(log) == "partitions released");
+    let mut c = spawn(&files[2]);
     let c_log = follow(&mut c, |_| false);
     let (b_log, c_log) = (b_log.join().unwrap(), c_log.join().unwrap());
     assert!(b.wait().unwrap().success(), "B failed: {b_log:?}");

@@ -2,7 +2,6 @@
 //! librdkafka's mock cluster.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{AsArray, Int64Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
@@ -192,5 +191,4 @@ fn a_checkpoint_counts_as_reported_only_if_the_group_shows_it() {
     commit(300, &theirs);
     assert!(!reported(5, 150));
     assert!(reported(4, 100));
-    std::thread::sleep(Duration::from_millis(10));
 }
