@@ -83,12 +83,16 @@ impl GroupContext {
         }
     }
 
+    /// The shared name of topic `name`. Called for every message, so it
+    /// allocates only the first time a topic is seen.
     pub(crate) fn topic(&self, name: &str) -> Arc<str> {
         let mut topics = self.topics.lock().expect("not poisoned");
-        topics
-            .entry(name.to_string())
-            .or_insert_with(|| name.into())
-            .clone()
+        if let Some(topic) = topics.get(name) {
+            return topic.clone();
+        }
+        let topic: Arc<str> = name.into();
+        topics.insert(name.to_string(), topic.clone());
+        topic
     }
 
     /// Where each newly assigned partition starts. The restored
