@@ -138,6 +138,7 @@ fn million_keys(runtime: &tokio::runtime::Runtime) {
         group_by: vec!["key".into()],
         aggregates: vec!["count(*) AS n".into(), "sum(value) AS total".into()],
         allowed_lateness: Duration::ZERO,
+        top: None,
     };
     let factory = config.build().expect("window");
     let new_instance = || {

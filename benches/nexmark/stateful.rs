@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use flumen::operators::join::IntervalBounds;
-use flumen::operators::{JoinConfig, TopNConfig, WindowConfig, WindowKind};
+use flumen::operators::{JoinConfig, TopNConfig, WindowConfig, WindowKind, WindowTop};
 use flumen::prelude::*;
 use flumen::sources::nexmark::{
     EventKind, GeneratorSettings, NexmarkGenerator, auction_schema, bid_schema, person_schema,
@@ -100,6 +100,7 @@ fn window(kind: WindowKind, group_by: &[&str], aggregates: &[&str]) -> WindowCon
         group_by: group_by.iter().map(|s| s.to_string()).collect(),
         aggregates: aggregates.iter().map(|s| s.to_string()).collect(),
         allowed_lateness: Duration::ZERO,
+        top: None,
     }
 }
 
@@ -158,7 +159,9 @@ pub fn q5_rows(output: Vec<RecordBatch>) -> Rows {
     )
 }
 
-/// The q5 pipeline over `events`, and what its sink will have collected.
+/// The q5 pipeline over `events`, and what its sink will have collected:
+/// bids counted per auction and hopping window, of which the window emits
+/// only its busiest auctions (its `top`).
 pub fn q5_graph(
     events: &Events,
     size: i64,
@@ -175,15 +178,13 @@ pub fn q5_graph(
         size: Duration::from_millis(size as u64),
         slide: Duration::from_millis(slide as u64),
     };
-    let counts = window(hop, &["auction"], &["count(*) AS bids"]);
-    graph
-        .operator("counts", counts.build().unwrap(), ["bids"])
-        .parallelism(parallelism);
-    graph.operator(
-        "hottest",
-        top_one("bids DESC", None).build().unwrap(),
-        ["counts"],
-    );
+    let mut hottest = window(hop, &["auction"], &["count(*) AS bids"]);
+    hottest.top = Some(WindowTop {
+        n: 1,
+        order_by: "bids DESC".into(),
+        with_ties: true,
+    });
+    graph.operator("hottest", hottest.build().unwrap(), ["bids"]);
     graph.sink("out", sink, ["hottest"]);
     (graph, collected)
 }

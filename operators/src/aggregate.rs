@@ -118,6 +118,23 @@ impl Aggregates {
         self.specs.iter().map(|s| s.function.field()).collect()
     }
 
+    /// The first aggregate whose state is not a single int64 sum over its
+    /// rows (as a plain `count` or `sum` of integers has): only such states
+    /// can be subtracted again when rows leave a sliding window.
+    pub fn not_running_sum(&self) -> Option<String> {
+        self.specs.iter().find_map(|spec| {
+            let function = &spec.function;
+            let int64 = |field: &FieldRef| field.data_type() == &arrow::datatypes::DataType::Int64;
+            let summable = matches!(function.fun().name(), "count" | "sum")
+                && !function.is_distinct()
+                && int64(&function.field())
+                && function
+                    .state_fields()
+                    .is_ok_and(|state| state.len() == 1 && int64(&state[0]));
+            (!summable).then(|| function.name().to_string())
+        })
+    }
+
     /// A fresh accumulator per aggregate.
     pub fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
         self.specs

@@ -18,4 +18,4 @@ pub use self::route::{Route, RouteConfig};
 pub use self::top_n::{TopN, TopNConfig};
 pub use self::transform::{MapBatches, SqlTransform, Unnest};
 pub use self::union::Union;
-pub use self::window::{WindowAggregate, WindowConfig, WindowKind};
+pub use self::window::{WindowAggregate, WindowConfig, WindowKind, WindowTop};

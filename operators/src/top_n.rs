@@ -238,7 +238,7 @@ impl TopN {
 }
 
 /// `price DESC NULLS LAST` -> (`price`, options).
-fn parse_order(item: &str) -> std::result::Result<(&str, SortOptions), String> {
+pub(crate) fn parse_order(item: &str) -> std::result::Result<(&str, SortOptions), String> {
     let words: Vec<&str> = item.split_whitespace().collect();
     let Some((name, modifiers)) = words.split_first() else {
         return Err("is empty".into());

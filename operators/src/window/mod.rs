@@ -7,6 +7,7 @@
 //! arrives after its window was emitted goes to the `late` output.
 
 mod panes;
+mod ranking;
 mod session;
 mod time;
 
@@ -21,6 +22,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use self::panes::{PaneSpec, PaneWindows};
+use self::ranking::Ranking;
 use self::session::{SessionSpec, SessionWindows};
 pub use self::time::TimeDomain;
 pub(crate) use self::time::wall_clock_millis;
@@ -94,6 +96,36 @@ pub struct WindowConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub allowed_lateness: Duration,
+
+    /// Emit only each window's best keys by one aggregate: `{ n: 1,
+    /// order_by: bids DESC }` (Nexmark q5's hot items). Unlike a `top_n`
+    /// transform after the window, the other keys are never emitted, and a
+    /// hopping window's cost does not grow with its size. The window then
+    /// runs as one instance. Tumbling windows rank by any count or sum;
+    /// hopping windows also need every aggregate to be a count or a sum of
+    /// integers (kept as running sums as panes enter and leave).
+    #[serde(default)]
+    pub top: Option<WindowTop>,
+}
+
+/// A window's `top`: which keys of each window are emitted.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowTop {
+    /// How many keys to keep per window.
+    pub n: usize,
+
+    /// The aggregate to rank by, with `ASC` or `DESC` (default `ASC`) and
+    /// optionally `NULLS FIRST` or `NULLS LAST`: `bids DESC`.
+    pub order_by: String,
+
+    /// Keep keys tied with the n-th too (SQL's `RANK() <= n`).
+    #[serde(default = "yes")]
+    pub with_ties: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl WindowConfig {
@@ -117,10 +149,23 @@ impl WindowConfig {
                 }
                 Shape::Panes { size, slide }
             }
-            WindowKind::Session { gap } => Shape::Session {
-                gap: millis(*gap, "window.session.gap")?,
-            },
+            WindowKind::Session { gap } => {
+                if self.top.is_some() {
+                    return Err(Error::config(
+                        "top",
+                        "is not supported for session windows; rank them with a `top_n` transform",
+                    ));
+                }
+                Shape::Session {
+                    gap: millis(*gap, "window.session.gap")?,
+                }
+            }
         };
+        if let Some(top) = &self.top
+            && top.n == 0
+        {
+            return Err(Error::config("top.n", "must be at least 1"));
+        }
         Ok(WindowAggregate {
             config: self.clone(),
             shape,
@@ -150,6 +195,7 @@ struct Plan {
     key_schema: SchemaRef,
     aggregates: Arc<Aggregates>,
     schema: SchemaRef,
+    top: Option<Ranking>,
 }
 
 impl WindowAggregate {
@@ -232,13 +278,64 @@ impl WindowAggregate {
                 ),
             ));
         }
+        let top = self.ranking(&aggregates)?;
         Ok(Plan {
             time,
             keys,
             key_schema,
             aggregates,
             schema: with_event_time(&schema, "window_end"),
+            top,
         })
+    }
+
+    /// Checks `top` against the aggregates.
+    fn ranking(&self, aggregates: &Aggregates) -> Result<Option<Ranking>> {
+        let Some(top) = &self.config.top else {
+            return Ok(None);
+        };
+        let (name, order) = crate::top_n::parse_order(&top.order_by)
+            .map_err(|message| Error::config("top.order_by", message))?;
+        let fields = aggregates.fields();
+        let column = fields
+            .iter()
+            .position(|f| f.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+                Error::config(
+                    "top.order_by",
+                    format!(
+                        "`{name}` is not an aggregate of this window; aggregates: {}",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+        if fields[column].data_type() != &DataType::Int64 {
+            return Err(Error::config(
+                "top.order_by",
+                format!(
+                    "`{name}` is {}; a window's top ranks by a count or an integer sum (rank other values with a `top_n` transform)",
+                    fields[column].data_type()
+                ),
+            ));
+        }
+        if let Shape::Panes { size, slide } = self.shape
+            && size != slide
+            && let Some(other) = aggregates.not_running_sum()
+        {
+            return Err(Error::config(
+                "top",
+                format!(
+                    "a hopping window's top needs every aggregate to be a count or a sum of integers; `{other}` is not (rank it with a `top_n` transform)"
+                ),
+            ));
+        }
+        Ok(Some(Ranking {
+            n: top.n,
+            column,
+            order,
+            with_ties: top.with_ties,
+        }))
     }
 }
 
@@ -274,8 +371,9 @@ impl OperatorFactory for WindowAggregate {
     }
 
     fn max_parallelism(&self) -> Option<usize> {
-        // Without keys, every row of a window must meet in one instance.
-        self.config.group_by.is_empty().then_some(1)
+        // Without keys, or to rank them, every row of a window must meet in
+        // one instance.
+        (self.config.group_by.is_empty() || self.config.top.is_some()).then_some(1)
     }
 
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
@@ -290,6 +388,7 @@ impl OperatorFactory for WindowAggregate {
                 key_schema: plan.key_schema,
                 aggregates: plan.aggregates,
                 schema: plan.schema,
+                top: plan.top,
             })?),
             Shape::Session { gap } => Windows::Session(SessionWindows::new(SessionSpec {
                 gap,

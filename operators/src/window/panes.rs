@@ -6,6 +6,10 @@
 //! merging the partial states of its panes; panes are frozen into partial
 //! states once the first window covering them is emitted, with their keys
 //! mapped to ids shared by all panes, so merging is indexing, not hashing.
+//!
+//! With a `top`, a hopping window is not merged from its panes: running
+//! sums over the next window to emit are kept instead (see
+//! [`super::ranking`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_core::prelude::*;
 
+use super::ranking::{Ranking, Running};
 use super::time::{RowTime, slot_start, timestamps};
 use crate::aggregate::{Aggregates, GroupedAggregation, key_columns};
 
@@ -33,6 +38,8 @@ pub(crate) struct PaneSpec {
     pub(crate) key_schema: SchemaRef,
     pub(crate) aggregates: Arc<Aggregates>,
     pub(crate) schema: SchemaRef,
+    /// Emit only each window's best keys.
+    pub(crate) top: Option<Ranking>,
 }
 
 /// A pane whose rows are all in: its groups' partial states, by shared id.
@@ -57,6 +64,10 @@ pub(crate) struct PaneWindows {
     /// Scratch for [`PaneWindows::merge_window`]: the window-local number
     /// of each shared key id, [`UNSEEN`] between merges.
     local: Vec<u32>,
+    /// Hopping with a `top` only: the frozen parts of panes before
+    /// `running_until`, summed per key id.
+    running: Option<Box<Running>>,
+    running_until: i64,
 }
 
 const UNSEEN: u32 = u32::MAX;
@@ -73,7 +84,10 @@ impl PaneWindows {
     pub(crate) fn new(spec: PaneSpec) -> Result<Self> {
         let pane = super::time::gcd(spec.size, spec.slide);
         let shared = SharedKeys::new(&spec.key_schema)?;
+        let running = (spec.top.is_some() && spec.size != spec.slide).then(Box::<Running>::default);
         Ok(PaneWindows {
+            running,
+            running_until: i64::MIN,
             spec,
             pane,
             open: BTreeMap::new(),
@@ -155,7 +169,7 @@ impl PaneWindows {
             let mut part = GroupedAggregation::new(&self.spec.aggregates, &self.spec.key_schema)?;
             part.update(&keys, rows, &arguments)?;
             let frozen = self.frozen_part(part)?;
-            self.insert_frozen(pane, frozen);
+            self.insert_frozen(pane, frozen)?;
         }
         Ok(())
     }
@@ -200,14 +214,24 @@ impl PaneWindows {
             let window = self.first_window(earliest);
             self.next_window = Some(self.next_window.map_or(window, |next| next.min(window)));
         }
-        if panes.iter().all(|p| *p == first) {
-            let arguments = self.spec.aggregates.arguments(batch)?;
-            let keys = key_columns(batch, &self.spec.keys);
-            return self
-                .pane(first)?
-                .update(&keys, batch.num_rows(), &arguments);
+        if panes.is_sorted() {
+            // Rows in time order (the common case): each pane's rows are
+            // one run, updated from a slice of the batch without copying.
+            let mut start = 0;
+            while start < panes.len() {
+                let pane = panes[start];
+                let end = start + panes[start..].partition_point(|p| *p == pane);
+                let rows = batch.slice(start, end - start);
+                let arguments = self.spec.aggregates.arguments(&rows)?;
+                let keys = key_columns(&rows, &self.spec.keys);
+                self.pane(pane)?
+                    .update(&keys, rows.num_rows(), &arguments)?;
+                start = end;
+            }
+            return Ok(());
         }
-        // Rows of several panes: update each with its own rows.
+        // Rows of several panes, out of order: update each with its own
+        // rows.
         for (pane, keys, rows, arguments) in self.split_by_pane(batch, panes)? {
             self.pane(pane)?.update(&keys, rows, &arguments)?;
         }
@@ -245,7 +269,18 @@ impl PaneWindows {
                 break;
             }
             let state = self.open.remove(&start).expect("first key exists");
-            let (keys, values) = state.finish()?;
+            let (mut keys, mut values) = state.finish()?;
+            if let Some(top) = &self.spec.top {
+                let rows = UInt32Array::from(top.best_rows(&values)?);
+                keys = keys
+                    .iter()
+                    .map(|k| Ok(take(k, &rows, None)?))
+                    .collect::<Result<_>>()?;
+                values = values
+                    .iter()
+                    .map(|v| Ok(take(v, &rows, None)?))
+                    .collect::<Result<_>>()?;
+            }
             out.emit(self.output(start, keys, values)?);
         }
         Ok(())
@@ -279,36 +314,103 @@ impl PaneWindows {
             for pane in to_freeze {
                 self.freeze(pane)?;
             }
-            if let Some(batch) = self.merge_window(start)? {
+            let window = match self.running.is_some() {
+                true => self.ranked_window(start)?,
+                false => self.merge_window(start)?,
+            };
+            if let Some(batch) = window {
                 out.emit(batch);
             }
             let next = start + self.spec.slide;
             self.next_window = Some(next);
-            self.frozen = self.frozen.split_off(&(next, 0));
+            self.drop_frozen_before(next)?;
             if self.frozen.is_empty() && self.open.is_empty() {
                 // Nothing refers to any key id: forget them all.
                 self.shared.clear()?;
+                if let Some(running) = &mut self.running {
+                    running.clear();
+                }
             }
-            self.shared.compact_if_sparse(&mut self.frozen)?;
+            if self.shared.compact_if_sparse(&mut self.frozen)? {
+                self.recount_running()?;
+            }
         }
         Ok(())
+    }
+
+    /// Forgets the frozen panes before `start`: no window left to emit
+    /// holds them.
+    fn drop_frozen_before(&mut self, start: i64) -> Result<()> {
+        let kept = self.frozen.split_off(&(start, 0));
+        let dropped = std::mem::replace(&mut self.frozen, kept);
+        if let Some(running) = &mut self.running {
+            for ((pane, _), part) in &dropped {
+                if *pane < self.running_until {
+                    running.apply(&part.groups, &part.states, -1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums every frozen part before `running_until` again (after the key
+    /// ids were renumbered).
+    fn recount_running(&mut self) -> Result<()> {
+        let Some(running) = &mut self.running else {
+            return Ok(());
+        };
+        running.clear();
+        for frozen in self.frozen.range(..(self.running_until, 0)).map(|(_, f)| f) {
+            running.apply(&frozen.groups, &frozen.states, 1)?;
+        }
+        Ok(())
+    }
+
+    /// The best keys of the window starting at `start`, from the running
+    /// sums: the panes before it are subtracted, those up to its end
+    /// added.
+    fn ranked_window(&mut self, start: i64) -> Result<Option<RecordBatch>> {
+        let end = start + self.spec.size;
+        self.drop_frozen_before(start)?;
+        let (running, top) = match (&mut self.running, &self.spec.top) {
+            (Some(running), Some(top)) => (running, top),
+            _ => return Err(Error::internal("a ranked window without a ranking")),
+        };
+        if self.running_until < end {
+            for (_, part) in self.frozen.range((self.running_until, 0)..(end, 0)) {
+                running.apply(&part.groups, &part.states, 1)?;
+            }
+            self.running_until = end;
+        }
+        let ids = running.best(top);
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let values = running.values(&ids);
+        let keys = self.shared.keys(&UInt32Array::from(ids))?;
+        self.output(start, keys, values).map(Some)
     }
 
     fn freeze(&mut self, pane: i64) -> Result<()> {
         let state = self.open.remove(&pane).expect("an open pane");
         let frozen = self.frozen_part(state)?;
-        self.insert_frozen(pane, frozen);
-        Ok(())
+        self.insert_frozen(pane, frozen)
     }
 
     /// Adds a part to frozen pane `pane`.
-    fn insert_frozen(&mut self, pane: i64, frozen: FrozenPane) {
+    fn insert_frozen(&mut self, pane: i64, frozen: FrozenPane) -> Result<()> {
+        if let Some(running) = &mut self.running
+            && pane < self.running_until
+        {
+            running.apply(&frozen.groups, &frozen.states, 1)?;
+        }
         let next_part = self
             .frozen
             .range((pane, 0)..=(pane, u32::MAX))
             .next_back()
             .map_or(0, |((_, part), _)| part + 1);
         self.frozen.insert((pane, next_part), frozen);
+        Ok(())
     }
 
     /// A pane's partial states, with its keys as shared ids.
@@ -540,9 +642,10 @@ impl PaneWindows {
                         .sum::<usize>()
             })
             .sum();
+        let running_bytes = self.running.as_ref().map_or(0, |r| r.size());
         StateSize {
             rows: (open_rows + frozen_rows) as u64,
-            bytes: (open_bytes + frozen_bytes + self.shared.size()) as u64,
+            bytes: (open_bytes + frozen_bytes + self.shared.size() + running_bytes) as u64,
         }
     }
 }
@@ -657,10 +760,11 @@ impl SharedKeys {
 
     /// Renumbers the keys still used by frozen panes once most ids belong
     /// to keys no pane holds any more, so the table does not grow forever.
-    fn compact_if_sparse(&mut self, frozen: &mut BTreeMap<(i64, u32), FrozenPane>) -> Result<()> {
+    /// Returns whether it did.
+    fn compact_if_sparse(&mut self, frozen: &mut BTreeMap<(i64, u32), FrozenPane>) -> Result<bool> {
         let used: usize = frozen.values().map(|p| p.groups.len()).sum();
         if self.ids.is_none() || self.len < 4096 || self.len < 4 * used {
-            return Ok(());
+            return Ok(false);
         }
         let mut live = vec![false; self.len];
         for pane in frozen.values() {
@@ -689,6 +793,6 @@ impl SharedKeys {
                 *group = renumber[*group];
             }
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -20,7 +20,9 @@ use arrow::ipc::writer::FileWriter;
 use flumen_core::prelude::*;
 use flumen_operators::join::IntervalBounds;
 use flumen_operators::window::TimeDomain;
-use flumen_operators::{DedupeConfig, JoinConfig, JoinType, TopNConfig, WindowConfig, WindowKind};
+use flumen_operators::{
+    DedupeConfig, JoinConfig, JoinType, TopNConfig, WindowConfig, WindowKind, WindowTop,
+};
 use proptest::prelude::*;
 
 use crate::common::sorted_lines;
@@ -237,6 +239,7 @@ fn window(kind: WindowKind, group_by: &[&str], aggregates: &[&[&str]]) -> Window
         group_by: group_by.iter().map(|s| s.to_string()).collect(),
         aggregates: aggregates.concat().into_iter().map(String::from).collect(),
         allowed_lateness: LATENESS,
+        top: None,
     }
 }
 
@@ -289,6 +292,16 @@ proptest! {
         let steps = stream(&raw, 1, chunk);
         let factory = window(hop_or_tumble(hop), &["key"], &[NATIVE]).build().unwrap();
         block_on(check_cut(&factory, 1, &steps, cut % (steps.len() + 1)));
+    }
+
+    #[test]
+    fn a_windows_top_resumes_from_a_snapshot(
+        raw in raw_events(), chunk in 1usize..8, cut in 0usize..200, hop in any::<bool>(),
+    ) {
+        let steps = stream(&raw, 1, chunk);
+        let mut config = window(hop_or_tumble(hop), &["key"], &[&["count(*) AS events", "sum(value) AS total"]]);
+        config.top = Some(WindowTop { n: 2, order_by: "total DESC".into(), with_ties: true });
+        block_on(check_cut(&config.build().unwrap(), 1, &steps, cut % (steps.len() + 1)));
     }
 
     #[test]

@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use flumen_core::prelude::*;
 use flumen_core::testing::{CollectSink, MemorySource};
-use flumen_operators::{TopNConfig, WindowConfig, WindowKind};
+use flumen_operators::{TopNConfig, WindowConfig, WindowKind, WindowTop};
 use proptest::prelude::*;
 
 use crate::common::{query, quiet, sorted_lines};
-use crate::windows::{Event, batch, batches, events_schema, run_window};
+use crate::windows::{
+    Event, batch, batches, events_schema, in_order, raw_events, run_window, shuffled,
+};
 
 fn top(
     n: usize,
@@ -91,6 +93,143 @@ proptest! {
     }
 }
 
+/// The aggregates a window's `top` ranks by: a sum over no rows (`big` in
+/// a window without values over 100) is null.
+const RANKED_AGGREGATES: &[&str] = &[
+    "count(*) AS events",
+    "sum(value) AS total",
+    "sum(value) FILTER (WHERE value > 100) AS big",
+];
+
+/// DataFusion: the aggregates per window and key, ranked per window.
+async fn window_top_oracle(
+    events: &[Event],
+    size: i64,
+    slide: i64,
+    n: usize,
+    order: &str,
+) -> Vec<arrow::record_batch::RecordBatch> {
+    let offsets: Vec<String> = (0..size / slide).map(|k| format!("({k})")).collect();
+    let sql = format!(
+        "SELECT window_start, window_end, key, events, total, big FROM (
+            SELECT *, rank() OVER (PARTITION BY window_start ORDER BY {order}) AS r FROM (
+                SELECT to_timestamp_millis(ws) AS window_start, to_timestamp_millis(ws + {size}) AS window_end, key, {aggregates}
+                FROM (SELECT (ts_ms / {slide}) * {slide} - k * {slide} AS ws, e.* FROM events e CROSS JOIN (VALUES {offsets}) AS o(k))
+                GROUP BY ws, key))
+         WHERE r <= {n}",
+        aggregates = RANKED_AGGREGATES.join(", "),
+        offsets = offsets.join(", "),
+    );
+    query(&[("events", vec![batch(events)])], &sql).await
+}
+
+fn window_with_top(kind: WindowKind, lateness: Duration, n: usize, order: &str) -> WindowConfig {
+    WindowConfig {
+        window: kind,
+        time: Default::default(),
+        time_column: None,
+        group_by: vec!["key".into()],
+        aggregates: RANKED_AGGREGATES.iter().map(|s| s.to_string()).collect(),
+        allowed_lateness: lateness,
+        top: Some(WindowTop {
+            n,
+            order_by: order.to_string(),
+            with_ties: true,
+        }),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn a_windows_top_matches_datafusion(
+        raw in raw_events(),
+        jitter in prop::collection::vec(0u64..1000, 1..50),
+        slide in prop::sample::select(vec![20i64, 25, 50, 100]),
+        n in 1usize..4,
+        order in prop::sample::select(vec!["events DESC", "total ASC", "big DESC", "big ASC"]),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let events = in_order(&raw);
+        let expected = runtime.block_on(window_top_oracle(&events, 100, slide, n, order));
+        let kind = if slide == 100 {
+            WindowKind::Tumble(Duration::from_millis(100))
+        } else {
+            WindowKind::Hop { size: Duration::from_millis(100), slide: Duration::from_millis(slide as u64) }
+        };
+        // In order; shuffled within the watermark's bound; and shuffled
+        // within the allowed lateness, so rows reach panes already summed
+        // into the running window.
+        let arrivals = [
+            (window_with_top(kind.clone(), Duration::ZERO, n, order), events.clone(), 0),
+            (window_with_top(kind.clone(), Duration::ZERO, n, order), shuffled(&events, &jitter, 45), 45),
+            (window_with_top(kind, Duration::from_millis(45), n, order), shuffled(&events, &jitter, 45), 0),
+        ];
+        for (config, arrival, disorder) in arrivals {
+            let ran = runtime.block_on(run_window(config.build().unwrap(), &arrival, Duration::from_millis(disorder), 1)).unwrap();
+            prop_assert_eq!(sorted_lines(&ran.output), sorted_lines(&expected));
+            prop_assert!(ran.late.iter().all(|b| b.num_rows() == 0));
+            prop_assert_eq!(ran.report.node("window").unwrap().state_rows, 0);
+        }
+    }
+}
+
+#[test]
+fn a_windows_top_is_checked() {
+    let hop = WindowKind::Hop {
+        size: Duration::from_millis(100),
+        slide: Duration::from_millis(50),
+    };
+    let mut config = window_with_top(hop.clone(), Duration::ZERO, 0, "events DESC");
+    let err = config.build().unwrap_err().to_string();
+    assert!(err.contains("top.n"), "{err}");
+
+    let schema = events_schema();
+    let schema_error = |config: &WindowConfig| {
+        config
+            .build()
+            .unwrap()
+            .output_schema(std::slice::from_ref(&schema))
+            .unwrap_err()
+            .to_string()
+    };
+    config = window_with_top(hop.clone(), Duration::ZERO, 1, "value DESC");
+    config.time_column = Some("ts".into());
+    let err = schema_error(&config);
+    assert!(
+        err.contains("top.order_by") && err.contains("events, total, big"),
+        "{err}"
+    );
+
+    config.aggregates.push("avg(value) AS mean".into());
+    config.top.as_mut().unwrap().order_by = "mean DESC".into();
+    let err = schema_error(&config);
+    assert!(
+        err.contains("top.order_by") && err.contains("Float64"),
+        "{err}"
+    );
+
+    config.top.as_mut().unwrap().order_by = "events DESC".into();
+    let err = schema_error(&config);
+    assert!(err.contains("`mean` is not"), "{err}");
+    // Tumbling windows are not merged from panes: any aggregate can ride along.
+    config.window = WindowKind::Tumble(Duration::from_millis(100));
+    assert!(
+        config
+            .build()
+            .unwrap()
+            .output_schema(std::slice::from_ref(&schema))
+            .is_ok()
+    );
+
+    config.window = WindowKind::Session {
+        gap: Duration::from_millis(10),
+    };
+    let err = config.build().unwrap_err().to_string();
+    assert!(err.contains("session"), "{err}");
+}
+
 #[tokio::test]
 async fn ranks_the_windows_a_window_transform_wrote() {
     // Nexmark q5's shape: counts per key and window, then the busiest key
@@ -112,6 +251,7 @@ async fn ranks_the_windows_a_window_transform_wrote() {
         group_by: vec!["key".into()],
         aggregates: vec!["count(*) AS events".into()],
         allowed_lateness: Duration::ZERO,
+        top: None,
     };
     let (sink, collected) = CollectSink::new();
     let mut graph = GraphBuilder::new();

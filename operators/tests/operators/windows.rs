@@ -122,6 +122,7 @@ fn window(kind: WindowKind, group_by: &[&str], lateness: Duration) -> WindowConf
         group_by: group_by.iter().map(|s| s.to_string()).collect(),
         aggregates: AGGREGATES.iter().map(|s| s.to_string()).collect(),
         allowed_lateness: lateness,
+        top: None,
     }
 }
 
@@ -171,7 +172,7 @@ async fn session_oracle(events: &[Event], gap: i64) -> Vec<RecordBatch> {
 }
 
 /// Events with times from 1s, in order, a few per millisecond range.
-fn in_order(raw: &[(i64, i64, i64, i64)]) -> Vec<Event> {
+pub fn in_order(raw: &[(i64, i64, i64, i64)]) -> Vec<Event> {
     let mut time = 1_000;
     raw.iter()
         .map(|(key, other, value, step)| {
@@ -183,7 +184,7 @@ fn in_order(raw: &[(i64, i64, i64, i64)]) -> Vec<Event> {
 
 /// The same events in an arrival order where none is more than `disorder`
 /// behind the newest already arrived.
-fn shuffled(events: &[Event], jitter: &[u64], disorder: i64) -> Vec<Event> {
+pub fn shuffled(events: &[Event], jitter: &[u64], disorder: i64) -> Vec<Event> {
     let mut keyed: Vec<(i64, usize, Event)> = events
         .iter()
         .enumerate()
@@ -199,7 +200,7 @@ fn shuffled(events: &[Event], jitter: &[u64], disorder: i64) -> Vec<Event> {
     keyed.into_iter().map(|(_, _, e)| e).collect()
 }
 
-fn raw_events() -> impl Strategy<Value = Vec<(i64, i64, i64, i64)>> {
+pub fn raw_events() -> impl Strategy<Value = Vec<(i64, i64, i64, i64)>> {
     prop::collection::vec((0i64..4, 0i64..5, -50i64..200, 0i64..40), 1..120)
 }
 
