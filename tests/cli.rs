@@ -17,6 +17,9 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator};
 
 #[path = "cli/crash.rs"]
 mod crash;
+#[cfg(feature = "http")]
+#[path = "cli/http.rs"]
+mod http;
 #[cfg(feature = "kafka")]
 #[path = "cli/kafka.rs"]
 mod kafka;

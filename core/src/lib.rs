@@ -13,6 +13,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod event_time;
 pub mod graph;
+pub mod log;
 pub mod message;
 pub mod partition;
 pub mod runtime;

@@ -1,11 +1,16 @@
-//! Flumen's sources: Kafka, the Nexmark event generator and files.
+//! Flumen's sources: Kafka, HTTP ingest, the Nexmark event generator and
+//! files.
 
 pub mod file;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod nexmark;
 
 pub use self::file::{FileSource, FileSourceConfig};
+#[cfg(feature = "http")]
+pub use self::http::{HttpSource, HttpSourceConfig};
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaSource, KafkaSourceConfig};
 pub use self::nexmark::{NexmarkConfig, NexmarkSource};

@@ -33,6 +33,12 @@ impl Registry {
             "kafka",
             "Reads Kafka topics as a consumer group member; offsets committed with checkpoints.",
         );
+        #[cfg(feature = "http")]
+        registry.register::<flumen_sources::HttpSourceConfig>(
+            Sources,
+            "http",
+            "Accepts events over HTTP into a durable buffer (202 once synced); read at the pipeline's pace.",
+        );
         registry
             .register::<SqlConfig>(
                 Transforms,
@@ -173,6 +179,13 @@ impl ComponentConfig for DedupeConfig {
 impl ComponentConfig for RouteConfig {
     fn build_node(&self) -> Result<NodeKind> {
         Ok(operator(self.build()?))
+    }
+}
+
+#[cfg(feature = "http")]
+impl ComponentConfig for flumen_sources::HttpSourceConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(source(self.build()?))
     }
 }
 

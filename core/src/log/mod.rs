@@ -1,0 +1,741 @@
+//! A durable, segmented append-only log on local disk: the queue behind
+//! HTTP ingest and the `buffer` operator.
+//!
+//! Writers [`DurableLog::append`] records (opaque bytes, each counting some
+//! number of events); one writer thread writes whatever has queued up and
+//! syncs it to disk once for all of it (group commit), so many concurrent
+//! appends share one `fsync`. An append returns once its record is as
+//! durable as the [`FsyncPolicy`] says. Readers read records by offset.
+//! Records stay until the reader [`DurableLog::release`]s them (after a
+//! checkpoint covering them completes); whole segments are then deleted.
+//!
+//! The log is bounded (`max_bytes`, `max_events` of unreleased records):
+//! an append that does not fit fails with [`AppendError::Full`], and
+//! [`DurableLog::wait_for_room`] waits for a release.
+//!
+//! On open, every segment is checked frame by frame (see [`segment`]): a
+//! write cut short at the end is cut off; a segment that fails its
+//! checksums is moved to `quarantine/` and reported, and the records of the
+//! other segments are still read.
+
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio::sync::{Notify, oneshot, watch};
+
+use self::segment::{Damage, Frame};
+use crate::error::{Error, Result};
+
+pub use self::segment::Damage as SegmentDamage;
+
+/// When appended records are synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Before an append returns (group commit: one sync for every append
+    /// waiting). Survives a machine crash.
+    #[default]
+    Always,
+    /// At most every 100 ms; an append returns once written to the
+    /// operating system. Survives a process crash, not a machine crash.
+    Interval,
+    /// Never explicitly; the operating system writes when it likes.
+    Never,
+}
+
+/// How a log is laid out and bounded.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// A segment is closed and a new one started past this many bytes.
+    pub segment_bytes: u64,
+    /// When appends are synced to disk.
+    pub fsync: FsyncPolicy,
+    /// Most bytes of unreleased records.
+    pub max_bytes: u64,
+    /// Most events in unreleased records.
+    pub max_events: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Always,
+            max_bytes: 1 << 30,
+            max_events: u64::MAX,
+        }
+    }
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The record does not fit under `max_bytes`/`max_events` until the
+    /// reader releases some.
+    #[error("the buffer is full")]
+    Full,
+    /// Writing failed.
+    #[error("{0}")]
+    Failed(#[from] Error),
+}
+
+/// One record read back.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Its place in the log.
+    pub offset: u64,
+    /// How many events it holds.
+    pub events: u32,
+    /// When it was appended, in milliseconds since the Unix epoch.
+    pub appended_at: u64,
+    /// What was appended.
+    pub payload: Vec<u8>,
+}
+
+/// A segment found damaged when the log was opened.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// Where the segment was moved.
+    pub path: PathBuf,
+    /// The offsets it held (its records are not read).
+    pub offsets: std::ops::Range<u64>,
+    /// What was wrong with it.
+    pub damage: Damage,
+}
+
+/// How full the log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogUsage {
+    /// Unreleased records.
+    pub records: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// The events they hold.
+    pub events: u64,
+}
+
+/// A durable log in one directory. Cheap to clone; clones share the log.
+#[derive(Clone)]
+pub struct DurableLog {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Append>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    options: LogOptions,
+    state: Mutex<State>,
+    /// The offset after the last durable record.
+    end: watch::Sender<u64>,
+    /// Signalled when a release frees room.
+    room: Notify,
+    quarantined: Vec<Quarantined>,
+}
+
+struct State {
+    segments: BTreeMap<u64, SegmentIndex>,
+    /// Offsets below this are released.
+    released: u64,
+    /// Unreleased, including appends being written.
+    usage: LogUsage,
+}
+
+struct SegmentIndex {
+    path: PathBuf,
+    frames: Vec<Frame>,
+}
+
+impl SegmentIndex {
+    fn end(&self, base: u64) -> u64 {
+        base + self.frames.len() as u64
+    }
+}
+
+struct Append {
+    events: u32,
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<u64>>,
+}
+
+const RELEASED_FILE: &str = "released";
+
+/// A failure of the log's files.
+fn failure(message: impl Into<String>) -> Error {
+    Error::connector("buffer", false, message.into())
+}
+
+impl DurableLog {
+    /// Opens (or creates) the log in `dir`, checking every segment.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<DurableLog> {
+        let io = |what: &str, e: std::io::Error| {
+            failure(format!("buffer {}: {what}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+        let released = std::fs::read_to_string(dir.join(RELEASED_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let listed = segment::list(dir).map_err(|e| io("list segments", e))?;
+        let mut segments = BTreeMap::new();
+        let mut quarantined = Vec::new();
+        for (i, (base, path)) in listed.iter().enumerate() {
+            let next_base = listed.get(i + 1).map(|(b, _)| *b);
+            let scan = segment::scan(path).map_err(|e| io("read segment", e))?;
+            match scan.damage {
+                Some(Damage::TornTail { valid_bytes }) if next_base.is_none() => {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        cut = scan.bytes - valid_bytes,
+                        "cutting off a write the last run did not finish"
+                    );
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| io("open segment", e))?;
+                    file.set_len(valid_bytes)
+                        .and_then(|_| file.sync_all())
+                        .map_err(|e| io("truncate segment", e))?;
+                }
+                Some(damage) => {
+                    let end = next_base.unwrap_or(base + scan.frames.len() as u64);
+                    let to = dir.join("quarantine").join(segment::file_name(*base));
+                    std::fs::create_dir_all(dir.join("quarantine"))
+                        .and_then(|_| std::fs::rename(path, &to))
+                        .map_err(|e| io("quarantine segment", e))?;
+                    tracing::error!(
+                        segment = %path.display(),
+                        quarantined = %to.display(),
+                        ?damage,
+                        "a buffer segment is damaged; moved aside, its records are not read"
+                    );
+                    quarantined.push(Quarantined {
+                        path: to,
+                        offsets: *base..end.max(*base),
+                        damage,
+                    });
+                    continue;
+                }
+                None => {}
+            }
+            segments.insert(
+                *base,
+                SegmentIndex {
+                    path: path.clone(),
+                    frames: scan.frames,
+                },
+            );
+        }
+        let end = segments
+            .iter()
+            .next_back()
+            .map(|(base, s)| s.end(*base))
+            .into_iter()
+            .chain(quarantined.iter().map(|q| q.offsets.end))
+            .max()
+            .unwrap_or(released)
+            .max(released);
+        let mut state = State {
+            segments,
+            released,
+            usage: LogUsage::default(),
+        };
+        state.usage = state.usage_from(released);
+        let (end_tx, _) = watch::channel(end);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            options,
+            state: Mutex::new(state),
+            end: end_tx,
+            room: Notify::new(),
+            quarantined,
+        });
+        let (requests, receiver) = mpsc::channel();
+        let writer = Writer::new(shared.clone(), end)?;
+        std::thread::Builder::new()
+            .name("flumen-log-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| io("start the writer thread", e))?;
+        Ok(DurableLog { shared, requests })
+    }
+
+    /// Appends one record holding `events` events; returns its offset once
+    /// it is durable (per the fsync policy).
+    pub async fn append(
+        &self,
+        events: u32,
+        payload: Vec<u8>,
+    ) -> std::result::Result<u64, AppendError> {
+        let bytes = segment::FRAME_HEADER + payload.len() as u64;
+        {
+            let mut state = self.shared.state.lock().expect("log state");
+            let usage = state.usage;
+            let options = &self.shared.options;
+            // One record always fits an empty log, however large.
+            let fits = usage.records == 0
+                || (usage.bytes + bytes <= options.max_bytes
+                    && usage.events + u64::from(events) <= options.max_events);
+            if !fits {
+                return Err(AppendError::Full);
+            }
+            state.usage.records += 1;
+            state.usage.bytes += bytes;
+            state.usage.events += u64::from(events);
+        }
+        let (reply, written) = oneshot::channel();
+        let sent = self.requests.send(Append {
+            events,
+            payload,
+            reply,
+        });
+        let result = match sent {
+            Ok(()) => written
+                .await
+                .unwrap_or_else(|_| Err(failure("the buffer's writer stopped"))),
+            Err(_) => Err(failure("the buffer's writer stopped")),
+        };
+        if result.is_err() {
+            let mut state = self.shared.state.lock().expect("log state");
+            state.usage.records -= 1;
+            state.usage.bytes -= bytes;
+            state.usage.events -= u64::from(events);
+        }
+        Ok(result?)
+    }
+
+    /// Waits until a release has made room (or `timeout` passed).
+    pub async fn wait_for_room(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.shared.room.notified()).await;
+    }
+
+    /// The offset after the last durable record.
+    pub fn end(&self) -> u64 {
+        *self.shared.end.borrow()
+    }
+
+    /// Offsets below this were released.
+    pub fn released(&self) -> u64 {
+        self.shared.state.lock().expect("log state").released
+    }
+
+    /// How full the log is.
+    pub fn usage(&self) -> LogUsage {
+        self.shared.state.lock().expect("log state").usage
+    }
+
+    /// The segments found damaged when the log was opened.
+    pub fn quarantined(&self) -> &[Quarantined] {
+        &self.shared.quarantined
+    }
+
+    /// Waits until the log holds a record at `offset` or beyond, or
+    /// `timeout` passes. Returns whether it does.
+    pub async fn wait_beyond(&self, offset: u64, timeout: Duration) -> bool {
+        let mut end = self.shared.end.subscribe();
+        let reached = tokio::time::timeout(timeout, end.wait_for(|end| *end > offset)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Up to `max_records` records (and about `max_bytes`) from `from` on.
+    /// Offsets in a quarantined segment are skipped. Returns the records
+    /// and the offset to read next.
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<(Vec<LogRecord>, u64)> {
+        let end = self.end();
+        let mut records = Vec::new();
+        let mut next = from.max(self.released());
+        let mut bytes = 0u64;
+        // Which frames to read, then the reads, outside the lock.
+        let mut wanted: Vec<(PathBuf, u64, Frame)> = Vec::new();
+        {
+            let state = self.shared.state.lock().expect("log state");
+            while next < end && wanted.len() < max_records && bytes < max_bytes {
+                let segment = state.segments.range(..=next).next_back();
+                match segment {
+                    Some((base, index)) if next < index.end(*base) => {
+                        let frame = index.frames[(next - base) as usize];
+                        bytes += frame.size();
+                        wanted.push((index.path.clone(), next, frame));
+                        next += 1;
+                    }
+                    _ => {
+                        // Released or quarantined: continue at the next
+                        // segment, or at the end if there is none.
+                        match state.segments.range(next + 1..).next() {
+                            Some((base, _)) if *base < end => next = *base,
+                            _ => {
+                                next = next.max(end);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut open: Option<(PathBuf, File)> = None;
+        for (path, offset, frame) in wanted {
+            if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                let file = File::open(&path)
+                    .map_err(|e| failure(format!("buffer segment {}: {e}", path.display())))?;
+                open = Some((path.clone(), file));
+            }
+            let (_, file) = open.as_ref().expect("opened above");
+            let payload = segment::read_payload(file, &frame).map_err(|e| {
+                failure(format!(
+                    "buffer segment {} (offset {offset}): {e}",
+                    path.display()
+                ))
+            })?;
+            records.push(LogRecord {
+                offset,
+                events: frame.events,
+                appended_at: frame.appended_at,
+                payload,
+            });
+        }
+        Ok((records, next))
+    }
+
+    /// Everything before `offset` has been handled for good: forget it,
+    /// deleting segments that hold nothing after it.
+    pub fn release(&self, offset: u64) -> Result<()> {
+        let mut deleted = Vec::new();
+        {
+            let mut state = self.shared.state.lock().expect("log state");
+            if offset <= state.released {
+                return Ok(());
+            }
+            let freed = state.usage_between(state.released, offset);
+            state.usage.records -= freed.records.min(state.usage.records);
+            state.usage.bytes -= freed.bytes.min(state.usage.bytes);
+            state.usage.events -= freed.events.min(state.usage.events);
+            state.released = offset;
+            // Every segment but the newest (still written) whose records
+            // all come before `offset`.
+            let newest = state.segments.keys().next_back().copied();
+            let done: Vec<u64> = state
+                .segments
+                .iter()
+                .filter(|(base, index)| Some(**base) != newest && index.end(**base) <= offset)
+                .map(|(base, _)| *base)
+                .collect();
+            for base in done {
+                if let Some(index) = state.segments.remove(&base) {
+                    deleted.push(index.path);
+                }
+            }
+        }
+        write_atomically(
+            &self.shared.dir.join(RELEASED_FILE),
+            offset.to_string().as_bytes(),
+        )?;
+        for path in deleted {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), "could not delete a released segment: {e}");
+            }
+        }
+        self.shared.room.notify_waiters();
+        Ok(())
+    }
+}
+
+impl State {
+    /// What records at `from` and after hold.
+    fn usage_from(&self, from: u64) -> LogUsage {
+        self.usage_between(from, u64::MAX)
+    }
+
+    fn usage_between(&self, from: u64, to: u64) -> LogUsage {
+        let mut usage = LogUsage::default();
+        for (base, index) in &self.segments {
+            for (i, frame) in index.frames.iter().enumerate() {
+                let offset = base + i as u64;
+                if offset >= from && offset < to {
+                    usage.records += 1;
+                    usage.bytes += frame.size();
+                    usage.events += u64::from(frame.events);
+                }
+            }
+        }
+        usage
+    }
+}
+
+/// Replaces `path`'s contents all at once (a crash leaves the old or the
+/// new, never half).
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    };
+    write().map_err(|e| failure(format!("{}: {e}", path.display())))
+}
+
+/// The writer thread: appends what has queued up, syncs once, answers all.
+struct Writer {
+    shared: Arc<Shared>,
+    /// The segment being written: its base, file and size.
+    base: u64,
+    file: BufWriter<File>,
+    size: u64,
+    next: u64,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>, end: u64) -> Result<Writer> {
+        // Continue the newest segment if it is the one that ends at `end`,
+        // else start a new one at `end`.
+        let newest = {
+            let state = shared.state.lock().expect("log state");
+            state
+                .segments
+                .iter()
+                .next_back()
+                .filter(|(base, index)| index.end(**base) == end)
+                .map(|(base, index)| (*base, index.path.clone()))
+        };
+        let (base, path) = newest.unwrap_or((end, shared.dir.join(segment::file_name(end))));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| failure(format!("buffer segment {}: {e}", path.display())))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        {
+            let mut state = shared.state.lock().expect("log state");
+            state.segments.entry(base).or_insert(SegmentIndex {
+                path,
+                frames: Vec::new(),
+            });
+        }
+        sync_dir(&shared.dir);
+        Ok(Writer {
+            shared,
+            base,
+            file: BufWriter::with_capacity(1 << 20, file),
+            size,
+            next: end,
+            last_sync: Instant::now(),
+            unsynced: false,
+        })
+    }
+
+    fn run(mut self, requests: mpsc::Receiver<Append>) {
+        const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+        loop {
+            let first = match requests.recv_timeout(SYNC_INTERVAL) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.unsynced {
+                        let _ = self.sync();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            while group.len() < 4096 {
+                match requests.try_recv() {
+                    Ok(append) => group.push(append),
+                    Err(_) => break,
+                }
+            }
+            match self.write_group(&group) {
+                Ok(offsets) => {
+                    for (append, offset) in group.into_iter().zip(offsets) {
+                        let _ = append.reply.send(Ok(offset));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("buffer write failed: {e}");
+                    for append in group {
+                        let _ = append
+                            .reply
+                            .send(Err(failure(format!("buffer write: {e}"))));
+                    }
+                }
+            }
+        }
+        let _ = self.sync();
+    }
+
+    /// Writes a group of records and makes them durable; returns their
+    /// offsets.
+    fn write_group(&mut self, group: &[Append]) -> std::io::Result<Vec<u64>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut written: Vec<(u64, Frame)> = Vec::with_capacity(group.len());
+        let mut offsets = Vec::with_capacity(group.len());
+        for append in group {
+            if self.size >= self.shared.options.segment_bytes {
+                self.publish(&mut written);
+                self.roll()?;
+            }
+            let position = self.size;
+            let size = segment::write_frame(&mut self.file, append.events, now, &append.payload)?;
+            self.size += size;
+            written.push((
+                self.base,
+                Frame {
+                    position,
+                    length: append.payload.len() as u32,
+                    events: append.events,
+                    appended_at: now,
+                },
+            ));
+            offsets.push(self.next);
+            self.next += 1;
+        }
+        self.file.flush()?;
+        self.unsynced = true;
+        match self.shared.options.fsync {
+            FsyncPolicy::Always => self.sync()?,
+            FsyncPolicy::Interval if self.last_sync.elapsed() >= Duration::from_millis(100) => {
+                self.sync()?
+            }
+            _ => {}
+        }
+        self.publish(&mut written);
+        Ok(offsets)
+    }
+
+    /// Indexes written frames and moves the end past them.
+    fn publish(&self, written: &mut Vec<(u64, Frame)>) {
+        if written.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.shared.state.lock().expect("log state");
+            for (base, frame) in written.drain(..) {
+                if let Some(index) = state.segments.get_mut(&base) {
+                    index.frames.push(frame);
+                }
+            }
+        }
+        self.shared.end.send_replace(self.next);
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        if self.shared.options.fsync != FsyncPolicy::Never {
+            self.file.get_ref().sync_data()?;
+        }
+        self.last_sync = Instant::now();
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Closes the current segment and starts one at the next offset.
+    fn roll(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.sync()?;
+        let path = self.shared.dir.join(segment::file_name(self.next));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        sync_dir(&self.shared.dir);
+        self.file = BufWriter::with_capacity(1 << 20, file);
+        self.base = self.next;
+        self.size = 0;
+        let mut state = self.shared.state.lock().expect("log state");
+        state.segments.insert(
+            self.base,
+            SegmentIndex {
+                path,
+                frames: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Makes a new file's directory entry durable.
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// What `flumen buffer inspect` shows: the log's segments as found on
+/// disk, without changing anything.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Every segment, oldest first.
+    pub segments: Vec<SegmentReport>,
+    /// Offsets below this were released.
+    pub released: u64,
+    /// Segments already moved to `quarantine/`.
+    pub quarantined: Vec<PathBuf>,
+}
+
+/// One segment as found on disk.
+#[derive(Debug)]
+pub struct SegmentReport {
+    /// The segment file.
+    pub path: PathBuf,
+    /// The offset of its first record.
+    pub base: u64,
+    /// Good records in it.
+    pub records: u64,
+    /// Events in those.
+    pub events: u64,
+    /// The file's size.
+    pub bytes: u64,
+    /// Append time of its first record (ms since the epoch).
+    pub oldest: Option<u64>,
+    /// Append time of its last good record.
+    pub newest: Option<u64>,
+    /// What is wrong with it, if anything.
+    pub damage: Option<Damage>,
+}
+
+/// Reads the log in `dir` through, changing nothing.
+pub fn inspect(dir: &Path) -> Result<Inspection> {
+    let io = |e: std::io::Error| failure(format!("buffer {}: {e}", dir.display()));
+    if !dir.is_dir() {
+        return Err(failure(format!("{} is not a directory", dir.display())));
+    }
+    let released = std::fs::read_to_string(dir.join(RELEASED_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut segments = Vec::new();
+    for (base, path) in segment::list(dir).map_err(io)? {
+        let scan = segment::scan(&path).map_err(io)?;
+        segments.push(SegmentReport {
+            base,
+            records: scan.frames.len() as u64,
+            events: scan.frames.iter().map(|f| u64::from(f.events)).sum(),
+            bytes: scan.bytes,
+            oldest: scan.frames.first().map(|f| f.appended_at),
+            newest: scan.frames.last().map(|f| f.appended_at),
+            damage: scan.damage,
+            path,
+        });
+    }
+    let quarantined = segment::list(&dir.join("quarantine"))
+        .map(|list| list.into_iter().map(|(_, path)| path).collect())
+        .unwrap_or_default();
+    Ok(Inspection {
+        segments,
+        released,
+        quarantined,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use super::*;
+
+fn options() -> LogOptions {
+    LogOptions {
+        segment_bytes: 200,
+        ..LogOptions::default()
+    }
+}
+
+async fn append_all(log: &DurableLog, payloads: &[&str]) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for payload in payloads {
+        offsets.push(log.append(1, payload.as_bytes().to_vec()).await.unwrap());
+    }
+    offsets
+}
+
+fn payloads(records: &[LogRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn records_survive_a_reopen_in_order_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = (0..40).map(|i| format!("record number {i}")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    {
+        let log = DurableLog::open(dir.path(), options()).unwrap();
+        assert_eq!(append_all(&log, &refs).await, (0..40).collect::<Vec<u64>>());
+    }
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    assert!(
+        segment::list(dir.path()).unwrap().len() > 3,
+        "small segments roll"
+    );
+    let (records, next) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words);
+    assert_eq!(next, 40);
+    assert_eq!(log.usage().events, 40);
+    // Appending continues after the last record.
+    assert_eq!(log.append(1, b"more".to_vec()).await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn concurrent_appends_each_get_their_own_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DurableLog::open(dir.path(), LogOptions::default()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            log.append(1, format!("{i}").into_bytes()).await.unwrap()
+        }));
+    }
+    let mut offsets = Vec::new();
+    for task in tasks {
+        offsets.push(task.await.unwrap());
+    }
+    offsets.sort();
+    assert_eq!(offsets, (0..200).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn released_records_free_room_and_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DurableLog::open(
+        dir.path(),
+        LogOptions {
+            max_events: 10,
+            ..options()
+        },
+    )
+    .unwrap();
+    let words: Vec<String> = (0..10).map(|i| format!("record number {i}")).collect();
+    append_all(&log, &words.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(matches!(
+        log.append(1, b"one too many".to_vec()).await,
+        Err(AppendError::Full)
+    ));
+    let segments_before = segment::list(dir.path()).unwrap().len();
+    log.release(8).unwrap();
+    assert!(segment::list(dir.path()).unwrap().len() < segments_before);
+    assert_eq!(log.usage().events, 2);
+    assert_eq!(log.append(1, b"fits now".to_vec()).await.unwrap(), 10);
+    // A reopened log starts at what was released.
+    drop(log);
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    assert_eq!(log.released(), 8);
+    let (records, _) = log.read(0, 100, u64::MAX).unwrap();
+    assert_eq!(records.first().map(|r| r.offset), Some(8));
+    assert_eq!(records.len(), 3);
+}
+
+#[tokio::test]
+async fn a_torn_last_write_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = DurableLog::open(dir.path(), LogOptions::default()).unwrap();
+        append_all(&log, &["first", "second"]).await;
+    }
+    let (_, path) = segment::list(dir.path()).unwrap().pop().unwrap();
+    // Half a frame at the end, as a crash mid-write leaves it.
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&[42, 0, 0, 0, 1, 0]).unwrap();
+    drop(file);
+    let log = DurableLog::open(dir.path(), LogOptions::default()).unwrap();
+    assert!(log.quarantined().is_empty());
+    assert_eq!(log.append(1, b"third".to_vec()).await.unwrap(), 2);
+    let (records, _) = log.read(0, 10, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), ["first", "second", "third"]);
+}
+
+#[tokio::test]
+async fn a_corrupt_segment_is_quarantined_and_the_rest_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = (0..30).map(|i| format!("record number {i}")).collect();
+    {
+        let log = DurableLog::open(dir.path(), options()).unwrap();
+        append_all(&log, &words.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    }
+    let segments = segment::list(dir.path()).unwrap();
+    let (damaged_base, damaged) = segments[1].clone();
+    let next_base = segments[2].0;
+    // Flip a byte in the middle of the second segment's first payload.
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[segment::FRAME_HEADER as usize + 2] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    let report = inspect(dir.path()).unwrap();
+    assert!(matches!(
+        report.segments[1].damage,
+        Some(Damage::Corrupt { .. })
+    ));
+
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    let quarantined = log.quarantined();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].offsets, damaged_base..next_base);
+    assert!(quarantined[0].path.exists());
+    let (records, next) = log.read(0, 1000, u64::MAX).unwrap();
+    let expected: Vec<String> = words
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(damaged_base..next_base).contains(&(*i as u64)))
+        .map(|(_, w)| w.clone())
+        .collect();
+    assert_eq!(payloads(&records), expected);
+    assert_eq!(next, 30);
+}
+
+#[tokio::test]
+async fn readers_wait_for_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DurableLog::open(dir.path(), LogOptions::default()).unwrap();
+    assert!(!log.wait_beyond(0, Duration::from_millis(20)).await);
+    let writer = log.clone();
+    tokio::spawn(async move { writer.append(1, b"late".to_vec()).await.unwrap() });
+    assert!(log.wait_beyond(0, Duration::from_secs(5)).await);
+}

@@ -1,0 +1,493 @@
+//! The HTTP side: accepting requests into the buffer, and their status.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::datatypes::{DataType, SchemaRef};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flumen_core::log::{AppendError, DurableLog};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use super::auth::{Authenticator, Client};
+use super::config::HttpSourceConfig;
+
+/// What the server and the source share about one stream.
+pub(crate) struct Stream {
+    pub(crate) config: HttpSourceConfig,
+    pub(crate) schema: SchemaRef,
+    pub(crate) log: DurableLog,
+    /// The offset the source reads next: records before it are being
+    /// processed (or done, once released).
+    pub(crate) read: AtomicU64,
+    pub(crate) keys: IdempotencyKeys,
+    auth: Option<Authenticator>,
+    limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
+}
+
+/// Idempotency keys and the record each admitted, so that a retried
+/// request gets the same id.
+#[derive(Default)]
+pub(crate) struct IdempotencyKeys {
+    keys: Mutex<HashMap<String, KeyState>>,
+}
+
+#[derive(Clone)]
+enum KeyState {
+    /// A request with this key is being appended; its offset comes here.
+    Appending(watch::Receiver<Option<u64>>),
+    Appended(u64),
+}
+
+impl IdempotencyKeys {
+    /// Remembers keys found in the log or in the file of released keys.
+    pub(crate) fn insert_appended(&self, key: String, offset: u64) {
+        self.keys
+            .lock()
+            .expect("keys")
+            .insert(key, KeyState::Appended(offset));
+    }
+
+    /// The keys of records in `range`.
+    pub(crate) fn of_offsets(&self, range: std::ops::Range<u64>) -> Vec<(String, u64)> {
+        let keys = self.keys.lock().expect("keys");
+        keys.iter()
+            .filter_map(|(key, state)| match state {
+                KeyState::Appended(offset) if range.contains(offset) => {
+                    Some((key.clone(), *offset))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(
+        config: HttpSourceConfig,
+        schema: SchemaRef,
+        log: DurableLog,
+        read: u64,
+    ) -> Stream {
+        let auth = config.auth.as_ref().map(Authenticator::new);
+        let limiter = config.rate_limit.as_ref().map(|limit| {
+            let rate = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Stream {
+            config,
+            schema,
+            log,
+            read: AtomicU64::new(read),
+            keys: IdempotencyKeys::default(),
+            auth,
+            limiter,
+        }
+    }
+
+    fn status_url(&self, id: u64) -> String {
+        format!("/v1/streams/{}/events/{id}", self.config.stream)
+    }
+}
+
+/// The routes of one stream.
+pub(crate) fn router(stream: Arc<Stream>) -> Router {
+    Router::new()
+        .route("/v1/streams/{stream}/events", post(accept))
+        .route("/v1/streams/{stream}/events/{id}", get(status))
+        .with_state(stream)
+}
+
+/// An error answer: a status and `{ "error": ... }`.
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn retry_after(mut response: Response, seconds: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
+async fn accept(
+    State(stream): State<Arc<Stream>>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if name != stream.config.stream {
+        return refuse(StatusCode::NOT_FOUND, format!("no stream `{name}`"));
+    }
+    let limit = stream.config.max_body_bytes as usize;
+    let read = tokio::time::timeout(
+        stream.config.request_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    let raw = match read {
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took too long to arrive",
+            );
+        }
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {limit} bytes"),
+            );
+        }
+        Ok(Ok(raw)) => raw,
+    };
+    let client = match &stream.auth {
+        None => Client::Anyone,
+        Some(auth) => match auth.check(&headers, &raw) {
+            Ok(client) => client,
+            Err(message) => return refuse(StatusCode::UNAUTHORIZED, message),
+        },
+    };
+    if let Some(limiter) = &stream.limiter {
+        // Authenticated clients are limited per credential, others per
+        // address.
+        let key = match client {
+            Client::Anyone => (client, Some(peer.ip())),
+            known => (known, None),
+        };
+        if let Err(not_until) = limiter.check_key(&key) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return retry_after(
+                refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
+                wait.as_secs_f64().ceil() as u64,
+            );
+        }
+    }
+    let body = match decompress(&headers, raw, limit) {
+        Ok(body) => body,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let events = match parse_events(&body, &stream.schema, &stream.config.required) {
+        Ok(events) => events,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    admit(&stream, key, events).await
+}
+
+/// The body, gunzipped if it says it is gzip, up to `limit` bytes; or the
+/// status and reason to refuse it with.
+fn decompress(
+    headers: &HeaderMap,
+    raw: Bytes,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, String)> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    match encoding {
+        "identity" => Ok(raw),
+        "gzip" => {
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
+            decoder.read_to_end(&mut out).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("the gzip body is broken: {e}"),
+                )
+            })?;
+            if out.len() > limit {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {limit} bytes once decompressed"),
+                ));
+            }
+            Ok(out.into())
+        }
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("`Content-Encoding: {other}` is not supported; send gzip or nothing"),
+        )),
+    }
+}
+
+/// The events of a body: one JSON object, an array of them, or one per
+/// line; each checked against the schema. The first problem refuses the
+/// whole request, naming the row and field.
+pub(crate) fn parse_events(
+    body: &[u8],
+    schema: &SchemaRef,
+    required: &[String],
+) -> Result<Vec<Map<String, Value>>, String> {
+    let mut values = Vec::new();
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        let value = value.map_err(|e| format!("the body is not valid JSON: {e}"))?;
+        match value {
+            Value::Array(items) if values.is_empty() => values.extend(items),
+            other => values.push(other),
+        }
+    }
+    if values.is_empty() {
+        return Err("the body holds no events".into());
+    }
+    let mut events = Vec::with_capacity(values.len());
+    for (row, value) in values.into_iter().enumerate() {
+        let Value::Object(event) = value else {
+            return Err(format!("row {row}: expected a JSON object, found {value}"));
+        };
+        for field in schema.fields() {
+            let value = event.get(field.name()).filter(|v| !v.is_null());
+            let Some(value) = value else {
+                if required.iter().any(|r| r == field.name()) {
+                    return Err(format!("row {row}: field `{}` is required", field.name()));
+                }
+                continue;
+            };
+            if !fits(field.data_type(), value) {
+                return Err(format!(
+                    "row {row}: field `{}` should be {}, found {value}",
+                    field.name(),
+                    field.data_type()
+                ));
+            }
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Whether a JSON value can be read as `data_type`.
+fn fits(data_type: &DataType, value: &Value) -> bool {
+    match data_type {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => value.is_i64(),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => value.is_u64(),
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            value.is_number()
+        }
+        DataType::Boolean => value.is_boolean(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => value.is_string(),
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+            value.is_string() || value.is_i64()
+        }
+        DataType::List(_) | DataType::LargeList(_) => value.is_array(),
+        DataType::Struct(_) => value.is_object(),
+        _ => true,
+    }
+}
+
+/// A record's payload: a first line of metadata (the idempotency key),
+/// then one event per line.
+pub(crate) fn record_payload(key: Option<&str>, events: &[Map<String, Value>]) -> Vec<u8> {
+    let mut payload = serde_json::to_vec(&json!({ "key": key })).expect("JSON");
+    for event in events {
+        payload.push(b'\n');
+        serde_json::to_writer(&mut payload, event).expect("JSON");
+    }
+    payload
+}
+
+/// The idempotency key of a record's payload, if it has one.
+pub(crate) fn record_key(payload: &[u8]) -> Option<String> {
+    let first = payload.split(|b| *b == b'\n').next()?;
+    let meta: Value = serde_json::from_slice(first).ok()?;
+    meta.get("key")?.as_str().map(str::to_string)
+}
+
+/// What a request with an idempotency key is to do.
+enum Claim {
+    /// An earlier request with the key was admitted as this record.
+    Appended(u64),
+    /// An earlier request with the key is being appended: wait for it.
+    Wait(watch::Receiver<Option<u64>>),
+    /// This request is the first: append, then say so here.
+    Append(watch::Sender<Option<u64>>),
+}
+
+impl IdempotencyKeys {
+    fn claim(&self, key: &str) -> Claim {
+        let mut keys = self.keys.lock().expect("keys");
+        match keys.get(key) {
+            Some(KeyState::Appended(offset)) => Claim::Appended(*offset),
+            Some(KeyState::Appending(receiver)) => Claim::Wait(receiver.clone()),
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                keys.insert(key.to_string(), KeyState::Appending(receiver));
+                Claim::Append(sender)
+            }
+        }
+    }
+
+    fn settle(&self, key: String, sender: watch::Sender<Option<u64>>, appended: Option<u64>) {
+        let mut keys = self.keys.lock().expect("keys");
+        match appended {
+            Some(offset) => {
+                keys.insert(key, KeyState::Appended(offset));
+                let _ = sender.send(Some(offset));
+            }
+            // Failed: a retry may try again (waiters see the sender go).
+            None => {
+                keys.remove(&key);
+            }
+        }
+    }
+}
+
+/// Appends the events as one record and answers 202 once it is durable.
+/// The first request with an idempotency key appends; retries get its id.
+async fn admit(stream: &Stream, key: Option<String>, events: Vec<Map<String, Value>>) -> Response {
+    let Some(key) = key else {
+        return answer(stream, append(stream, None, &events).await);
+    };
+    match stream.keys.claim(&key) {
+        Claim::Appended(offset) => answer(stream, Ok(offset)),
+        Claim::Wait(mut receiver) => match receiver.wait_for(Option::is_some).await {
+            Ok(offset) => {
+                let offset = offset.expect("waited for some");
+                answer(stream, Ok(offset))
+            }
+            Err(_) => retry_after(
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "an earlier request with this key failed; retry",
+                ),
+                1,
+            ),
+        },
+        Claim::Append(sender) => {
+            let result = append(stream, Some(&key), &events).await;
+            stream
+                .keys
+                .settle(key, sender, result.as_ref().ok().copied());
+            answer(stream, result)
+        }
+    }
+}
+
+async fn append(
+    stream: &Stream,
+    key: Option<&str>,
+    events: &[Map<String, Value>],
+) -> Result<u64, AppendError> {
+    let payload = record_payload(key, events);
+    stream.log.append(events.len() as u32, payload).await
+}
+
+fn answer(stream: &Stream, appended: Result<u64, AppendError>) -> Response {
+    match appended {
+        Ok(id) => {
+            let status_url = stream.status_url(id);
+            let mut response = (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "id": id.to_string(), "status_url": status_url })),
+            )
+                .into_response();
+            if let Ok(location) = HeaderValue::from_str(&status_url) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(AppendError::Full) => retry_after(
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the buffer is full; nothing of this request was accepted",
+            ),
+            1,
+        ),
+        Err(AppendError::Failed(e)) => retry_after(
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("could not store the events: {e}"),
+            ),
+            5,
+        ),
+    }
+}
+
+async fn status(
+    State(stream): State<Arc<Stream>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    if name != stream.config.stream {
+        return refuse(StatusCode::NOT_FOUND, format!("no stream `{name}`"));
+    }
+    let Some(offset) = id.parse::<u64>().ok().filter(|o| *o < stream.log.end()) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no request `{id}`"));
+    };
+    let lost = stream
+        .log
+        .quarantined()
+        .iter()
+        .any(|q| q.offsets.contains(&offset));
+    let status = if lost {
+        "failed"
+    } else if offset < stream.log.released() {
+        "done"
+    } else if offset < stream.read.load(Ordering::Acquire) {
+        "processing"
+    } else {
+        "queued"
+    };
+    let mut body = json!({ "id": id, "stream": name, "status": status });
+    if lost {
+        body["error"] = json!("its buffer segment was damaged and quarantined");
+    }
+    axum::Json(body).into_response()
+}
+
+/// Serves the routes on `listener` until dropped. Headers must arrive
+/// within `timeout` (slow clients cannot hold connections).
+pub(crate) async fn serve(listener: tokio::net::TcpListener, router: Router, timeout: Duration) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let Ok((socket, peer)) = listener.accept().await else {
+            continue;
+        };
+        let service = router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.map(Body::new)
+            },
+        );
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let _ = builder
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

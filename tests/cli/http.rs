@@ -1,0 +1,419 @@
+//! HTTP ingest through `flumen run`: what clients are told, what is
+//! admitted, and that a 202 is kept through SIGKILLs.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::crash::{Random, committed};
+use super::flumen;
+
+const TOKEN: &str = "s3cret-token";
+const FLOOD_TOKEN: &str = "flood-token";
+const HMAC_SECRET: &str = "webhook-secret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP source into a file sink, checkpointed every 100 ms.
+fn pipeline(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 100ms
+  store: {dir}/checkpoints
+sources:
+  orders:
+    type: http
+    listen: 127.0.0.1:{port}
+    stream: orders
+    schema: {{ id: int64, item: string }}
+    required: [id]
+    buffer: {{ dir: {dir}/buffer }}
+{extra}
+sinks:
+  rows:
+    type: file
+    inputs: [orders]
+    path: {dir}/rows
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn spawn(file: &Path) -> Child {
+    flumen()
+        .args(["run", "--progress", "off"])
+        .arg(file)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/v1/streams/orders/events")
+}
+
+/// Waits until the server answers.
+async fn ready(client: &reqwest::Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{}/0", url(port))).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the HTTP source never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The committed ids, as numbers.
+fn ids(dir: &Path) -> Vec<i64> {
+    let mut ids: Vec<i64> = committed(&dir.join("rows"))
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Waits until `count` rows are committed.
+fn wait_for_rows(dir: &Path, count: usize, limit: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let ids = ids(dir);
+        if ids.len() >= count || Instant::now() > deadline {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signed(
+    request: reqwest::RequestBuilder,
+    id: &str,
+    timestamp: u64,
+    body: &str,
+    secret: &str,
+) -> reqwest::RequestBuilder {
+    let signature = flumen::sources::http::sign(secret.as_bytes(), id, timestamp, body.as_bytes());
+    request
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body.to_string())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn every_refused_request_gets_its_status_and_admits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let auth = format!(
+        "    auth: {{ bearer_tokens: [{TOKEN}, {FLOOD_TOKEN}], hmac_secrets: [{HMAC_SECRET}] }}
+    max_body_bytes: 8192
+    rate_limit: {{ per_second: 5, burst: 10 }}"
+    );
+    let mut child = spawn(&pipeline(dir.path(), port, &auth));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let accepted: Vec<i64> = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        ready(&client, port).await;
+        let post = || client.post(url(port));
+        let status = |r: reqwest::Response| r.status();
+        let mut accepted = Vec::new();
+
+        // Refused before anything is read: no or bad credentials.
+        let body = r#"{"id": 900, "item": "nope"}"#;
+        assert_eq!(
+            status(post().body(body).send().await.unwrap()),
+            StatusCode::UNAUTHORIZED
+        );
+        let wrong_token = post().bearer_auth("guess").body(body).send().await.unwrap();
+        assert_eq!(wrong_token.status(), StatusCode::UNAUTHORIZED);
+        let bad_hmac = signed(post(), "msg_1", now(), body, "not-the-secret");
+        assert_eq!(
+            status(bad_hmac.send().await.unwrap()),
+            StatusCode::UNAUTHORIZED
+        );
+        let stale = signed(post(), "msg_2", now() - 600, body, HMAC_SECRET);
+        let stale = stale.send().await.unwrap();
+        assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+        assert!(stale.text().await.unwrap().contains("webhook-timestamp"));
+
+        // A signed request is accepted once; its replay is refused.
+        let good = r#"{"id": 4, "item": "signed"}"#;
+        let first = signed(post(), "msg_3", now(), good, HMAC_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::ACCEPTED);
+        accepted.push(4);
+        let replay = signed(post(), "msg_3", now(), good, HMAC_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+        assert!(replay.text().await.unwrap().contains("replay"));
+
+        // Accepted, and a retry with the same key gets the same id.
+        let two = r#"[{"id": 1, "item": "tea"}, {"id": 2, "item": "scone"}]"#;
+        let keyed = || {
+            post()
+                .bearer_auth(TOKEN)
+                .header("idempotency-key", "order-1")
+                .body(two)
+        };
+        let first = keyed().send().await.unwrap();
+        assert_eq!(first.status(), StatusCode::ACCEPTED);
+        let location = first.headers()["location"].to_str().unwrap().to_string();
+        let first: Value = first.json().await.unwrap();
+        assert_eq!(first["status_url"], location.as_str());
+        let retry: Value = keyed().send().await.unwrap().json().await.unwrap();
+        assert_eq!(retry["id"], first["id"]);
+        accepted.extend([1, 2]);
+
+        // NDJSON, gzipped.
+        let ndjson = gzip(b"{\"id\": 3, \"item\": \"cake\"}\n{\"id\": 5}\n");
+        let gzipped = post()
+            .bearer_auth(TOKEN)
+            .header("content-encoding", "gzip")
+            .body(ndjson)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gzipped.status(), StatusCode::ACCEPTED);
+        accepted.extend([3, 5]);
+
+        // Too large, plain and once decompressed (a gzip bomb).
+        let large = format!("[{}]", vec![r#"{"id": 901}"#; 1000].join(","));
+        let refused = post().bearer_auth(TOKEN).body(large).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let bomb = gzip(&vec![b' '; 5 << 20]);
+        assert!(bomb.len() < 8192, "{}", bomb.len());
+        let refused = post()
+            .bearer_auth(TOKEN)
+            .header("content-encoding", "gzip")
+            .body(bomb)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        // Malformed JSON, and a request whose second event breaks the
+        // schema: nothing of either is admitted.
+        let malformed = post()
+            .bearer_auth(TOKEN)
+            .body(r#"{"id": 902,"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+        let mixed = r#"[{"id": 903, "item": "ok"}, {"id": "nine", "item": "bad"}]"#;
+        let refused = post().bearer_auth(TOKEN).body(mixed).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let message = refused.text().await.unwrap();
+        assert!(
+            message.contains("row 1") && message.contains("`id`"),
+            "{message}"
+        );
+        let missing = post()
+            .bearer_auth(TOKEN)
+            .body(r#"{"item": "no id"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+
+        // A client over its rate is told when to come back.
+        let mut limited = None;
+        for i in 0..40 {
+            let body = format!(r#"{{"id": {}}}"#, 1000 + i);
+            let response = post()
+                .bearer_auth(FLOOD_TOKEN)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            match response.status() {
+                StatusCode::ACCEPTED => accepted.push(1000 + i),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    limited = Some(
+                        response.headers()["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .to_string(),
+                    );
+                }
+                other => panic!("flood request {i}: {other}"),
+            }
+        }
+        let retry_after: u64 = limited.expect("the flood was limited").parse().unwrap();
+        assert!(retry_after >= 1);
+
+        // The status of an accepted request ends as done.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status: Value = client
+                .get(format!("http://127.0.0.1:{port}{location}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["status"] == "done" {
+                break;
+            }
+            assert!(
+                ["queued", "processing"].contains(&status["status"].as_str().unwrap()),
+                "{status}"
+            );
+            assert!(Instant::now() < deadline, "never done: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unknown = client
+            .get(format!("{}/123456", url(port)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        accepted
+    });
+    let mut expected = accepted;
+    expected.sort_unstable();
+    let rows = wait_for_rows(dir.path(), expected.len(), Duration::from_secs(60));
+    // Give a wrongly admitted event time to show up too.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ids(dir.path()), expected, "first look: {rows:?}");
+}
+
+#[test]
+fn every_event_accepted_through_five_sigkills_arrives_once() {
+    const REQUESTS: u64 = 2_000;
+    const PER_REQUEST: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = pipeline(dir.path(), port, "");
+    let mut random = Random::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let next_request = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let retried = Arc::new(AtomicU64::new(0));
+    // Eight clients post batches of ids, each retried with its key until
+    // it gets a 202, across the restarts.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (next_request, accepted, retried) =
+                (next_request.clone(), accepted.clone(), retried.clone());
+            runtime.spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                loop {
+                    let request = next_request.fetch_add(1, Ordering::SeqCst);
+                    if request >= REQUESTS {
+                        break;
+                    }
+                    let events: Vec<Value> = (0..PER_REQUEST)
+                        .map(|i| json!({ "id": request * PER_REQUEST + i, "item": "x" }))
+                        .collect();
+                    let body = serde_json::to_string(&events).unwrap();
+                    let mut attempts = 0;
+                    loop {
+                        let response = client
+                            .post(url(port))
+                            .header("idempotency-key", format!("request-{request}"))
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match response.map(|r| r.status()) {
+                            Ok(StatusCode::ACCEPTED) => {
+                                accepted.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                            Ok(status) if status.is_client_error() => {
+                                panic!("request {request}: {status}")
+                            }
+                            _ => {
+                                attempts += 1;
+                                if attempts > 1 {
+                                    retried.fetch_add(1, Ordering::Relaxed);
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut child = spawn(&file);
+    // Kill once every sixth of the requests is accepted, a little after.
+    for kill in 1..=5 {
+        while accepted.load(Ordering::SeqCst) < kill * REQUESTS / 6 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(random.below(30)));
+        let done = accepted.load(Ordering::SeqCst);
+        eprintln!("kill {kill}: {done} of {REQUESTS} requests accepted");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        child = spawn(&file);
+    }
+    runtime.block_on(async {
+        for client in clients {
+            client.await.unwrap();
+        }
+    });
+    let expected = (REQUESTS * PER_REQUEST) as usize;
+    let rows = wait_for_rows(dir.path(), expected, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let rows_after = ids(dir.path());
+    assert_eq!(
+        rows_after.len(),
+        rows.len(),
+        "rows kept coming after all were in"
+    );
+    let unique: BTreeSet<i64> = rows_after.iter().copied().collect();
+    assert_eq!(unique.len(), rows_after.len(), "some events arrived twice");
+    assert_eq!(
+        unique,
+        (0..expected as i64).collect::<BTreeSet<i64>>(),
+        "events lost ({} retried requests)",
+        retried.load(Ordering::Relaxed)
+    );
+}
