@@ -1,9 +1,10 @@
 //! The command line: `flumen run | validate | graph | config | checkpoints |
-//! sql`.
+//! buffer | sql`.
 //!
 //! Exit codes: 0 success, 1 the pipeline failed while running (or a
 //! `flumen sql` query failed), 2 the command or the pipeline file is wrong.
 
+mod buffer;
 mod checkpoints;
 mod graph;
 mod logging;
@@ -67,6 +68,9 @@ enum Command {
     /// List and inspect the checkpoints in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// Inspect a durable buffer (an HTTP source's): size, segments, damage.
+    #[command(subcommand)]
+    Buffer(buffer::BufferCommand),
     /// Query the Parquet files that sinks write, with SQL (read-only):
     /// tables given by location or by a pipeline file's `parquet` sinks.
     Sql(sql::SqlArgs),
@@ -137,6 +141,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             write_output(output, &rendered)
         }
         Command::Checkpoints(command) => checkpoints::run(command),
+        Command::Buffer(command) => buffer::run(command),
         Command::Sql(args) => sql::run(args, &registry),
         Command::Config(ConfigCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&pipeline_schema(&registry))
