@@ -406,6 +406,14 @@ pub trait Sink: Send + 'static {
     /// Writes one batch.
     async fn write(&mut self, batch: RecordBatch, ctx: &mut Context) -> Result<()>;
 
+    /// Rows of the last batch that the destination refused for good while
+    /// the rest was written (a 4xx answer to one request of several). They
+    /// go where the sink's `on_error` policy says. Called after every
+    /// successful [`Sink::write`].
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
+
     /// Called when the watermark advances.
     async fn on_watermark(&mut self, _watermark: EventTime, _ctx: &mut Context) -> Result<()> {
         Ok(())

@@ -1,8 +1,11 @@
-//! Flumen's sinks: standard output, blackhole, files, Parquet and Kafka.
+//! Flumen's sinks: standard output, blackhole, files, Parquet, Kafka and
+//! HTTP.
 
 pub mod blackhole;
 pub mod encoding;
 pub mod file;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod parquet;
@@ -11,6 +14,8 @@ pub mod stdout;
 pub use self::blackhole::{BlackholeConfig, BlackholeSink};
 pub use self::encoding::TextFormat;
 pub use self::file::{FileSink, FileSinkConfig};
+#[cfg(feature = "http")]
+pub use self::http::{HttpSink, HttpSinkConfig};
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
 pub use self::parquet::{ParquetSink, ParquetSinkConfig};

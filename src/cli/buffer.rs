@@ -53,9 +53,9 @@ pub fn run(command: BufferCommand) -> Result<(), Failure> {
             .unwrap_or_default();
         let problem = match &segment.damage {
             None => String::new(),
-            Some(SegmentDamage::TornTail { valid_bytes }) => format!(
-                "last write cut short after byte {valid_bytes} (cut off when opened)"
-            ),
+            Some(SegmentDamage::TornTail { valid_bytes }) => {
+                format!("last write cut short after byte {valid_bytes} (cut off when opened)")
+            }
             Some(SegmentDamage::Corrupt { at, reason }) => {
                 damaged += 1;
                 format!("CORRUPT at byte {at}: {reason} (quarantined when opened)")
@@ -86,5 +86,7 @@ pub fn run(command: BufferCommand) -> Result<(), Failure> {
 fn time(millis: Option<u64>) -> String {
     millis
         .and_then(|m| chrono::DateTime::from_timestamp_millis(m as i64))
-        .map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .map_or("-".into(), |t| {
+            t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+        })
 }

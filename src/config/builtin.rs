@@ -94,6 +94,12 @@ impl Registry {
             "kafka",
             "Writes rows to a Kafka topic, at least once or exactly once with transactions.",
         );
+        #[cfg(feature = "http")]
+        registry.register::<flumen_sinks::HttpSinkConfig>(
+            Sinks,
+            "http",
+            "POSTs batches of rows to a URL, with retries, backoff and a circuit breaker.",
+        );
         registry
     }
 }
@@ -179,6 +185,13 @@ impl ComponentConfig for DedupeConfig {
 impl ComponentConfig for RouteConfig {
     fn build_node(&self) -> Result<NodeKind> {
         Ok(operator(self.build()?))
+    }
+}
+
+#[cfg(feature = "http")]
+impl ComponentConfig for flumen_sinks::HttpSinkConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(sink(self.build()?))
     }
 }
 

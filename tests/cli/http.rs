@@ -493,5 +493,143 @@ fn a_damaged_buffer_segment_is_quarantined_and_the_rest_delivered() {
     assert_eq!(status["status"], "failed", "{status}");
     assert_eq!(ids(dir.path()), expected, "first look: {} rows", rows.len());
     let inspect = super::run(&["buffer", "inspect", buffer.to_str().unwrap()]);
-    assert!(inspect.stdout.contains("quarantined:"), "{}", inspect.stdout);
+    assert!(
+        inspect.stdout.contains("quarantined:"),
+        "{}",
+        inspect.stdout
+    );
+}
+
+/// A downstream service that can be stopped: while down it answers 503
+/// with `Retry-After`, while up it records the ids it is sent.
+struct Downstream {
+    up: Arc<std::sync::atomic::AtomicBool>,
+    received: Arc<std::sync::Mutex<Vec<i64>>>,
+    port: u16,
+}
+
+impl Downstream {
+    async fn start() -> Downstream {
+        use axum::http::StatusCode as Status;
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up_, received_) = (up.clone(), received.clone());
+        let app = axum::Router::new().route(
+            "/articles",
+            axum::routing::post(move |axum::Json(rows): axum::Json<Vec<Value>>| {
+                let (up, received) = (up_.clone(), received_.clone());
+                async move {
+                    if !up.load(Ordering::SeqCst) {
+                        return (Status::SERVICE_UNAVAILABLE, [("retry-after", "1")])
+                            .into_response();
+                    }
+                    let mut received = received.lock().unwrap();
+                    received.extend(rows.iter().map(|r| r["id"].as_i64().unwrap()));
+                    Status::OK.into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Downstream { up, received, port }
+    }
+}
+
+use axum::response::IntoResponse;
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_full_buffer_answers_503_and_delivers_everything_once_downstream_returns() {
+    const RSS_BOUND: u64 = 128 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let downstream = runtime.block_on(Downstream::start());
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 100ms
+  store: {dir}/checkpoints
+sources:
+  articles:
+    type: http
+    listen: 127.0.0.1:{port}
+    stream: orders
+    schema: {{ id: int64, body: string }}
+    buffer: {{ dir: {dir}/buffer, max_events: 5000 }}
+sinks:
+  legacy:
+    type: http
+    inputs: [articles]
+    url: http://127.0.0.1:{downstream}/articles
+    batch_size: 100
+    concurrency: 4
+    retry: {{ initial_backoff: 50ms, max_backoff: 500ms }}
+    circuit_breaker: {{ failures: 3, open_for: 200ms }}
+"#,
+        dir = dir.path().display(),
+        downstream = downstream.port,
+    );
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut child = spawn(&file);
+    let body = "x".repeat(1000);
+    let (accepted, refused) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        ready(&client, port).await;
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        // Post until the buffer is full, then keep posting: every request
+        // after that is refused, and memory does not grow.
+        for request in 0..400i64 {
+            let events: Vec<Value> = (0..50)
+                .map(|i| json!({ "id": request * 50 + i, "body": body }))
+                .collect();
+            let response = client.post(url(port)).json(&events).send().await.unwrap();
+            match response.status() {
+                StatusCode::ACCEPTED => accepted.extend(request * 50..request * 50 + 50),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(response.headers().contains_key("retry-after"));
+                    refused += 1;
+                }
+                other => panic!("request {request}: {other}"),
+            }
+        }
+        (accepted, refused)
+    });
+    let memory = rss(child.id());
+    assert!(refused > 0, "the buffer never filled");
+    assert!(accepted.len() >= 5000, "{} accepted", accepted.len());
+    assert!(
+        memory < RSS_BOUND,
+        "resident memory {} MB over the bound",
+        memory >> 20
+    );
+    assert!(downstream.received.lock().unwrap().is_empty());
+
+    // The service comes back: everything accepted arrives, once.
+    downstream.up.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while downstream.received.lock().unwrap().len() < accepted.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut received = downstream.received.lock().unwrap().clone();
+    received.sort_unstable();
+    eprintln!(
+        "accepted {}, refused {refused} requests, rss {} MB",
+        accepted.len(),
+        memory >> 20
+    );
+    assert_eq!(received, accepted);
 }

@@ -477,7 +477,7 @@ async fn write_with_retries(
     let mut delay = Duration::from_millis(100);
     for attempt in 1.. {
         let error = match sink.write(batch.clone(), ctx).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return env.rejected(sink.take_rejected()).await,
             Err(error) => error,
         };
         match &error {
