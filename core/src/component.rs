@@ -337,6 +337,15 @@ pub trait Operator: Send + 'static {
         Ok(Snapshot::default())
     }
 
+    /// A checkpoint is complete: durable, with every instance's part in
+    /// it. An operator that keeps data outside its snapshots (a buffer on
+    /// disk) may now forget what that checkpoint no longer needs. Called
+    /// between messages, at most once per checkpoint, possibly after later
+    /// snapshots were taken.
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// Takes back a state [`Operator::snapshot`] gave, before any input.
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
         if snapshot.is_empty() {

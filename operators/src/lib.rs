@@ -1,7 +1,9 @@
 //! Flumen's operators: the steps between sources and sinks: SQL and
-//! closure transforms, windows, top-N, joins, dedupe and routing.
+//! closure transforms, windows, top-N, joins, dedupe, routing and the
+//! rate-limited buffer.
 
 pub mod aggregate;
+pub mod buffer;
 mod config;
 pub mod dedupe;
 pub mod join;
@@ -11,6 +13,7 @@ pub mod transform;
 mod union;
 pub mod window;
 
+pub use self::buffer::{Buffer, BufferConfig};
 pub use self::config::{SqlConfig, UnionConfig, UnnestConfig};
 pub use self::dedupe::{Dedupe, DedupeConfig};
 pub use self::join::{Join, JoinConfig, JoinType};

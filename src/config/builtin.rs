@@ -71,6 +71,11 @@ impl Registry {
                 "dedupe",
                 "Drops rows whose key was seen within a horizon.",
             )
+            .register::<flumen_operators::BufferConfig>(
+                Transforms,
+                "buffer",
+                "Holds rows (in memory or a durable log) and lets them out at a steady rate.",
+            )
             .register::<RouteConfig>(
                 Transforms,
                 "route",
@@ -177,6 +182,12 @@ impl ComponentConfig for JoinConfig {
 }
 
 impl ComponentConfig for DedupeConfig {
+    fn build_node(&self) -> Result<NodeKind> {
+        Ok(operator(self.build()?))
+    }
+}
+
+impl ComponentConfig for flumen_operators::BufferConfig {
     fn build_node(&self) -> Result<NodeKind> {
         Ok(operator(self.build()?))
     }

@@ -266,6 +266,29 @@ impl DurableLog {
         Ok(DurableLog { shared, requests })
     }
 
+    /// Opens the log in `dir` after cutting off every record at offset
+    /// `end` and after: a restore to a checkpoint taken when the log ended
+    /// there (what came after will be appended again).
+    pub fn open_truncated(dir: &Path, options: LogOptions, end: u64) -> Result<DurableLog> {
+        let io = |e: std::io::Error| failure(format!("buffer {}: {e}", dir.display()));
+        if dir.is_dir() {
+            for (base, path) in segment::list(dir).map_err(io)? {
+                if base >= end {
+                    std::fs::remove_file(&path).map_err(io)?;
+                    continue;
+                }
+                let scan = segment::scan(&path).map_err(io)?;
+                if let Some(first_cut) = scan.frames.get((end - base) as usize) {
+                    let file = OpenOptions::new().write(true).open(&path).map_err(io)?;
+                    file.set_len(first_cut.position)
+                        .and_then(|_| file.sync_all())
+                        .map_err(io)?;
+                }
+            }
+        }
+        DurableLog::open(dir, options)
+    }
+
     /// Appends one record holding `events` events; returns its offset once
     /// it is durable (per the fsync policy).
     pub async fn append(

@@ -515,8 +515,16 @@ impl Pipeline {
                             .cloned()
                             .collect();
                         let operator = factory.create(instance, &schemas).map_err(in_node)?;
-                        tasks::run_operator(env, operator, Inputs::new(channels), outputs, snapshot)
-                            .boxed()
+                        let completed = handles.as_ref().map(|h| h.completed.clone());
+                        tasks::run_operator(
+                            env,
+                            operator,
+                            Inputs::new(channels),
+                            outputs,
+                            snapshot,
+                            completed,
+                        )
+                        .boxed()
                     }
                     NodeKind::Sink(factory) => {
                         let schema = node.input_schemas(&self.nodes)[0].clone();

@@ -283,6 +283,7 @@ pub(crate) async fn run_operator(
     mut inputs: Inputs,
     mut outputs: Outputs,
     restore: Option<Snapshot>,
+    mut completed: Option<watch::Receiver<(u64, bool)>>,
 ) -> Result<()> {
     if let Some(snapshot) = restore {
         operator.restore(snapshot)?;
@@ -290,6 +291,12 @@ pub(crate) async fn run_operator(
     let mut ctx = env.context();
     let mut out = Collector::default();
     loop {
+        if let Some(completed) = &mut completed
+            && completed.has_changed().unwrap_or(false)
+        {
+            let (checkpoint, _) = *completed.borrow_and_update();
+            operator.checkpoint_complete(checkpoint)?;
+        }
         let received = match operator.next_timer() {
             None => env.receive(&mut inputs).await?,
             Some(at) => {

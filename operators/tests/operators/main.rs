@@ -1,6 +1,7 @@
 //! The operators, each checked against DataFusion's batch answer over the
 //! same rows.
 
+mod buffer;
 mod checkpoints;
 mod common;
 mod joins;
