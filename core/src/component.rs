@@ -324,6 +324,13 @@ pub trait Operator: Send + 'static {
         Ok(())
     }
 
+    /// After [`Operator::on_end`]: whether the operator still has rows to
+    /// let out on its timers (a rate-limited buffer draining). The runtime
+    /// keeps calling [`Operator::on_timer`] until this is false.
+    fn finishing(&self) -> bool {
+        false
+    }
+
     /// How much state the operator holds now (buffered rows, keys, window
     /// partials). Reported as metrics; zero once the operator has emitted
     /// everything it can.

@@ -259,7 +259,9 @@ impl BufferInstance {
             Store::Memory(queue) => queue.push_back(batch),
             Store::Disk { log, .. } => {
                 // One record per batch to let out, so the drain reads
-                // whole records.
+                // whole records. They are appended together, so that they
+                // share one sync (the writes stay in order).
+                let mut appends = Vec::new();
                 for start in (0..batch.num_rows()).step_by(size) {
                     let rows = batch.slice(start, size.min(batch.num_rows() - start));
                     let mut payload = Vec::new();
@@ -267,7 +269,10 @@ impl BufferInstance {
                     writer.write(&rows)?;
                     writer.finish()?;
                     drop(writer);
-                    match log.append(rows.num_rows() as u32, payload).await {
+                    appends.push(log.append(rows.num_rows() as u32, payload));
+                }
+                for appended in futures::future::join_all(appends).await {
+                    match appended {
                         Ok(_) => {}
                         Err(AppendError::Full) => {
                             return Err(Error::internal("the buffer's log refused an append"));
@@ -413,15 +418,13 @@ impl Operator for BufferInstance {
     }
 
     async fn on_end(&mut self, _ctx: &mut Context, out: &mut Collector) -> Result<()> {
-        // A bounded input ended: let the rest out at the drain's pace.
-        while self.waiting.events > 0 {
-            self.drain(out)?;
-            if let Some(at) = self.next_drain {
-                let wait = at.saturating_sub(crate::window::wall_clock_millis()).max(1);
-                tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
-            }
-        }
-        Ok(())
+        // A bounded input ended: the rest leaves at the drain's pace, on
+        // the timer (see `finishing`).
+        self.drain(out)
+    }
+
+    fn finishing(&self) -> bool {
+        self.waiting.events > 0
     }
 
     fn state_size(&self) -> StateSize {

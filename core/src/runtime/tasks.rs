@@ -347,6 +347,22 @@ pub(crate) async fn run_operator(
             Received::End => {
                 operator.on_end(&mut ctx, &mut out).await?;
                 flush(&env, &mut out, &mut outputs).await?;
+                // Some operators let out what they hold at their own pace.
+                while operator.finishing() {
+                    let Some(at) = operator.next_timer() else {
+                        break;
+                    };
+                    let wait = at.saturating_sub(wall_clock_millis()).max(0) as u64;
+                    tokio::select! {
+                        _ = env.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    }
+                    operator
+                        .on_timer(wall_clock_millis(), &mut ctx, &mut out)
+                        .await?;
+                    flush(&env, &mut out, &mut outputs).await?;
+                    env.metrics.record_state(operator.state_size());
+                }
                 env.metrics.record_state(operator.state_size());
                 env.ack(0, AckKind::Ended(serde_json::Value::Null));
                 outputs.send_to_all(Message::End).await?;

@@ -143,6 +143,10 @@ async fn a_restore_drains_from_the_snapshot_and_forgets_input_after_it() {
     restored.restore(snapshot).unwrap();
     assert_eq!(restored.state_size().rows, 20);
     restored.on_end(&mut ctx, &mut out).await.unwrap();
+    while restored.finishing() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        restored.on_timer(0, &mut ctx, &mut out).await.unwrap();
+    }
     let let_out: Vec<RecordBatch> = out.drain().map(|(_, b)| b).collect();
     assert_eq!(keys(&let_out), (10..30).collect::<Vec<_>>());
     assert_eq!(restored.state_size().rows, 0);
