@@ -6,6 +6,7 @@
 //! cargo bench --bench nexmark                # everything
 //! cargo bench --bench nexmark -- q1 q5 json  # only sections whose name matches
 //! cargo bench --bench nexmark -- kafka         # Kafka source and sink (starts tansu)
+//! cargo bench --bench nexmark -- ingest drain  # HTTP ingest, the buffer's drain rate
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
 //!
@@ -27,6 +28,8 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator, b
 use flumen_core::testing::MemorySource;
 
 mod checkpoints;
+#[cfg(feature = "http")]
+mod ingest;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod parquet_sink;
@@ -99,6 +102,8 @@ fn main() {
     if wanted("json") {
         json_file_source(&runtime);
     }
+    #[cfg(feature = "http")]
+    ingest::run(&runtime, &wanted);
     #[cfg(feature = "kafka")]
     if wanted("kafka") {
         kafka::run(&runtime);

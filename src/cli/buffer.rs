@@ -64,7 +64,10 @@ pub fn run(command: BufferCommand) -> Result<(), Failure> {
         println!(
             "  {:<26} {:>10} {:>9} {:>10} {:>12}  {problem}",
             name,
-            format!("{}-", segment.base),
+            match segment.records {
+                0 => "-".to_string(),
+                n => format!("{}-{}", segment.base, segment.base + n - 1),
+            },
             segment.records,
             segment.events,
             segment.bytes

@@ -633,3 +633,66 @@ sinks:
     );
     assert_eq!(received, accepted);
 }
+
+#[test]
+fn over_tls_requests_are_accepted_and_plain_http_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        // A server certificate, not a CA (which TLS clients refuse as one).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success(), "openssl could not make a certificate");
+    let port = free_port();
+    let tls = format!(
+        "    tls: {{ cert: {}, key: {} }}",
+        cert.display(),
+        key.display()
+    );
+    let mut child = spawn(&pipeline(dir.path(), port, &tls));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(root)
+            .build()
+            .unwrap();
+        let url = format!("https://127.0.0.1:{port}/v1/streams/orders/events");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let response = loop {
+            match client.post(&url).body(r#"{"id": 7}"#).send().await {
+                Ok(response) => break response,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{e:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let plain = reqwest::Client::new()
+            .post(url.replace("https", "http"))
+            .body(r#"{"id": 8}"#)
+            .send()
+            .await;
+        assert!(plain.is_err() || plain.unwrap().status() != StatusCode::ACCEPTED);
+    });
+    let rows = wait_for_rows(dir.path(), 1, Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(rows, vec![7]);
+}

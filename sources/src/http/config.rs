@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -64,6 +65,50 @@ pub struct HttpSourceConfig {
     /// Most events the source reads from the buffer into one batch.
     #[serde(default = "default_batch_events")]
     pub batch_events: usize,
+
+    /// Serve HTTPS with this certificate and key (PEM files). Default:
+    /// plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// A certificate and its private key, as PEM files.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Reads the files into a TLS acceptor.
+    pub(crate) fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| Error::config("tls.cert", format!("{}: {e}", self.cert.display())))?;
+        if certs.is_empty() {
+            return Err(Error::config(
+                "tls.cert",
+                format!("{} holds no certificate", self.cert.display()),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| Error::config("tls.key", format!("{}: {e}", self.key.display())))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::config("tls", e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| {
+                Error::config("tls", format!("the certificate and key do not fit: {e}"))
+            })?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 /// The durable buffer behind HTTP ingest.
@@ -202,6 +247,9 @@ impl HttpSourceConfig {
         }
         if self.buffer.max_bytes == 0 {
             return Err(Error::config("buffer.max_bytes", "must be above 0"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.acceptor()?;
         }
         Ok(HttpSource::new(self.clone(), listen, schema))
     }

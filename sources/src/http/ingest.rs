@@ -32,6 +32,9 @@ pub(crate) struct Stream {
     /// processed (or done, once released).
     pub(crate) read: AtomicU64,
     pub(crate) keys: IdempotencyKeys,
+    /// Requests whose events could not be decoded when read back, sent to
+    /// the dead letters instead (until the process restarts).
+    pub(crate) dead_lettered: Mutex<std::collections::HashSet<u64>>,
     auth: Option<Authenticator>,
     limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
 }
@@ -92,6 +95,7 @@ impl Stream {
             log,
             read: AtomicU64::new(read),
             keys: IdempotencyKeys::default(),
+            dead_lettered: Mutex::default(),
             auth,
             limiter,
         }
@@ -436,8 +440,15 @@ async fn status(
         .quarantined()
         .iter()
         .any(|q| q.offsets.contains(&offset));
+    let dead_lettered = stream
+        .dead_lettered
+        .lock()
+        .expect("dead letters")
+        .contains(&offset);
     let status = if lost {
         "failed"
+    } else if dead_lettered {
+        "dead_lettered"
     } else if offset < stream.log.released() {
         "done"
     } else if offset < stream.read.load(Ordering::Acquire) {
@@ -452,9 +463,15 @@ async fn status(
     axum::Json(body).into_response()
 }
 
-/// Serves the routes on `listener` until dropped. Headers must arrive
-/// within `timeout` (slow clients cannot hold connections).
-pub(crate) async fn serve(listener: tokio::net::TcpListener, router: Router, timeout: Duration) {
+/// Serves the routes on `listener` until dropped, over TLS if given one.
+/// Headers (and the TLS handshake) must arrive within `timeout`, so slow
+/// clients cannot hold connections.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use tower::ServiceExt;
@@ -475,12 +492,25 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, router: Router, tim
                 request.map(Body::new)
             },
         );
-        let builder = builder.clone();
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let _ = builder
-                .serve_connection(TokioIo::new(socket), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                }
+                Some(tls) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(socket)).await
+                    else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
     }
 }

@@ -19,5 +19,7 @@ mod source;
 mod tests;
 
 pub use self::auth::sign;
-pub use self::config::{AuthConfig, HttpSourceConfig, IngestBufferConfig, RateLimitConfig};
+pub use self::config::{
+    AuthConfig, HttpSourceConfig, IngestBufferConfig, RateLimitConfig, TlsConfig,
+};
 pub use self::source::HttpSource;

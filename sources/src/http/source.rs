@@ -184,6 +184,13 @@ impl HttpIngest {
                 .decode(events)
                 .and_then(|_| line_decoder.flush());
             if let Err(e) = checked {
+                if let Some(stream) = &self.stream {
+                    stream
+                        .dead_lettered
+                        .lock()
+                        .expect("dead letters")
+                        .insert(record.offset);
+                }
                 self.rejected.push(Rejected {
                     error: e.to_string(),
                     record: String::from_utf8_lossy(events).into_owned(),
@@ -299,11 +306,13 @@ impl Source for HttpIngest {
             "accepting events at POST /v1/streams/{}/events",
             self.config.stream
         );
+        let tls = self.config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
         let router = ingest::router(stream.clone());
         self.server = Some(tokio::spawn(ingest::serve(
             listener,
             router,
             self.config.request_timeout,
+            tls,
         )));
         self.stream = Some(stream);
         Ok(())
