@@ -97,7 +97,7 @@ fn unknown_component_type_suggests_the_closest() {
     assert_contains(
         &stderr,
         &[
-            "error: unknown source type `nexmrk`; source types: file, kafka, nexmark",
+            "error: unknown source type `nexmrk`; source types: file, http, kafka, nexmark",
             "pipeline.yaml:3:11 (at `sources.bids.type`)",
             " 3 |     type: nexmrk",
             "|           ^^^^^^",

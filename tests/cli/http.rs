@@ -291,6 +291,8 @@ fn every_refused_request_gets_its_status_and_admits_nothing() {
                 .await
                 .unwrap();
             if status["status"] == "done" {
+                let result = status["result"].as_str().unwrap();
+                assert!(result.contains("checkpoint"), "{status}");
                 break;
             }
             assert!(

@@ -35,6 +35,9 @@ pub(crate) struct Stream {
     /// Requests whose events could not be decoded when read back, sent to
     /// the dead letters instead (until the process restarts).
     pub(crate) dead_lettered: Mutex<std::collections::HashSet<u64>>,
+    /// Which checkpoint released the records below each offset, oldest
+    /// first (this run's only).
+    pub(crate) released_by: Mutex<Vec<(u64, u64)>>,
     auth: Option<Authenticator>,
     limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
 }
@@ -96,6 +99,7 @@ impl Stream {
             read: AtomicU64::new(read),
             keys: IdempotencyKeys::default(),
             dead_lettered: Mutex::default(),
+            released_by: Mutex::default(),
             auth,
             limiter,
         }
@@ -459,6 +463,18 @@ async fn status(
     let mut body = json!({ "id": id, "stream": name, "status": status });
     if lost {
         body["error"] = json!("its buffer segment was damaged and quarantined");
+    }
+    // Where the events went, as far as the source can tell.
+    if dead_lettered {
+        body["result"] = json!("sent to the pipeline's dead_letter sink");
+    } else if status == "done" {
+        let released_by = stream.released_by.lock().expect("released");
+        body["result"] = match released_by.iter().find(|(end, _)| offset < *end) {
+            Some((_, checkpoint)) => json!(format!(
+                "committed by the pipeline's sinks with checkpoint {checkpoint}"
+            )),
+            None => json!("handed to the pipeline"),
+        };
     }
     axum::Json(body).into_response()
 }

@@ -320,10 +320,20 @@ impl Source for HttpIngest {
 
     async fn checkpoint_complete(
         &mut self,
-        _checkpoint: u64,
+        checkpoint: u64,
         position: &serde_json::Value,
     ) -> Result<()> {
         if let Some(offset) = position["offset"].as_u64() {
+            let stream = self.stream()?;
+            let mut released_by = stream.released_by.lock().expect("released");
+            if offset
+                > released_by
+                    .last()
+                    .map_or(stream.log.released(), |(end, _)| *end)
+            {
+                released_by.push((offset, checkpoint));
+            }
+            drop(released_by);
             self.release(offset)?;
         }
         Ok(())
