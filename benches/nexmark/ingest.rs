@@ -45,6 +45,37 @@ fn ingest(runtime: &tokio::runtime::Runtime) {
     let bare_port = runtime.block_on(bare_server());
     let bare = runtime.block_on(load(bare_port, "/", body.clone(), seconds));
 
+    println!(
+        "{:<34} {:>10} {:>10} {:>8}",
+        "", "requests/s", "p99 ms", "ratio"
+    );
+    println!(
+        "{:<34} {:>10.0} {:>10.2}",
+        "bare hyper server (202, no work)",
+        bare.rate(),
+        bare.p99_ms()
+    );
+    for fsync in ["always", "interval"] {
+        let engine = http_source(runtime, fsync, body.clone(), seconds);
+        println!(
+            "{:<34} {:>10.0} {:>10.2} {:>7.2}x  (p99 {:.2}x)",
+            format!("http source, fsync {fsync}"),
+            engine.rate(),
+            engine.p99_ms(),
+            engine.rate() / bare.rate(),
+            engine.p99_ms() / bare.p99_ms()
+        );
+    }
+    println!();
+}
+
+/// Load on an HTTP source (buffer with `fsync`) into a blackhole.
+fn http_source(
+    runtime: &tokio::runtime::Runtime,
+    fsync: &str,
+    body: Arc<Vec<u8>>,
+    seconds: u64,
+) -> Load {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -54,7 +85,7 @@ fn ingest(runtime: &tokio::runtime::Runtime) {
         "listen": format!("127.0.0.1:{port}"),
         "stream": "events",
         "schema": { "id": "int64", "payload": "string" },
-        "buffer": { "dir": dir.path(), "fsync": "always" },
+        "buffer": { "dir": dir.path(), "fsync": fsync },
     }))
     .expect("config");
     let mut graph = GraphBuilder::new();
@@ -70,32 +101,13 @@ fn ingest(runtime: &tokio::runtime::Runtime) {
         handle_signals: false,
         ..RunOptions::default()
     }));
-    let engine = runtime.block_on(async {
+    let load = runtime.block_on(async {
         wait_until_listening(port).await;
-        load(port, "/v1/streams/events/events", body.clone(), seconds).await
+        load(port, "/v1/streams/events/events", body, seconds).await
     });
     shutdown.drain();
     runtime.block_on(running).expect("join").expect("run");
-
-    println!(
-        "{:<34} {:>10} {:>10} {:>8}",
-        "", "requests/s", "p99 ms", "ratio"
-    );
-    println!(
-        "{:<34} {:>10.0} {:>10.2}",
-        "bare hyper server (202, no work)",
-        bare.rate(),
-        bare.p99_ms()
-    );
-    println!(
-        "{:<34} {:>10.0} {:>10.2} {:>7.2}x  (p99 {:.2}x)",
-        "http source, fsync always",
-        engine.rate(),
-        engine.p99_ms(),
-        engine.rate() / bare.rate(),
-        engine.p99_ms() / bare.p99_ms()
-    );
-    println!();
+    load
 }
 
 /// What a load run measured.

@@ -145,18 +145,17 @@ impl OperatorFactory for Buffer {
 
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         let rate = NonZeroU32::new(self.per_second).expect("checked in build");
-        // The bucket holds one batch: a batch goes out whole, and no more
-        // than the rate's worth at once.
+        // A batch goes out whole, and is never more than a second's worth.
+        // The bucket holds two batches, so that a timer waking late does
+        // not slow the pace: the time lost is made up with the next batch.
         let (burst, batch_size) = match self.per_event {
             true => {
                 let batch = (self.config.batch_size as u32).min(rate.get());
-                (
-                    NonZeroU32::new(batch).expect("both at least 1"),
-                    batch as usize,
-                )
+                (batch.saturating_mul(2), batch as usize)
             }
-            false => (NonZeroU32::MIN, self.config.batch_size),
+            false => (2, self.config.batch_size),
         };
+        let burst = NonZeroU32::new(burst).expect("at least 1");
         Ok(Box::new(BufferInstance {
             config: self.config.clone(),
             batch_size,
@@ -181,8 +180,7 @@ enum Store {
     },
 }
 
-/// What is waiting, for the bounds, and what of the current record is
-/// already let out.
+/// What waits to be let out, against the bounds.
 #[derive(Debug, Default, Clone, Copy)]
 struct Waiting {
     events: u64,
@@ -349,9 +347,11 @@ impl BufferInstance {
                     out.emit(batch);
                 }
                 Ok(Err(not_until)) => {
+                    // Rounded up to the clock's millisecond, not beyond:
+                    // an extra millisecond per batch would slow the pace.
                     let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    self.next_drain =
-                        Some(crate::window::wall_clock_millis() + wait.as_millis() as i64 + 1);
+                    let wait = wait.as_micros().div_ceil(1000) as i64;
+                    self.next_drain = Some(crate::window::wall_clock_millis() + wait);
                     return Ok(());
                 }
             }

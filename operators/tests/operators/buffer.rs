@@ -113,7 +113,8 @@ fn rows(first: i64, count: i64) -> RecordBatch {
 async fn a_restore_drains_from_the_snapshot_and_forgets_input_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let schemas = [events_schema()];
-    // One batch a second: the first goes at once, the rest wait.
+    // One batch a second: the first two go at once (the bucket holds
+    // two), the rest wait.
     let mut slow = buffer(Some(dir.path()), 1, 10);
     slow.rate = DrainRate {
         events_per_second: None,
@@ -129,7 +130,7 @@ async fn a_restore_drains_from_the_snapshot_and_forgets_input_after_it() {
             .unwrap();
     }
     let let_out: Vec<RecordBatch> = out.drain().map(|(_, b)| b).collect();
-    assert_eq!(keys(&let_out), (0..10).collect::<Vec<_>>());
+    assert_eq!(keys(&let_out), (0..20).collect::<Vec<_>>());
     let snapshot = first.snapshot().unwrap();
     // Input after the checkpoint, which a restart reads again.
     first
@@ -141,14 +142,14 @@ async fn a_restore_drains_from_the_snapshot_and_forgets_input_after_it() {
     let fast = buffer(Some(dir.path()), 1_000_000, 10).build().unwrap();
     let mut restored = fast.create(InstanceInfo::SINGLE, &schemas).unwrap();
     restored.restore(snapshot).unwrap();
-    assert_eq!(restored.state_size().rows, 20);
+    assert_eq!(restored.state_size().rows, 10);
     restored.on_end(&mut ctx, &mut out).await.unwrap();
     while restored.finishing() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         restored.on_timer(0, &mut ctx, &mut out).await.unwrap();
     }
     let let_out: Vec<RecordBatch> = out.drain().map(|(_, b)| b).collect();
-    assert_eq!(keys(&let_out), (10..30).collect::<Vec<_>>());
+    assert_eq!(keys(&let_out), (20..30).collect::<Vec<_>>());
     assert_eq!(restored.state_size().rows, 0);
 }
 

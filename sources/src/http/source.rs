@@ -167,23 +167,40 @@ impl HttpIngest {
         stream.log.release(offset)
     }
 
-    /// Decodes records' events into one batch; a record that does not
-    /// decode goes to the dead letters whole.
+    /// Decodes records' events into one batch. Ingest checked them, so
+    /// they decode; if the schema changed since, the records that no
+    /// longer fit go to the dead letters whole.
     fn decode(&mut self, records: &[flumen_core::log::LogRecord]) -> Result<Option<RecordBatch>> {
+        let events = |record: &flumen_core::log::LogRecord| -> Option<std::ops::Range<usize>> {
+            // Skip the metadata line.
+            let newline = record.payload.iter().position(|b| *b == b'\n')?;
+            Some(newline + 1..record.payload.len())
+        };
+        let mut decoder = ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(self.config.batch_events.max(1) * 2)
+            .build_decoder()?;
+        let all = records.iter().try_for_each(|record| {
+            if let Some(range) = events(record) {
+                decoder.decode(&record.payload[range])?;
+                // Records end without a newline: separate them.
+                decoder.decode(b"\n")?;
+            }
+            Ok::<_, arrow::error::ArrowError>(())
+        });
+        if let Ok(batch) = all.and_then(|_| decoder.flush()) {
+            return Ok(batch);
+        }
+        // A record is bad: find it, record by record.
         let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_batch_size(self.config.batch_events.max(1) * 2)
             .build_decoder()?;
         for record in records {
-            // Skip the metadata line.
-            let events = match record.payload.iter().position(|b| *b == b'\n') {
-                Some(newline) => &record.payload[newline + 1..],
-                None => continue,
+            let Some(range) = events(record) else {
+                continue;
             };
-            let mut line_decoder = ReaderBuilder::new(self.schema.clone()).build_decoder()?;
-            let checked = line_decoder
-                .decode(events)
-                .and_then(|_| line_decoder.flush());
-            if let Err(e) = checked {
+            let events = &record.payload[range];
+            let mut alone = ReaderBuilder::new(self.schema.clone()).build_decoder()?;
+            if let Err(e) = alone.decode(events).and_then(|_| alone.flush()) {
                 if let Some(stream) = &self.stream {
                     stream
                         .dead_lettered
@@ -202,7 +219,6 @@ impl HttpIngest {
                 continue;
             }
             decoder.decode(events)?;
-            // Records end without a newline: separate them.
             decoder.decode(b"\n")?;
         }
         Ok(decoder.flush()?)
