@@ -8,6 +8,11 @@
 //! durable as the [`FsyncPolicy`] says. Readers read records by offset.
 //! Records stay until the reader [`DurableLog::release`]s them (after a
 //! checkpoint covering them completes); whole segments are then deleted.
+//! Releasing costs the reader no disk write: a second thread records the
+//! released offset on disk every 100 ms (and when the log closes), and
+//! deletes released segments.
+//! A crash before then only makes a restart read some released records
+//! again; a checkpoint's own position is what exactly-once rests on.
 //!
 //! The log is bounded (`max_bytes`, `max_events` of unreleased records):
 //! an append that does not fit fails with [`AppendError::Full`], and
@@ -122,11 +127,38 @@ pub struct LogUsage {
     pub events: u64,
 }
 
-/// A durable log in one directory. Cheap to clone; clones share the log.
+/// A durable log in one directory. Cheap to clone; clones share the log,
+/// and the last one dropped waits for its threads to finish.
 #[derive(Clone)]
 pub struct DurableLog {
     shared: Arc<Shared>,
-    requests: mpsc::Sender<Append>,
+    threads: Arc<Threads>,
+}
+
+/// The log's two threads: the writer, which appends (and nothing else,
+/// since every append waits for it), and the keeper, which records on disk
+/// what was released and deletes released segments. Both are joined once
+/// nothing can use the log any more, so that what they still had to do
+/// is done.
+struct Threads {
+    requests: Option<mpsc::Sender<Append>>,
+    closing: Option<mpsc::Sender<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        // Closing their channels ends the threads' loops.
+        self.requests.take();
+        self.closing.take();
+        for thread in [self.writer.take(), self.keeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
+        }
+    }
 }
 
 struct Shared {
@@ -146,6 +178,8 @@ struct State {
     released: u64,
     /// Unreleased, including appends being written.
     usage: LogUsage,
+    /// Released segments for the keeper thread to delete.
+    to_delete: Vec<PathBuf>,
 }
 
 struct SegmentIndex {
@@ -166,6 +200,10 @@ struct Append {
 }
 
 const RELEASED_FILE: &str = "released";
+
+/// How often `fsync: interval` syncs, and the released offset is recorded
+/// on disk.
+const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A failure of the log's files.
 fn failure(message: impl Into<String>) -> Error {
@@ -246,6 +284,7 @@ impl DurableLog {
             segments,
             released,
             usage: LogUsage::default(),
+            to_delete: Vec::new(),
         };
         state.usage = state.usage_from(released);
         let (end_tx, _) = watch::channel(end);
@@ -259,11 +298,28 @@ impl DurableLog {
         });
         let (requests, receiver) = mpsc::channel();
         let writer = Writer::new(shared.clone(), end)?;
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("flumen-log-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| io("start the writer thread", e))?;
-        Ok(DurableLog { shared, requests })
+        let (closing, closed) = mpsc::channel();
+        let keeper = Keeper {
+            shared: shared.clone(),
+            released_on_disk: released,
+        };
+        let keeper = std::thread::Builder::new()
+            .name("flumen-log-keeper".into())
+            .spawn(move || keeper.run(closed))
+            .map_err(|e| io("start the keeper thread", e))?;
+        Ok(DurableLog {
+            shared,
+            threads: Arc::new(Threads {
+                requests: Some(requests),
+                closing: Some(closing),
+                writer: Some(writer),
+                keeper: Some(keeper),
+            }),
+        })
     }
 
     /// Opens the log in `dir` after cutting off every record at offset
@@ -313,16 +369,18 @@ impl DurableLog {
             state.usage.events += u64::from(events);
         }
         let (reply, written) = oneshot::channel();
-        let sent = self.requests.send(Append {
-            events,
-            payload,
-            reply,
+        let sent = self.threads.requests.as_ref().map(|requests| {
+            requests.send(Append {
+                events,
+                payload,
+                reply,
+            })
         });
         let result = match sent {
-            Ok(()) => written
+            Some(Ok(())) => written
                 .await
                 .unwrap_or_else(|_| Err(failure("the buffer's writer stopped"))),
-            Err(_) => Err(failure("the buffer's writer stopped")),
+            _ => Err(failure("the buffer's writer stopped")),
         };
         if result.is_err() {
             let mut state = self.shared.state.lock().expect("log state");
@@ -406,34 +464,36 @@ impl DurableLog {
                 }
             }
         }
-        let mut open: Option<(PathBuf, File)> = None;
-        for (path, offset, frame) in wanted {
-            if open.as_ref().is_none_or(|(p, _)| *p != path) {
-                let file = File::open(&path)
-                    .map_err(|e| failure(format!("buffer segment {}: {e}", path.display())))?;
-                open = Some((path.clone(), file));
+        // One read per segment for all its wanted frames.
+        for run in wanted.chunk_by(|a, b| a.0 == b.0) {
+            let path = &run[0].0;
+            let frames: Vec<Frame> = run.iter().map(|(_, _, frame)| *frame).collect();
+            let payloads = File::open(path)
+                .and_then(|file| segment::read_payloads(&file, &frames))
+                .map_err(|e| {
+                    failure(format!(
+                        "buffer segment {} (offsets {}..={}): {e}",
+                        path.display(),
+                        run[0].1,
+                        run[run.len() - 1].1
+                    ))
+                })?;
+            for ((_, offset, frame), payload) in run.iter().zip(payloads) {
+                records.push(LogRecord {
+                    offset: *offset,
+                    events: frame.events,
+                    appended_at: frame.appended_at,
+                    payload,
+                });
             }
-            let (_, file) = open.as_ref().expect("opened above");
-            let payload = segment::read_payload(file, &frame).map_err(|e| {
-                failure(format!(
-                    "buffer segment {} (offset {offset}): {e}",
-                    path.display()
-                ))
-            })?;
-            records.push(LogRecord {
-                offset,
-                events: frame.events,
-                appended_at: frame.appended_at,
-                payload,
-            });
         }
         Ok((records, next))
     }
 
-    /// Everything before `offset` has been handled for good: forget it,
-    /// deleting segments that hold nothing after it.
+    /// Everything before `offset` has been handled for good: forget it.
+    /// The keeper thread records the new released offset on disk, then
+    /// deletes the segments that hold nothing after it.
     pub fn release(&self, offset: u64) -> Result<()> {
-        let mut deleted = Vec::new();
         {
             let mut state = self.shared.state.lock().expect("log state");
             if offset <= state.released {
@@ -455,17 +515,8 @@ impl DurableLog {
                 .collect();
             for base in done {
                 if let Some(index) = state.segments.remove(&base) {
-                    deleted.push(index.path);
+                    state.to_delete.push(index.path);
                 }
-            }
-        }
-        write_atomically(
-            &self.shared.dir.join(RELEASED_FILE),
-            offset.to_string().as_bytes(),
-        )?;
-        for path in deleted {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(segment = %path.display(), "could not delete a released segment: {e}");
             }
         }
         self.shared.room.notify_waiters();
@@ -481,14 +532,20 @@ impl State {
 
     fn usage_between(&self, from: u64, to: u64) -> LogUsage {
         let mut usage = LogUsage::default();
-        for (base, index) in &self.segments {
-            for (i, frame) in index.frames.iter().enumerate() {
-                let offset = base + i as u64;
-                if offset >= from && offset < to {
-                    usage.records += 1;
-                    usage.bytes += frame.size();
-                    usage.events += u64::from(frame.events);
-                }
+        // Only the segments and frames in the range: a release looks at
+        // what it releases, not at the whole log.
+        let first = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(base, _)| *base);
+        for (base, index) in self.segments.range(first..to) {
+            let start = from.saturating_sub(*base) as usize;
+            let stop = (to.saturating_sub(*base) as usize).min(index.frames.len());
+            for frame in index.frames.get(start..stop).unwrap_or_default() {
+                usage.records += 1;
+                usage.bytes += frame.size();
+                usage.events += u64::from(frame.events);
             }
         }
         usage
@@ -560,7 +617,6 @@ impl Writer {
     }
 
     fn run(mut self, requests: mpsc::Receiver<Append>) {
-        const SYNC_INTERVAL: Duration = Duration::from_millis(100);
         loop {
             let first = match requests.recv_timeout(SYNC_INTERVAL) {
                 Ok(first) => first,
@@ -595,6 +651,7 @@ impl Writer {
                 }
             }
         }
+        let _ = self.file.flush();
         let _ = self.sync();
     }
 
@@ -608,8 +665,10 @@ impl Writer {
         let mut offsets = Vec::with_capacity(group.len());
         for append in group {
             if self.size >= self.shared.options.segment_bytes {
-                self.publish(&mut written);
+                // Readers may read what is written to the closed segment
+                // once it is flushed and synced, not before.
                 self.roll()?;
+                self.publish(&mut written);
             }
             let position = self.size;
             let size = segment::write_frame(&mut self.file, append.events, now, &append.payload)?;
@@ -630,9 +689,7 @@ impl Writer {
         self.unsynced = true;
         match self.shared.options.fsync {
             FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval if self.last_sync.elapsed() >= Duration::from_millis(100) => {
-                self.sync()?
-            }
+            FsyncPolicy::Interval if self.last_sync.elapsed() >= SYNC_INTERVAL => self.sync()?,
             _ => {}
         }
         self.publish(&mut written);
@@ -683,6 +740,55 @@ impl Writer {
             },
         );
         Ok(())
+    }
+}
+
+/// The keeper thread: records the released offset on disk every
+/// `SYNC_INTERVAL` if it moved (a reader may release after every read),
+/// then deletes the segments released (deleting a large file can take
+/// milliseconds, which no append should wait for).
+struct Keeper {
+    shared: Arc<Shared>,
+    released_on_disk: u64,
+}
+
+impl Keeper {
+    fn run(mut self, closed: mpsc::Receiver<()>) {
+        while let Err(mpsc::RecvTimeoutError::Timeout) = closed.recv_timeout(SYNC_INTERVAL) {
+            self.keep();
+        }
+        self.keep();
+    }
+
+    fn keep(&mut self) {
+        let (released, to_delete) = {
+            let mut state = self.shared.state.lock().expect("log state");
+            (state.released, std::mem::take(&mut state.to_delete))
+        };
+        if released != self.released_on_disk {
+            match write_atomically(
+                &self.shared.dir.join(RELEASED_FILE),
+                released.to_string().as_bytes(),
+            ) {
+                Ok(()) => self.released_on_disk = released,
+                // Tried again next time; until then a restart reads from
+                // the offset on disk, a little earlier.
+                Err(e) => {
+                    tracing::warn!("could not record the released offset: {e}");
+                    let mut state = self.shared.state.lock().expect("log state");
+                    state.to_delete.extend(to_delete);
+                    return;
+                }
+            }
+        }
+        // Deleted once the offset past them is on disk. (A segment a crash
+        // leaves behind is released already, and deleted by the next
+        // release after a restart.)
+        for path in to_delete {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), "could not delete a released segment: {e}");
+            }
+        }
     }
 }
 

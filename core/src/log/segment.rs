@@ -155,19 +155,30 @@ pub(crate) fn write_frame(
     Ok(FRAME_HEADER + u64::from(length))
 }
 
-/// Reads one record's payload back, checking it again (the disk may have
-/// changed under a running process).
-pub(crate) fn read_payload(file: &File, frame: &Frame) -> std::io::Result<Vec<u8>> {
-    let mut buffer = vec![0u8; frame.size() as usize];
-    file.read_exact_at(&mut buffer, frame.position)?;
-    let header = &buffer[..FRAME_HEADER as usize];
-    let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
-    let payload = &buffer[FRAME_HEADER as usize..];
-    if checksum(&header[4..16], payload) != crc {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("checksum mismatch at byte {}", frame.position),
-        ));
-    }
-    Ok(payload.to_vec())
+/// Reads records' payloads back with one read of the bytes they span,
+/// checking each again (the disk may have changed under a running
+/// process). `frames` are of one segment, in order.
+pub(crate) fn read_payloads(file: &File, frames: &[Frame]) -> std::io::Result<Vec<Vec<u8>>> {
+    let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+        return Ok(Vec::new());
+    };
+    let start = first.position;
+    let mut span = vec![0u8; (last.position + last.size() - start) as usize];
+    file.read_exact_at(&mut span, start)?;
+    frames
+        .iter()
+        .map(|frame| {
+            let at = (frame.position - start) as usize;
+            let header = &span[at..at + FRAME_HEADER as usize];
+            let payload = &span[at + FRAME_HEADER as usize..at + frame.size() as usize];
+            let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+            if checksum(&header[4..16], payload) != crc {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("checksum mismatch at byte {}", frame.position),
+                ));
+            }
+            Ok(payload.to_vec())
+        })
+        .collect()
 }

@@ -66,6 +66,15 @@ pub struct HttpSourceConfig {
     #[serde(default = "default_batch_events")]
     pub batch_events: usize,
 
+    /// How long the source lets accepted events gather into a batch before
+    /// reading them, unless `batch_events` are waiting already: fewer,
+    /// larger batches cost the pipeline less per event, and each event
+    /// waits at most this much longer. The first event after a quiet spell
+    /// is read at once. `0s` reads whatever is there each time.
+    #[serde(default = "default_batch_wait", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub batch_wait: Duration,
+
     /// Serve HTTPS with this certificate and key (PEM files). Default:
     /// plain HTTP.
     #[serde(default)]
@@ -182,6 +191,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_batch_events() -> usize {
     8192
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(5)
 }
 fn default_max_bytes() -> u64 {
     1 << 30

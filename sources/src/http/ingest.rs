@@ -8,20 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arrow::datatypes::{DataType, SchemaRef};
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use flumen_core::log::{AppendError, DurableLog};
+use futures::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde_json::{Map, Value, json};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::auth::{Authenticator, Client};
 use super::config::HttpSourceConfig;
+use super::events;
 
 /// What the server and the source share about one stream.
 pub(crate) struct Stream {
@@ -110,17 +110,53 @@ impl Stream {
     }
 }
 
-/// The routes of one stream.
-pub(crate) fn router(stream: Arc<Stream>) -> Router {
-    Router::new()
-        .route("/v1/streams/{stream}/events", post(accept))
-        .route("/v1/streams/{stream}/events/{id}", get(status))
-        .with_state(stream)
+/// An answer to a request.
+pub(crate) type Response = hyper::Response<Full<Bytes>>;
+
+/// Answers one request from `peer`: `POST /v1/streams/{stream}/events`
+/// or `GET /v1/streams/{stream}/events/{id}`.
+pub(crate) async fn handle(
+    stream: &Stream,
+    peer: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let Some(rest) = path.strip_prefix("/v1/streams/") else {
+        return refuse(StatusCode::NOT_FOUND, format!("no route `{path}`"));
+    };
+    let mut segments = rest.split('/');
+    let (name, events, id) = (segments.next(), segments.next(), segments.next());
+    if events != Some("events") || segments.next().is_some() {
+        return refuse(StatusCode::NOT_FOUND, format!("no route `{path}`"));
+    }
+    let name = name.unwrap_or_default();
+    if name != stream.config.stream {
+        return refuse(StatusCode::NOT_FOUND, format!("no stream `{name}`"));
+    }
+    match (id, &parts.method) {
+        (None, &Method::POST) => accept(stream, peer, &parts.headers, body).await,
+        (Some(id), &Method::GET) => status(stream, id),
+        (None, _) => refuse(StatusCode::METHOD_NOT_ALLOWED, "POST events here"),
+        (Some(_), _) => refuse(StatusCode::METHOD_NOT_ALLOWED, "GET a status here"),
+    }
+}
+
+/// A JSON answer.
+fn json_answer(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// An error answer: a status and `{ "error": ... }`.
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+    let body = json!({ "error": message.into() });
+    json_answer(status, serde_json::to_vec(&body).expect("JSON"))
 }
 
 fn retry_after(mut response: Response, seconds: u64) -> Response {
@@ -131,21 +167,19 @@ fn retry_after(mut response: Response, seconds: u64) -> Response {
 }
 
 async fn accept(
-    State(stream): State<Arc<Stream>>,
-    Path(name): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    stream: &Stream,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Incoming,
 ) -> Response {
-    if name != stream.config.stream {
-        return refuse(StatusCode::NOT_FOUND, format!("no stream `{name}`"));
-    }
     let limit = stream.config.max_body_bytes as usize;
-    let read = tokio::time::timeout(
-        stream.config.request_timeout,
-        axum::body::to_bytes(body, limit),
-    )
-    .await;
+    // A small body has usually arrived with the headers: only a body
+    // still on its way needs a timer.
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    let read = match collect.as_mut().now_or_never() {
+        Some(read) => Ok(read),
+        None => tokio::time::timeout(stream.config.request_timeout, collect).await,
+    };
     let raw = match read {
         Err(_) => {
             return refuse(
@@ -159,11 +193,11 @@ async fn accept(
                 format!("the body is over {limit} bytes"),
             );
         }
-        Ok(Ok(raw)) => raw,
+        Ok(Ok(raw)) => raw.to_bytes(),
     };
     let client = match &stream.auth {
         None => Client::Anyone,
-        Some(auth) => match auth.check(&headers, &raw) {
+        Some(auth) => match auth.check(headers, &raw) {
             Ok(client) => client,
             Err(message) => return refuse(StatusCode::UNAUTHORIZED, message),
         },
@@ -185,19 +219,22 @@ async fn accept(
             );
         }
     }
-    let body = match decompress(&headers, raw, limit) {
+    let body = match decompress(headers, raw, limit) {
         Ok(body) => body,
         Err((status, message)) => return refuse(status, message),
-    };
-    let events = match parse_events(&body, &stream.schema, &stream.config.required) {
-        Ok(events) => events,
-        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    admit(&stream, key, events).await
+    let mut record = events::record_header(key.as_deref());
+    let checked =
+        events::check_and_append(&body, &stream.schema, &stream.config.required, &mut record);
+    let count = match checked {
+        Ok(count) => count,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    admit(stream, key, count, record).await
 }
 
 /// The body, gunzipped if it says it is gzip, up to `limit` bytes; or the
@@ -235,88 +272,6 @@ fn decompress(
             format!("`Content-Encoding: {other}` is not supported; send gzip or nothing"),
         )),
     }
-}
-
-/// The events of a body: one JSON object, an array of them, or one per
-/// line; each checked against the schema. The first problem refuses the
-/// whole request, naming the row and field.
-pub(crate) fn parse_events(
-    body: &[u8],
-    schema: &SchemaRef,
-    required: &[String],
-) -> Result<Vec<Map<String, Value>>, String> {
-    let mut values = Vec::new();
-    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
-        let value = value.map_err(|e| format!("the body is not valid JSON: {e}"))?;
-        match value {
-            Value::Array(items) if values.is_empty() => values.extend(items),
-            other => values.push(other),
-        }
-    }
-    if values.is_empty() {
-        return Err("the body holds no events".into());
-    }
-    let mut events = Vec::with_capacity(values.len());
-    for (row, value) in values.into_iter().enumerate() {
-        let Value::Object(event) = value else {
-            return Err(format!("row {row}: expected a JSON object, found {value}"));
-        };
-        for field in schema.fields() {
-            let value = event.get(field.name()).filter(|v| !v.is_null());
-            let Some(value) = value else {
-                if required.iter().any(|r| r == field.name()) {
-                    return Err(format!("row {row}: field `{}` is required", field.name()));
-                }
-                continue;
-            };
-            if !fits(field.data_type(), value) {
-                return Err(format!(
-                    "row {row}: field `{}` should be {}, found {value}",
-                    field.name(),
-                    field.data_type()
-                ));
-            }
-        }
-        events.push(event);
-    }
-    Ok(events)
-}
-
-/// Whether a JSON value can be read as `data_type`.
-fn fits(data_type: &DataType, value: &Value) -> bool {
-    match data_type {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => value.is_i64(),
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => value.is_u64(),
-        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
-            value.is_number()
-        }
-        DataType::Boolean => value.is_boolean(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => value.is_string(),
-        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
-            value.is_string() || value.is_i64()
-        }
-        DataType::List(_) | DataType::LargeList(_) => value.is_array(),
-        DataType::Struct(_) => value.is_object(),
-        _ => true,
-    }
-}
-
-/// A record's payload: a first line of metadata (the idempotency key),
-/// then one event per line.
-pub(crate) fn record_payload(key: Option<&str>, events: &[Map<String, Value>]) -> Vec<u8> {
-    let mut payload = serde_json::to_vec(&json!({ "key": key })).expect("JSON");
-    for event in events {
-        payload.push(b'\n');
-        serde_json::to_writer(&mut payload, event).expect("JSON");
-    }
-    payload
-}
-
-/// The idempotency key of a record's payload, if it has one.
-pub(crate) fn record_key(payload: &[u8]) -> Option<String> {
-    let first = payload.split(|b| *b == b'\n').next()?;
-    let meta: Value = serde_json::from_slice(first).ok()?;
-    meta.get("key")?.as_str().map(str::to_string)
 }
 
 /// What a request with an idempotency key is to do.
@@ -358,11 +313,12 @@ impl IdempotencyKeys {
     }
 }
 
-/// Appends the events as one record and answers 202 once it is durable.
-/// The first request with an idempotency key appends; retries get its id.
-async fn admit(stream: &Stream, key: Option<String>, events: Vec<Map<String, Value>>) -> Response {
+/// Appends a request's record (of `events` events) and answers 202 once
+/// it is durable. The first request with an idempotency key appends;
+/// retries get its id.
+async fn admit(stream: &Stream, key: Option<String>, events: u32, record: Vec<u8>) -> Response {
     let Some(key) = key else {
-        return answer(stream, append(stream, None, &events).await);
+        return answer(stream, stream.log.append(events, record).await);
     };
     match stream.keys.claim(&key) {
         Claim::Appended(offset) => answer(stream, Ok(offset)),
@@ -380,7 +336,7 @@ async fn admit(stream: &Stream, key: Option<String>, events: Vec<Map<String, Val
             ),
         },
         Claim::Append(sender) => {
-            let result = append(stream, Some(&key), &events).await;
+            let result = stream.log.append(events, record).await;
             stream
                 .keys
                 .settle(key, sender, result.as_ref().ok().copied());
@@ -389,24 +345,21 @@ async fn admit(stream: &Stream, key: Option<String>, events: Vec<Map<String, Val
     }
 }
 
-async fn append(
-    stream: &Stream,
-    key: Option<&str>,
-    events: &[Map<String, Value>],
-) -> Result<u64, AppendError> {
-    let payload = record_payload(key, events);
-    stream.log.append(events.len() as u32, payload).await
-}
-
 fn answer(stream: &Stream, appended: Result<u64, AppendError>) -> Response {
     match appended {
         Ok(id) => {
+            #[derive(serde::Serialize)]
+            struct Accepted<'a> {
+                id: &'a str,
+                status_url: &'a str,
+            }
             let status_url = stream.status_url(id);
-            let mut response = (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "id": id.to_string(), "status_url": status_url })),
-            )
-                .into_response();
+            let body = serde_json::to_vec(&Accepted {
+                id: &id.to_string(),
+                status_url: &status_url,
+            })
+            .expect("JSON");
+            let mut response = json_answer(StatusCode::ACCEPTED, body);
             if let Ok(location) = HeaderValue::from_str(&status_url) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
@@ -429,13 +382,8 @@ fn answer(stream: &Stream, appended: Result<u64, AppendError>) -> Response {
     }
 }
 
-async fn status(
-    State(stream): State<Arc<Stream>>,
-    Path((name, id)): Path<(String, String)>,
-) -> Response {
-    if name != stream.config.stream {
-        return refuse(StatusCode::NOT_FOUND, format!("no stream `{name}`"));
-    }
+fn status(stream: &Stream, id: &str) -> Response {
+    let name = &stream.config.stream;
     let Some(offset) = id.parse::<u64>().ok().filter(|o| *o < stream.log.end()) else {
         return refuse(StatusCode::NOT_FOUND, format!("no request `{id}`"));
     };
@@ -476,21 +424,20 @@ async fn status(
             None => json!("handed to the pipeline"),
         };
     }
-    axum::Json(body).into_response()
+    json_answer(StatusCode::OK, serde_json::to_vec(&body).expect("JSON"))
 }
 
-/// Serves the routes on `listener` until dropped, over TLS if given one.
-/// Headers (and the TLS handshake) must arrive within `timeout`, so slow
-/// clients cannot hold connections.
+/// Serves the stream's requests on `listener` until dropped, over TLS if
+/// given one. Headers (and the TLS handshake) must arrive within
+/// `timeout`, so slow clients cannot hold connections.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    router: Router,
+    stream: Arc<Stream>,
     timeout: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use tower::ServiceExt;
 
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -502,13 +449,11 @@ pub(crate) async fn serve(
         let Ok((socket, peer)) = listener.accept().await else {
             continue;
         };
-        let service = router.clone().map_request(
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request.map(Body::new)
-            },
-        );
-        let service = hyper_util::service::TowerToHyperService::new(service);
+        let stream = stream.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let stream = stream.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&stream, peer, request).await) }
+        });
         let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {

@@ -13,10 +13,9 @@
 
 mod auth;
 mod config;
+mod events;
 mod ingest;
 mod source;
-#[cfg(test)]
-mod tests;
 
 pub use self::auth::sign;
 pub use self::config::{

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::json::ReaderBuilder;
@@ -16,6 +16,7 @@ use flumen_core::prelude::*;
 use serde_json::json;
 
 use super::config::HttpSourceConfig;
+use super::events;
 use super::ingest::{self, Stream};
 
 /// The HTTP ingest source. Built from an [`HttpSourceConfig`].
@@ -56,6 +57,7 @@ impl SourceFactory for HttpSource {
             next: None,
             checkpointing: false,
             rejected: Vec::new(),
+            last_read: None,
         }))
     }
 }
@@ -71,6 +73,8 @@ struct HttpIngest {
     next: Option<u64>,
     checkpointing: bool,
     rejected: Vec<Rejected>,
+    /// When the source last read events.
+    last_read: Option<Instant>,
 }
 
 /// The keys of released records, kept for retries that come after their
@@ -126,7 +130,7 @@ impl HttpIngest {
         loop {
             let (records, next) = stream.log.read(from, 4096, 64 << 20)?;
             for record in &records {
-                if let Some(key) = ingest::record_key(&record.payload) {
+                if let Some(key) = events::record_key(&record.payload) {
                     stream.keys.insert_appended(key, record.offset);
                 }
             }
@@ -230,6 +234,18 @@ impl Source for HttpIngest {
     async fn next(&mut self) -> Result<SourceStep> {
         let stream = self.stream()?.clone();
         let next = self.next.unwrap_or(0);
+        // Let a fuller batch gather, unless a full one (records hold one
+        // event or more) is waiting.
+        let waiting = stream.log.end().saturating_sub(next);
+        if let Some(last_read) = self.last_read
+            && waiting > 0
+            && waiting < self.config.batch_events as u64
+        {
+            let gathered = last_read.elapsed();
+            if gathered < self.config.batch_wait {
+                tokio::time::sleep(self.config.batch_wait - gathered).await;
+            }
+        }
         let (records, after) = stream.log.read(next, self.config.batch_events, 32 << 20)?;
         if records.is_empty() {
             self.next = Some(after);
@@ -251,6 +267,7 @@ impl Source for HttpIngest {
             take += 1;
         }
         let after = records.get(take).map_or(after, |r| r.offset);
+        self.last_read = Some(Instant::now());
         let batch = self.decode(&records[..take])?;
         self.next = Some(after);
         stream.read.store(after, Ordering::Release);
@@ -323,10 +340,9 @@ impl Source for HttpIngest {
             self.config.stream
         );
         let tls = self.config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
-        let router = ingest::router(stream.clone());
         self.server = Some(tokio::spawn(ingest::serve(
             listener,
-            router,
+            stream.clone(),
             self.config.request_timeout,
             tls,
         )));
