@@ -199,6 +199,20 @@ fn every_refused_request_gets_its_status_and_admits_nothing() {
         let status = |r: reqwest::Response| r.status();
         let mut accepted = Vec::new();
 
+        // Not a route of this source, or the wrong method for one.
+        let elsewhere = format!("http://127.0.0.1:{port}/v1/streams/other/events");
+        let wrong_stream = client.post(elsewhere).body("{}").send().await.unwrap();
+        assert_eq!(wrong_stream.status(), StatusCode::NOT_FOUND);
+        assert!(
+            wrong_stream
+                .text()
+                .await
+                .unwrap()
+                .contains("no stream `other`")
+        );
+        let wrong_method = client.put(url(port)).body("{}").send().await.unwrap();
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+
         // Refused before anything is read: no or bad credentials.
         let body = r#"{"id": 900, "item": "nope"}"#;
         assert_eq!(

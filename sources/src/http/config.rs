@@ -67,7 +67,8 @@ pub struct HttpSourceConfig {
     pub batch_events: usize,
 
     /// How long the source lets accepted events gather into a batch before
-    /// reading them, unless `batch_events` are waiting already: fewer,
+    /// reading them, unless `batch_events` requests are waiting already
+    /// (a full batch, however many events each holds): fewer,
     /// larger batches cost the pipeline less per event, and each event
     /// waits at most this much longer. The first event after a quiet spell
     /// is read at once. `0s` reads whatever is there each time.

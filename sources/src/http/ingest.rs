@@ -187,10 +187,16 @@ async fn accept(
                 "the body took too long to arrive",
             );
         }
-        Ok(Err(_)) => {
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over {limit} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
             );
         }
         Ok(Ok(raw)) => raw.to_bytes(),
