@@ -10,7 +10,7 @@
 //! checkpoint covering them completes); whole segments are then deleted.
 //! Releasing costs the reader no disk write: a second thread records the
 //! released offset on disk every 100 ms (and when the log closes), and
-//! deletes released segments.
+//! deletes released segments a few megabytes at a time.
 //! A crash before then only makes a restart read some released records
 //! again; a checkpoint's own position is what exactly-once rests on.
 //!
@@ -785,11 +785,27 @@ impl Keeper {
         // leaves behind is released already, and deleted by the next
         // release after a restart.)
         for path in to_delete {
-            if let Err(e) = std::fs::remove_file(&path) {
+            if let Err(e) = delete_gradually(&path) {
                 tracing::warn!(segment = %path.display(), "could not delete a released segment: {e}");
             }
         }
     }
+}
+
+/// Deletes a file a few megabytes at a time. Freeing a whole segment's
+/// blocks at once keeps the disk busy for many milliseconds, and every
+/// append's sync would wait behind it.
+fn delete_gradually(path: &Path) -> std::io::Result<()> {
+    const STEP: u64 = 4 << 20;
+    let file = OpenOptions::new().write(true).open(path)?;
+    let mut length = file.metadata()?.len();
+    while length > STEP {
+        length -= STEP;
+        file.set_len(length)?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(file);
+    std::fs::remove_file(path)
 }
 
 /// Makes a new file's directory entry durable.
