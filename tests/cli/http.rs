@@ -161,6 +161,13 @@ async fn settle(port: u16, token: Option<&str>, id: i64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    until_done(&client, port, &status_url).await;
+}
+
+/// Polls a request's status until it is `done` (it may only be `queued`
+/// or `processing` before), and returns the last answer.
+async fn until_done(client: &reqwest::Client, port: u16, status_url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status: Value = client
             .get(format!("http://127.0.0.1:{port}{status_url}"))
@@ -171,12 +178,13 @@ async fn settle(port: u16, token: Option<&str>, id: i64) {
             .await
             .unwrap();
         if status["status"] == "done" {
-            return;
+            return status;
         }
         assert!(
-            Instant::now() < deadline,
-            "the last event never done: {status}"
+            ["queued", "processing"].contains(&status["status"].as_str().unwrap()),
+            "{status}"
         );
+        assert!(Instant::now() < deadline, "never done: {status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -342,28 +350,9 @@ fn every_refused_request_gets_its_status_and_admits_nothing() {
         assert!(retry_after >= 1);
 
         // The status of an accepted request ends as done.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status: Value = client
-                .get(format!("http://127.0.0.1:{port}{location}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["status"] == "done" {
-                let result = status["result"].as_str().unwrap();
-                assert!(result.contains("checkpoint"), "{status}");
-                break;
-            }
-            assert!(
-                ["queued", "processing"].contains(&status["status"].as_str().unwrap()),
-                "{status}"
-            );
-            assert!(Instant::now() < deadline, "never done: {status}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = until_done(&client, port, &location).await;
+        let result = status["result"].as_str().unwrap();
+        assert!(result.contains("checkpoint"), "{status}");
         let unknown = client
             .get(format!("{}/123456", url(port)))
             .send()

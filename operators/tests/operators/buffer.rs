@@ -144,7 +144,9 @@ async fn a_restore_drains_from_the_snapshot_and_forgets_input_after_it() {
     restored.restore(snapshot).unwrap();
     assert_eq!(restored.state_size().rows, 10);
     restored.on_end(&mut ctx, &mut out).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while restored.finishing() {
+        assert!(std::time::Instant::now() < deadline, "never drained");
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         restored.on_timer(0, &mut ctx, &mut out).await.unwrap();
     }

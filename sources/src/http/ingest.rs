@@ -1,6 +1,6 @@
 //! The HTTP side: accepting requests into the buffer, and their status.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -46,7 +46,15 @@ pub(crate) struct Stream {
 /// request gets the same id.
 #[derive(Default)]
 pub(crate) struct IdempotencyKeys {
-    keys: Mutex<HashMap<String, KeyState>>,
+    inner: Mutex<Keys>,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_key: HashMap<String, KeyState>,
+    /// The keys of records not released yet, by offset: what a release
+    /// hands on to the file of released keys, without a scan of them all.
+    unreleased: BTreeMap<u64, String>,
 }
 
 #[derive(Clone)]
@@ -57,24 +65,29 @@ enum KeyState {
 }
 
 impl IdempotencyKeys {
-    /// Remembers keys found in the log or in the file of released keys.
+    /// Remembers the key of a record in the log.
     pub(crate) fn insert_appended(&self, key: String, offset: u64) {
-        self.keys
-            .lock()
-            .expect("keys")
-            .insert(key, KeyState::Appended(offset));
+        let mut keys = self.inner.lock().expect("keys");
+        keys.unreleased.insert(offset, key.clone());
+        keys.by_key.insert(key, KeyState::Appended(offset));
     }
 
-    /// The keys of records in `range`.
-    pub(crate) fn of_offsets(&self, range: std::ops::Range<u64>) -> Vec<(String, u64)> {
-        let keys = self.keys.lock().expect("keys");
-        keys.iter()
-            .filter_map(|(key, state)| match state {
-                KeyState::Appended(offset) if range.contains(offset) => {
-                    Some((key.clone(), *offset))
-                }
-                _ => None,
-            })
+    /// Remembers the key of a record released before (from the file of
+    /// released keys).
+    pub(crate) fn insert_released(&self, key: String, offset: u64) {
+        let mut keys = self.inner.lock().expect("keys");
+        keys.by_key.insert(key, KeyState::Appended(offset));
+    }
+
+    /// The keys of the records before `offset` not released until now,
+    /// which are being released.
+    pub(crate) fn take_released(&self, offset: u64) -> Vec<(String, u64)> {
+        let mut keys = self.inner.lock().expect("keys");
+        let later = keys.unreleased.split_off(&offset);
+        let released = std::mem::replace(&mut keys.unreleased, later);
+        released
+            .into_iter()
+            .map(|(offset, key)| (key, offset))
             .collect()
     }
 }
@@ -292,28 +305,30 @@ enum Claim {
 
 impl IdempotencyKeys {
     fn claim(&self, key: &str) -> Claim {
-        let mut keys = self.keys.lock().expect("keys");
-        match keys.get(key) {
+        let mut keys = self.inner.lock().expect("keys");
+        match keys.by_key.get(key) {
             Some(KeyState::Appended(offset)) => Claim::Appended(*offset),
             Some(KeyState::Appending(receiver)) => Claim::Wait(receiver.clone()),
             None => {
                 let (sender, receiver) = watch::channel(None);
-                keys.insert(key.to_string(), KeyState::Appending(receiver));
+                keys.by_key
+                    .insert(key.to_string(), KeyState::Appending(receiver));
                 Claim::Append(sender)
             }
         }
     }
 
     fn settle(&self, key: String, sender: watch::Sender<Option<u64>>, appended: Option<u64>) {
-        let mut keys = self.keys.lock().expect("keys");
+        let mut keys = self.inner.lock().expect("keys");
         match appended {
             Some(offset) => {
-                keys.insert(key, KeyState::Appended(offset));
+                keys.unreleased.insert(offset, key.clone());
+                keys.by_key.insert(key, KeyState::Appended(offset));
                 let _ = sender.send(Some(offset));
             }
             // Failed: a retry may try again (waiters see the sender go).
             None => {
-                keys.remove(&key);
+                keys.by_key.remove(&key);
             }
         }
     }

@@ -113,7 +113,7 @@ impl HttpIngest {
                     continue;
                 };
                 if now.saturating_sub(at) < KEY_MEMORY.as_millis() as u64 {
-                    stream.keys.insert_appended(key.to_string(), offset);
+                    stream.keys.insert_released(key.to_string(), offset);
                     kept.push(line.to_string());
                 }
             }
@@ -149,7 +149,7 @@ impl HttpIngest {
         if offset <= released {
             return Ok(());
         }
-        let keys = stream.keys.of_offsets(released..offset);
+        let keys = stream.keys.take_released(offset);
         if !keys.is_empty() {
             let now = ingest::now_millis();
             let mut file = std::fs::OpenOptions::new()
