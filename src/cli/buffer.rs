@@ -32,7 +32,11 @@ pub fn run(command: BufferCommand) -> Result<(), Failure> {
     let bytes: u64 = report.segments.iter().map(|s| s.bytes).sum();
     println!("buffer {}", dir.display());
     println!("  segments        {}", report.segments.len());
-    println!("  bytes on disk   {bytes}");
+    println!(
+        "  spare segments  {} (released, kept to be written over)",
+        report.spares
+    );
+    println!("  bytes used      {bytes}");
     println!("  released below  offset {released}");
     println!("  waiting         {waiting} records");
     let oldest = report.segments.iter().find_map(|s| s.oldest);

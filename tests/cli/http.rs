@@ -377,6 +377,12 @@ fn every_event_accepted_through_five_sigkills_arrives_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let file = pipeline(dir.path(), port, "");
+    // Small segments: many rolls, and torn writes at many points of
+    // them.
+    let yaml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("buffer: { dir:", "buffer: { segment_bytes: 32768, dir:");
+    std::fs::write(&file, yaml).unwrap();
     let mut random = Random::new();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let next_request = Arc::new(AtomicU64::new(0));
@@ -452,6 +458,12 @@ fn every_event_accepted_through_five_sigkills_arrives_once() {
     // One more event, after every client's: once it is done, all are in.
     let expected = (REQUESTS * PER_REQUEST) as usize;
     runtime.block_on(settle(port, None, expected as i64));
+    // Released segments are kept to be written over.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has_a_spare(&dir.path().join("buffer")) {
+        assert!(Instant::now() < deadline, "no released segment was kept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = child.kill();
     let _ = child.wait();
     let rows_after = ids(dir.path());
@@ -463,6 +475,16 @@ fn every_event_accepted_through_five_sigkills_arrives_once() {
         "events lost ({} retried requests)",
         retried.load(Ordering::Relaxed)
     );
+}
+
+/// Whether the buffer in `dir` holds a released segment kept to be
+/// written over.
+fn has_a_spare(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().extension().is_some_and(|e| e == "spare"))
+    })
 }
 
 #[test]

@@ -7,12 +7,19 @@
 //! appends share one `fsync`. An append returns once its record is as
 //! durable as the [`FsyncPolicy`] says. Readers read records by offset.
 //! Records stay until the reader [`DurableLog::release`]s them (after a
-//! checkpoint covering them completes); whole segments are then deleted.
+//! checkpoint covering them completes).
 //! Releasing costs the reader no disk write: a second thread records the
-//! released offset on disk every 100 ms (and when the log closes), and
-//! deletes released segments a few megabytes at a time.
-//! A crash before then only makes a restart read some released records
+//! released offset on disk every 100 ms (and when the log closes). A
+//! crash before then only makes a restart read some released records
 //! again; a checkpoint's own position is what exactly-once rests on.
+//! That thread then keeps up to [`SPARES`] whole released segments, to be
+//! renamed and written over when the writer next needs a segment, and
+//! deletes the rest a few megabytes at a time: writing into blocks a file
+//! already has makes a sync write only the data, where a growing file
+//! waits for the file system's journal (and freed blocks, on a disk
+//! mounted with `discard`, for the disk). With `fsync: interval`, a third
+//! thread syncs the segment being written every 100 ms, so that no append
+//! waits for those syncs.
 //!
 //! The log is bounded (`max_bytes`, `max_events` of unreleased records):
 //! an append that does not fit fails with [`AppendError::Full`], and
@@ -27,11 +34,12 @@ pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use tokio::sync::{Notify, oneshot, watch};
@@ -49,8 +57,9 @@ pub enum FsyncPolicy {
     /// waiting). Survives a machine crash.
     #[default]
     Always,
-    /// At most every 100 ms; an append returns once written to the
-    /// operating system. Survives a process crash, not a machine crash.
+    /// Every 100 ms, by a thread of its own; an append returns once
+    /// written to the operating system, without waiting for a sync.
+    /// Survives a process crash, not a machine crash.
     Interval,
     /// Never explicitly; the operating system writes when it likes.
     Never,
@@ -135,24 +144,26 @@ pub struct DurableLog {
     threads: Arc<Threads>,
 }
 
-/// The log's two threads: the writer, which appends (and nothing else,
-/// since every append waits for it), and the keeper, which records on disk
-/// what was released and deletes released segments. Both are joined once
-/// nothing can use the log any more, so that what they still had to do
-/// is done.
+/// The log's threads: the writer, which appends (and nothing else,
+/// since every append waits for it); the keeper, which records on disk
+/// what was released and deletes released segments; and with
+/// `fsync: interval`, the syncer. All are joined once nothing can use the
+/// log any more, so that what they still had to do is done.
 struct Threads {
     requests: Option<mpsc::Sender<Append>>,
-    closing: Option<mpsc::Sender<()>>,
+    closing: Arc<Closing>,
     writer: Option<std::thread::JoinHandle<()>>,
     keeper: Option<std::thread::JoinHandle<()>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Threads {
     fn drop(&mut self) {
-        // Closing their channels ends the threads' loops.
+        // Closing the writer's channel ends its loop; the others tick
+        // until told.
         self.requests.take();
-        self.closing.take();
-        for thread in [self.writer.take(), self.keeper.take()]
+        self.closing.close();
+        for thread in [self.writer.take(), self.keeper.take(), self.syncer.take()]
             .into_iter()
             .flatten()
         {
@@ -170,6 +181,10 @@ struct Shared {
     /// Signalled when a release frees room.
     room: Notify,
     quarantined: Vec<Quarantined>,
+    /// The segment being written, for the syncer thread.
+    current: Mutex<Option<Arc<File>>>,
+    /// Whether the writer wrote to it since the syncer last synced.
+    unsynced: AtomicBool,
 }
 
 struct State {
@@ -178,8 +193,11 @@ struct State {
     released: u64,
     /// Unreleased, including appends being written.
     usage: LogUsage,
-    /// Released segments for the keeper thread to delete.
+    /// Released segments for the keeper thread to delete (or keep as
+    /// spares).
     to_delete: Vec<PathBuf>,
+    /// Released segments kept to be written over.
+    spares: Vec<PathBuf>,
 }
 
 struct SegmentIndex {
@@ -226,19 +244,26 @@ impl DurableLog {
         let mut quarantined = Vec::new();
         for (i, (base, path)) in listed.iter().enumerate() {
             let next_base = listed.get(i + 1).map(|(b, _)| *b);
-            let scan = segment::scan(path).map_err(|e| io("read segment", e))?;
-            match scan.damage {
-                Some(Damage::TornTail { valid_bytes }) if next_base.is_none() => {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        cut = scan.bytes - valid_bytes,
-                        "cutting off a write the last run did not finish"
-                    );
+            let mut scan = segment::scan(path, *base).map_err(|e| io("read segment", e))?;
+            match scan.damage(*base, next_base) {
+                None if next_base.is_some() || scan.bytes == scan.valid_bytes => {}
+                // The newest segment continues where its records end. What
+                // follows them (a write the last run did not finish, or
+                // the segment's earlier use) is cut off, so that none of
+                // it can pass for a record later.
+                None | Some(Damage::TornTail { .. }) => {
+                    if scan.stop != segment::Stop::Stale {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            cut = scan.bytes - scan.valid_bytes,
+                            "cutting off a write the last run did not finish"
+                        );
+                    }
                     let file = OpenOptions::new()
                         .write(true)
                         .open(path)
                         .map_err(|e| io("open segment", e))?;
-                    file.set_len(valid_bytes)
+                    file.set_len(scan.valid_bytes)
                         .and_then(|_| file.sync_all())
                         .map_err(|e| io("truncate segment", e))?;
                 }
@@ -261,7 +286,6 @@ impl DurableLog {
                     });
                     continue;
                 }
-                None => {}
             }
             segments.insert(
                 *base,
@@ -280,11 +304,13 @@ impl DurableLog {
             .max()
             .unwrap_or(released)
             .max(released);
+        let spares = segment::spares(dir).map_err(|e| io("list spare segments", e))?;
         let mut state = State {
             segments,
             released,
             usage: LogUsage::default(),
             to_delete: Vec::new(),
+            spares,
         };
         state.usage = state.usage_from(released);
         let (end_tx, _) = watch::channel(end);
@@ -295,6 +321,8 @@ impl DurableLog {
             end: end_tx,
             room: Notify::new(),
             quarantined,
+            current: Mutex::new(None),
+            unsynced: AtomicBool::new(false),
         });
         let (requests, receiver) = mpsc::channel();
         let writer = Writer::new(shared.clone(), end)?;
@@ -302,22 +330,32 @@ impl DurableLog {
             .name("flumen-log-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| io("start the writer thread", e))?;
-        let (closing, closed) = mpsc::channel();
-        let keeper = Keeper {
+        let closing = Arc::new(Closing::default());
+        let mut keeper = Keeper {
             shared: shared.clone(),
             released_on_disk: released,
         };
-        let keeper = std::thread::Builder::new()
-            .name("flumen-log-keeper".into())
-            .spawn(move || keeper.run(closed))
+        let keeper = closing
+            .tick_on_thread("flumen-log-keeper", move || keeper.keep())
             .map_err(|e| io("start the keeper thread", e))?;
+        let syncer = match shared.options.fsync {
+            FsyncPolicy::Interval => {
+                let shared = shared.clone();
+                let syncer = closing
+                    .tick_on_thread("flumen-log-syncer", move || sync_current(&shared))
+                    .map_err(|e| io("start the syncer thread", e))?;
+                Some(syncer)
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
         Ok(DurableLog {
             shared,
             threads: Arc::new(Threads {
                 requests: Some(requests),
-                closing: Some(closing),
+                closing,
                 writer: Some(writer),
                 keeper: Some(keeper),
+                syncer,
             }),
         })
     }
@@ -333,7 +371,7 @@ impl DurableLog {
                     std::fs::remove_file(&path).map_err(io)?;
                     continue;
                 }
-                let scan = segment::scan(&path).map_err(io)?;
+                let scan = segment::scan(&path, base).map_err(io)?;
                 if let Some(first_cut) = scan.frames.get((end - base) as usize) {
                     let file = OpenOptions::new().write(true).open(&path).map_err(io)?;
                     file.set_len(first_cut.position)
@@ -469,7 +507,7 @@ impl DurableLog {
             let path = &run[0].0;
             let frames: Vec<Frame> = run.iter().map(|(_, _, frame)| *frame).collect();
             let payloads = File::open(path)
-                .and_then(|file| segment::read_payloads(&file, &frames))
+                .and_then(|file| segment::read_payloads(&file, &frames, run[0].1))
                 .map_err(|e| {
                     failure(format!(
                         "buffer segment {} (offsets {}..={}): {e}",
@@ -570,11 +608,23 @@ struct Writer {
     shared: Arc<Shared>,
     /// The segment being written: its base, file and size.
     base: u64,
-    file: BufWriter<File>,
+    file: BufWriter<SegmentFile>,
     size: u64,
     next: u64,
-    last_sync: Instant,
-    unsynced: bool,
+}
+
+/// A segment file the writer writes through a buffer while the syncer
+/// thread may sync it.
+struct SegmentFile(Arc<File>);
+
+impl Write for SegmentFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Writer {
@@ -591,12 +641,20 @@ impl Writer {
                 .map(|(base, index)| (*base, index.path.clone()))
         };
         let (base, path) = newest.unwrap_or((end, shared.dir.join(segment::file_name(end))));
-        let file = OpenOptions::new()
+        let segment_failure =
+            |e: std::io::Error| failure(format!("buffer segment {}: {e}", path.display()));
+        // Opening cut the newest segment back to where its records end.
+        let mut file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(&path)
-            .map_err(|e| failure(format!("buffer segment {}: {e}", path.display())))?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            .map_err(segment_failure)?;
+        let mut size = file.seek(SeekFrom::End(0)).map_err(segment_failure)?;
+        if size == 0 {
+            file.write_all(segment::MAGIC).map_err(segment_failure)?;
+            size = segment::MAGIC.len() as u64;
+        }
         {
             let mut state = shared.state.lock().expect("log state");
             state.segments.entry(base).or_insert(SegmentIndex {
@@ -605,29 +663,19 @@ impl Writer {
             });
         }
         sync_dir(&shared.dir);
+        let file = Arc::new(file);
+        *shared.current.lock().expect("current segment") = Some(file.clone());
         Ok(Writer {
             shared,
             base,
-            file: BufWriter::with_capacity(1 << 20, file),
+            file: BufWriter::with_capacity(1 << 20, SegmentFile(file)),
             size,
             next: end,
-            last_sync: Instant::now(),
-            unsynced: false,
         })
     }
 
     fn run(mut self, requests: mpsc::Receiver<Append>) {
-        loop {
-            let first = match requests.recv_timeout(SYNC_INTERVAL) {
-                Ok(first) => first,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.unsynced {
-                        let _ = self.sync();
-                    }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
+        while let Ok(first) = requests.recv() {
             let mut group = vec![first];
             while group.len() < 4096 {
                 match requests.try_recv() {
@@ -671,7 +719,13 @@ impl Writer {
                 self.publish(&mut written);
             }
             let position = self.size;
-            let size = segment::write_frame(&mut self.file, append.events, now, &append.payload)?;
+            let size = segment::write_frame(
+                &mut self.file,
+                self.next,
+                append.events,
+                now,
+                &append.payload,
+            )?;
             self.size += size;
             written.push((
                 self.base,
@@ -686,11 +740,10 @@ impl Writer {
             self.next += 1;
         }
         self.file.flush()?;
-        self.unsynced = true;
         match self.shared.options.fsync {
             FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval if self.last_sync.elapsed() >= SYNC_INTERVAL => self.sync()?,
-            _ => {}
+            FsyncPolicy::Interval => self.shared.unsynced.store(true, Ordering::Release),
+            FsyncPolicy::Never => {}
         }
         self.publish(&mut written);
         Ok(offsets)
@@ -714,23 +767,39 @@ impl Writer {
 
     fn sync(&mut self) -> std::io::Result<()> {
         if self.shared.options.fsync != FsyncPolicy::Never {
-            self.file.get_ref().sync_data()?;
+            self.file.get_ref().0.sync_data()?;
         }
-        self.last_sync = Instant::now();
-        self.unsynced = false;
         Ok(())
     }
 
-    /// Closes the current segment and starts one at the next offset.
+    /// Closes the current segment and starts one at the next offset,
+    /// writing over a spare if there is one.
     fn roll(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
         self.sync()?;
         let path = self.shared.dir.join(segment::file_name(self.next));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let spare = self.shared.state.lock().expect("log state").spares.pop();
+        if let Some(spare) = spare
+            && let Err(e) = std::fs::rename(&spare, &path)
+        {
+            tracing::warn!(spare = %spare.display(), "could not reuse a spare segment: {e}");
+        }
+        // A spare's old records are written over, not cut off: they are
+        // what keeps the file's blocks allocated.
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        file.write_all(segment::MAGIC)?;
+        // The new name must be on disk before any record in it is
+        // acknowledged.
         sync_dir(&self.shared.dir);
-        self.file = BufWriter::with_capacity(1 << 20, file);
+        let file = Arc::new(file);
+        *self.shared.current.lock().expect("current segment") = Some(file.clone());
+        self.file = BufWriter::with_capacity(1 << 20, SegmentFile(file));
         self.base = self.next;
-        self.size = 0;
+        self.size = segment::MAGIC.len() as u64;
         let mut state = self.shared.state.lock().expect("log state");
         state.segments.insert(
             self.base,
@@ -745,21 +814,14 @@ impl Writer {
 
 /// The keeper thread: records the released offset on disk every
 /// `SYNC_INTERVAL` if it moved (a reader may release after every read),
-/// then deletes the segments released (deleting a large file can take
-/// milliseconds, which no append should wait for).
+/// then keeps the segments released as spares or deletes them (deleting a
+/// large file can take milliseconds, which no append should wait for).
 struct Keeper {
     shared: Arc<Shared>,
     released_on_disk: u64,
 }
 
 impl Keeper {
-    fn run(mut self, closed: mpsc::Receiver<()>) {
-        while let Err(mpsc::RecvTimeoutError::Timeout) = closed.recv_timeout(SYNC_INTERVAL) {
-            self.keep();
-        }
-        self.keep();
-    }
-
     fn keep(&mut self) {
         let (released, to_delete) = {
             let mut state = self.shared.state.lock().expect("log state");
@@ -781,14 +843,96 @@ impl Keeper {
                 }
             }
         }
-        // Deleted once the offset past them is on disk. (A segment a crash
-        // leaves behind is released already, and deleted by the next
-        // release after a restart.)
+        // Kept or deleted once the offset past them is on disk. (A
+        // segment a crash leaves behind is released already, and goes the
+        // same way at the next release after a restart.)
         for path in to_delete {
-            if let Err(e) = delete_gradually(&path) {
-                tracing::warn!(segment = %path.display(), "could not delete a released segment: {e}");
+            if let Err(e) = self.keep_as_spare_or_delete(path) {
+                tracing::warn!("could not keep or delete a released segment: {e}");
             }
         }
+    }
+
+    /// Keeps a released segment to be written over when the writer next
+    /// needs a segment, unless `SPARES` are kept already.
+    fn keep_as_spare_or_delete(&self, path: PathBuf) -> std::io::Result<()> {
+        let spares = self.shared.state.lock().expect("log state").spares.len();
+        let spare =
+            segment::base_of(&path).map(|base| self.shared.dir.join(segment::spare_name(base)));
+        match spare {
+            Some(spare) if spares < SPARES => {
+                std::fs::rename(&path, &spare)?;
+                self.shared
+                    .state
+                    .lock()
+                    .expect("log state")
+                    .spares
+                    .push(spare);
+                Ok(())
+            }
+            _ => delete_gradually(&path),
+        }
+    }
+}
+
+/// How many released segments are kept to be written over. One is enough
+/// for a steady stream; a second covers a release that comes late.
+pub const SPARES: usize = 2;
+
+/// `fsync: interval`'s sync, on the syncer thread: the segment being
+/// written, if written to since the last time.
+fn sync_current(shared: &Shared) {
+    if !shared.unsynced.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let current = shared.current.lock().expect("current segment").clone();
+    if let Some(file) = current
+        && let Err(e) = file.sync_data()
+    {
+        tracing::warn!("could not sync the buffer: {e}");
+        shared.unsynced.store(true, Ordering::Release);
+    }
+}
+
+/// Tells the log's ticking threads to stop.
+#[derive(Default)]
+struct Closing {
+    closed: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Closing {
+    /// Runs `tick` every `SYNC_INTERVAL` on a thread of its own, and once
+    /// more when the log closes.
+    fn tick_on_thread(
+        self: &Arc<Self>,
+        name: &str,
+        mut tick: impl FnMut() + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let closing = self.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while !closing.wait(SYNC_INTERVAL) {
+                    tick();
+                }
+                tick();
+            })
+    }
+
+    /// Waits up to `timeout`; returns whether the log is closing.
+    fn wait(&self, timeout: Duration) -> bool {
+        let closed = self.closed.lock().expect("closing");
+        let (closed, _) = self
+            .wake
+            .wait_timeout_while(closed, timeout, |closed| !*closed)
+            .expect("closing");
+        *closed
+    }
+
+    fn close(&self) {
+        *self.closed.lock().expect("closing") = true;
+        self.wake.notify_all();
     }
 }
 
@@ -825,6 +969,8 @@ pub struct Inspection {
     pub released: u64,
     /// Segments already moved to `quarantine/`.
     pub quarantined: Vec<PathBuf>,
+    /// Released segments kept to be written over.
+    pub spares: usize,
 }
 
 /// One segment as found on disk.
@@ -838,7 +984,8 @@ pub struct SegmentReport {
     pub records: u64,
     /// Events in those.
     pub events: u64,
-    /// The file's size.
+    /// The bytes its records take (a reused segment's file may be
+    /// larger).
     pub bytes: u64,
     /// Append time of its first record (ms since the epoch).
     pub oldest: Option<u64>,
@@ -859,17 +1006,20 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         .and_then(|text| text.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let mut segments = Vec::new();
-    for (base, path) in segment::list(dir).map_err(io)? {
-        let scan = segment::scan(&path).map_err(io)?;
+    let listed = segment::list(dir).map_err(io)?;
+    for (i, (base, path)) in listed.iter().enumerate() {
+        let next_base = listed.get(i + 1).map(|(b, _)| *b);
+        let mut scan = segment::scan(path, *base).map_err(io)?;
+        let damage = scan.damage(*base, next_base);
         segments.push(SegmentReport {
-            base,
+            base: *base,
             records: scan.frames.len() as u64,
             events: scan.frames.iter().map(|f| u64::from(f.events)).sum(),
-            bytes: scan.bytes,
+            bytes: scan.valid_bytes,
             oldest: scan.frames.first().map(|f| f.appended_at),
             newest: scan.frames.last().map(|f| f.appended_at),
-            damage: scan.damage,
-            path,
+            damage,
+            path: path.clone(),
         });
     }
     let quarantined = segment::list(&dir.join("quarantine"))
@@ -879,6 +1029,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         segments,
         released,
         quarantined,
+        spares: segment::spares(dir).map_or(0, |spares| spares.len()),
     })
 }
 

@@ -1,25 +1,40 @@
 //! The on-disk format of a log segment, and reading one back.
 //!
 //! A segment is a file named by the offset of its first record
-//! (`00000000000000000042.log`) holding records back to back, each framed
-//! as:
+//! (`00000000000000000042.log`): the 8 bytes `FLUMLOG2`, then records
+//! back to back, each framed as:
 //!
 //! ```text
-//! length u32 | events u32 | appended_at u64 (ms) | crc32 u32 | payload
+//! length u32 | events u32 | appended_at u64 (ms) | offset u64 | crc32 u32 | payload
 //! ```
 //!
-//! all little-endian; the CRC-32 covers `events`, `appended_at` and the
-//! payload. A frame cut short at the end of the newest segment is a write
-//! the process died in (never acknowledged): it is cut off. Anything else
-//! that does not check out makes the segment corrupt.
+//! all little-endian; the CRC-32 covers the header before it and the
+//! payload. A record's frame carries its offset because segments are
+//! reused: a released segment is renamed and written over rather than
+//! deleted (freeing and allocating disk blocks makes every sync wait for a
+//! journal commit, and on a disk mounted with `discard`, for the discard).
+//! So after the records a segment holds, the bytes of its earlier use may
+//! follow: a frame whose offset is not the next one ends the segment.
+//!
+//! A frame that fails its checksum or is cut short at the end of the newest
+//! segment is a write the process died in (never acknowledged): it is cut
+//! off. A closed segment that does not hold every record up to the next
+//! segment's first is corrupt.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// What every segment starts with (the format's version is its last
+/// character).
+pub(crate) const MAGIC: &[u8; 8] = b"FLUMLOG2";
+
 /// Bytes before each record's payload.
-pub(crate) const FRAME_HEADER: u64 = 20;
+pub(crate) const FRAME_HEADER: u64 = 28;
+
+/// Where the CRC sits in a frame's header.
+const CRC_AT: usize = 24;
 
 /// One record's frame, as found in a segment.
 #[derive(Debug, Clone, Copy)]
@@ -54,16 +69,79 @@ pub enum Damage {
     },
 }
 
-/// A segment's good frames and what is wrong with the rest.
+/// A segment's frames, up to the first that is not the next record.
 #[derive(Debug)]
 pub(crate) struct Scan {
     pub(crate) frames: Vec<Frame>,
-    pub(crate) damage: Option<Damage>,
+    /// Why the frames end.
+    pub(crate) stop: Stop,
+    /// Where the last good frame ends.
+    pub(crate) valid_bytes: u64,
+    /// The file's size.
     pub(crate) bytes: u64,
+}
+
+/// What came after a segment's last good frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The end of the file.
+    End,
+    /// A frame of the file's earlier use.
+    Stale,
+    /// A frame cut short by the end of the file.
+    Short,
+    /// A frame that fails its checksum.
+    Checksum,
+}
+
+impl Scan {
+    /// What is wrong with the segment starting at `base`, given where the
+    /// next one starts (`None` for the newest). Trims the frames of a
+    /// closed segment to the records it should hold.
+    pub(crate) fn damage(&mut self, base: u64, next_base: Option<u64>) -> Option<Damage> {
+        let Some(next_base) = next_base else {
+            return match self.stop {
+                Stop::End | Stop::Stale => None,
+                Stop::Short | Stop::Checksum => Some(Damage::TornTail {
+                    valid_bytes: self.valid_bytes,
+                }),
+            };
+        };
+        let expected = next_base.saturating_sub(base);
+        if self.frames.len() as u64 >= expected {
+            self.frames.truncate(expected as usize);
+            return None;
+        }
+        let found = base + self.frames.len() as u64;
+        Some(Damage::Corrupt {
+            at: self.valid_bytes,
+            reason: match self.stop {
+                Stop::Checksum => "checksum mismatch".into(),
+                Stop::Short => "a record runs past the end of the file".into(),
+                Stop::End | Stop::Stale => format!("records {found}..{next_base} are missing"),
+            },
+        })
+    }
 }
 
 pub(crate) fn file_name(base: u64) -> String {
     format!("{base:020}.log")
+}
+
+/// The name a released segment waits under until it is written over.
+pub(crate) fn spare_name(base: u64) -> String {
+    format!("{base:020}.spare")
+}
+
+/// The spare segments in `dir`.
+pub(crate) fn spares(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut spares: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "spare"))
+        .collect();
+    spares.sort();
+    Ok(spares)
 }
 
 /// The base offset of a segment file name, if it is one.
@@ -83,35 +161,56 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(segments)
 }
 
-/// Reads a segment through, checking every frame.
-pub(crate) fn scan(path: &Path) -> std::io::Result<Scan> {
+/// Reads the segment starting at `base` through, checking every frame.
+/// Fails if the file is not a segment of this format.
+pub(crate) fn scan(path: &Path, base: u64) -> std::io::Result<Scan> {
     let mut contents = Vec::new();
     File::open(path)?.read_to_end(&mut contents)?;
     let bytes = contents.len() as u64;
+    let scan = |frames, stop, valid_bytes| Scan {
+        frames,
+        stop,
+        valid_bytes,
+        bytes,
+    };
+    if contents.is_empty() {
+        return Ok(scan(Vec::new(), Stop::End, 0));
+    }
+    if !contents.starts_with(MAGIC) {
+        if MAGIC.starts_with(&contents) {
+            // Created, and the process died before the start was written.
+            return Ok(scan(Vec::new(), Stop::Short, 0));
+        }
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a buffer segment of this version of Flumen (it does not start with {:?})",
+                path.display(),
+                String::from_utf8_lossy(MAGIC)
+            ),
+        ));
+    }
     let mut frames = Vec::new();
-    let mut at = 0usize;
-    let damage = loop {
+    let mut at = MAGIC.len();
+    let stop = loop {
         if at == contents.len() {
-            break None;
+            break Stop::End;
         }
         let Some(header) = contents.get(at..at + FRAME_HEADER as usize) else {
-            break Some(Damage::TornTail {
-                valid_bytes: at as u64,
-            });
+            break Stop::Short;
         };
         let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        let offset = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(header[CRC_AT..].try_into().expect("4 bytes"));
         let end = at + FRAME_HEADER as usize + length as usize;
         let Some(payload) = contents.get(at + FRAME_HEADER as usize..end) else {
-            break Some(Damage::TornTail {
-                valid_bytes: at as u64,
-            });
+            break Stop::Short;
         };
-        if checksum(&header[4..16], payload) != crc {
-            break Some(Damage::Corrupt {
-                at: at as u64,
-                reason: "checksum mismatch".into(),
-            });
+        if checksum(&header[..CRC_AT], payload) != crc {
+            break Stop::Checksum;
+        }
+        if offset != base + frames.len() as u64 {
+            break Stop::Stale;
         }
         frames.push(Frame {
             position: at as u64,
@@ -121,11 +220,7 @@ pub(crate) fn scan(path: &Path) -> std::io::Result<Scan> {
         });
         at = end;
     };
-    Ok(Scan {
-        frames,
-        damage,
-        bytes,
-    })
+    Ok(scan(frames, stop, at as u64))
 }
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
@@ -138,6 +233,7 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
 /// Writes one record's frame; returns its size.
 pub(crate) fn write_frame(
     out: &mut impl Write,
+    offset: u64,
     events: u32,
     appended_at: u64,
     payload: &[u8],
@@ -148,8 +244,9 @@ pub(crate) fn write_frame(
     header[0..4].copy_from_slice(&length.to_le_bytes());
     header[4..8].copy_from_slice(&events.to_le_bytes());
     header[8..16].copy_from_slice(&appended_at.to_le_bytes());
-    let crc = checksum(&header[4..16], payload);
-    header[16..20].copy_from_slice(&crc.to_le_bytes());
+    header[16..24].copy_from_slice(&offset.to_le_bytes());
+    let crc = checksum(&header[..CRC_AT], payload);
+    header[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     out.write_all(&header)?;
     out.write_all(payload)?;
     Ok(FRAME_HEADER + u64::from(length))
@@ -157,8 +254,13 @@ pub(crate) fn write_frame(
 
 /// Reads records' payloads back with one read of the bytes they span,
 /// checking each again (the disk may have changed under a running
-/// process). `frames` are of one segment, in order.
-pub(crate) fn read_payloads(file: &File, frames: &[Frame]) -> std::io::Result<Vec<Vec<u8>>> {
+/// process, or the segment been released and written over). `frames` are
+/// of one segment, in order, the first holding record `first_offset`.
+pub(crate) fn read_payloads(
+    file: &File,
+    frames: &[Frame],
+    first_offset: u64,
+) -> std::io::Result<Vec<Vec<u8>>> {
     let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
         return Ok(Vec::new());
     };
@@ -167,15 +269,26 @@ pub(crate) fn read_payloads(file: &File, frames: &[Frame]) -> std::io::Result<Ve
     file.read_exact_at(&mut span, start)?;
     frames
         .iter()
-        .map(|frame| {
+        .zip(first_offset..)
+        .map(|(frame, offset)| {
             let at = (frame.position - start) as usize;
             let header = &span[at..at + FRAME_HEADER as usize];
             let payload = &span[at + FRAME_HEADER as usize..at + frame.size() as usize];
-            let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
-            if checksum(&header[4..16], payload) != crc {
+            let crc = u32::from_le_bytes(header[CRC_AT..].try_into().expect("4 bytes"));
+            if checksum(&header[..CRC_AT], payload) != crc {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("checksum mismatch at byte {}", frame.position),
+                ));
+            }
+            let found = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+            if found != offset {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "byte {} holds record {found}, not {offset} (the segment was released)",
+                        frame.position
+                    ),
                 ));
             }
             Ok(payload.to_vec())

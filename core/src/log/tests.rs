@@ -26,24 +26,31 @@ fn payloads(records: &[LogRecord]) -> Vec<String> {
 
 #[tokio::test]
 async fn records_survive_a_reopen_in_order_across_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    let words: Vec<String> = (0..40).map(|i| format!("record number {i}")).collect();
-    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-    {
-        let log = DurableLog::open(dir.path(), options()).unwrap();
-        assert_eq!(append_all(&log, &refs).await, (0..40).collect::<Vec<u64>>());
+    for fsync in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Interval,
+        FsyncPolicy::Never,
+    ] {
+        let options = LogOptions { fsync, ..options() };
+        let dir = tempfile::tempdir().unwrap();
+        let words: Vec<String> = (0..40).map(|i| format!("record number {i}")).collect();
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        {
+            let log = DurableLog::open(dir.path(), options.clone()).unwrap();
+            assert_eq!(append_all(&log, &refs).await, (0..40).collect::<Vec<u64>>());
+        }
+        let log = DurableLog::open(dir.path(), options).unwrap();
+        assert!(
+            segment::list(dir.path()).unwrap().len() > 3,
+            "small segments roll"
+        );
+        let (records, next) = log.read(0, 1000, u64::MAX).unwrap();
+        assert_eq!(payloads(&records), words, "{fsync:?}");
+        assert_eq!(next, 40);
+        assert_eq!(log.usage().events, 40);
+        // Appending continues after the last record.
+        assert_eq!(log.append(1, b"more".to_vec()).await.unwrap(), 40);
     }
-    let log = DurableLog::open(dir.path(), options()).unwrap();
-    assert!(
-        segment::list(dir.path()).unwrap().len() > 3,
-        "small segments roll"
-    );
-    let (records, next) = log.read(0, 1000, u64::MAX).unwrap();
-    assert_eq!(payloads(&records), words);
-    assert_eq!(next, 40);
-    assert_eq!(log.usage().events, 40);
-    // Appending continues after the last record.
-    assert_eq!(log.append(1, b"more".to_vec()).await.unwrap(), 40);
 }
 
 #[tokio::test]
@@ -206,4 +213,95 @@ async fn what_readers_see_is_readable_while_segments_roll() {
     read.sort();
     let expected: Vec<String> = (0..2000).map(|i| format!("{i:05}")).collect();
     assert_eq!(read, expected);
+}
+
+/// Waits until the keeper thread has kept `count` released segments as
+/// spares.
+async fn spares_kept(dir: &Path, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while segment::spares(dir).unwrap().len() < count {
+        assert!(std::time::Instant::now() < deadline, "no spares kept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn released_segments_are_written_over_and_their_old_records_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = (0..60).map(|i| format!("record number {i:02}")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    {
+        let log = DurableLog::open(dir.path(), options()).unwrap();
+        append_all(&log, &refs[..40]).await;
+        log.release(30).unwrap();
+        spares_kept(dir.path(), SPARES).await;
+        let spares = segment::spares(dir.path()).unwrap();
+        // Enough to fill both spares and part of a third segment, so the
+        // newest is a spare written over only in part.
+        append_all(&log, &refs[40..47]).await;
+        for spare in spares {
+            assert!(!spare.exists(), "{} was not written over", spare.display());
+        }
+    }
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    assert!(log.quarantined().is_empty());
+    let (records, next) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words[30..47]);
+    assert_eq!(next, 47);
+    // Appending goes on after the last record, not after the bytes of the
+    // segment's earlier use.
+    append_all(&log, &refs[47..]).await;
+    drop(log);
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    let (records, _) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words[30..]);
+}
+
+#[tokio::test]
+async fn a_torn_write_over_a_reused_segment_is_cut_off_not_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = (0..40).map(|i| format!("record number {i:02}")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    {
+        let log = DurableLog::open(dir.path(), options()).unwrap();
+        append_all(&log, &refs[..30]).await;
+        log.release(20).unwrap();
+        spares_kept(dir.path(), 1).await;
+        append_all(&log, &refs[30..33]).await;
+    }
+    // The process died writing the next record: its frame is there in
+    // full, but its payload is not what was checksummed.
+    let (_, newest) = segment::list(dir.path()).unwrap().pop().unwrap();
+    let scan = segment::scan(&newest, segment::base_of(&newest).unwrap()).unwrap();
+    let mut torn = Vec::new();
+    let next = segment::base_of(&newest).unwrap() + scan.frames.len() as u64;
+    segment::write_frame(&mut torn, next, 1, 0, b"never acknowledged").unwrap();
+    let last = torn.len() - 1;
+    torn[last] ^= 0xff;
+    let file = OpenOptions::new().write(true).open(&newest).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &torn, scan.valid_bytes).unwrap();
+    drop(file);
+
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    assert!(log.quarantined().is_empty());
+    let (records, _) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words[20..33]);
+    assert_eq!(log.append(1, b"next".to_vec()).await.unwrap(), 33);
+}
+
+#[test]
+fn a_file_of_another_format_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(segment::file_name(0)),
+        b"\x05\0\0\0old format",
+    )
+    .unwrap();
+    let error = DurableLog::open(dir.path(), options()).err().unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("is not a buffer segment of this version"),
+        "{error}"
+    );
 }
