@@ -215,6 +215,13 @@ async fn what_readers_see_is_readable_while_segments_roll() {
     assert_eq!(read, expected);
 }
 
+/// `count` payloads, `record number 00` on, all of one length.
+fn numbered(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("record number {i:02}"))
+        .collect()
+}
+
 /// Waits until the keeper thread has kept `count` released segments as
 /// spares.
 async fn spares_kept(dir: &Path, count: usize) {
@@ -228,7 +235,7 @@ async fn spares_kept(dir: &Path, count: usize) {
 #[tokio::test]
 async fn released_segments_are_written_over_and_their_old_records_never_read() {
     let dir = tempfile::tempdir().unwrap();
-    let words: Vec<String> = (0..60).map(|i| format!("record number {i:02}")).collect();
+    let words = numbered(60);
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     {
         let log = DurableLog::open(dir.path(), options()).unwrap();
@@ -260,7 +267,7 @@ async fn released_segments_are_written_over_and_their_old_records_never_read() {
 #[tokio::test]
 async fn a_torn_write_over_a_reused_segment_is_cut_off_not_quarantined() {
     let dir = tempfile::tempdir().unwrap();
-    let words: Vec<String> = (0..40).map(|i| format!("record number {i:02}")).collect();
+    let words = numbered(40);
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     {
         let log = DurableLog::open(dir.path(), options()).unwrap();
