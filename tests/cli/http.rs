@@ -609,6 +609,91 @@ impl Downstream {
 use axum::response::IntoResponse;
 
 /// Resident memory of a process, in bytes.
+#[test]
+fn a_buffer_that_cannot_write_answers_503_and_stops_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Each request's record fills a segment, so every append starts one.
+    let file = pipeline(dir.path(), port, "");
+    let yaml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("buffer: { dir:", "buffer: { segment_bytes: 1000, dir:");
+    std::fs::write(&file, &yaml).unwrap();
+    let mut child = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = |request: i64| -> Vec<Value> {
+        (0..10)
+            .map(|i| json!({ "id": request * 10 + i, "item": "x".repeat(100) }))
+            .collect()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    runtime.block_on(async {
+        ready(&client, port).await;
+        for request in 0..5 {
+            let response = client
+                .post(url(port))
+                .json(&events(request))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+        }
+    });
+    assert_eq!(
+        wait_for_rows(dir.path(), 50, Duration::from_secs(30)),
+        (0..50).collect::<Vec<i64>>()
+    );
+
+    // The next segment cannot be created.
+    std::fs::remove_dir_all(dir.path().join("buffer")).unwrap();
+    let refused = runtime.block_on(async {
+        let response = client
+            .post(url(port))
+            .json(&events(5))
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response.headers().get("retry-after").cloned();
+        (
+            response.status(),
+            retry_after,
+            response.text().await.unwrap(),
+        )
+    });
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.2);
+    assert!(refused.1.is_some(), "a 503 says when to retry");
+    assert!(
+        refused.2.contains("could not store the events"),
+        "{}",
+        refused.2
+    );
+
+    // The pipeline stops, saying why, for a restart to reopen the buffer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the pipeline kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("the buffer of stream `orders` failed (buffer write:")
+            && stderr.contains("restart the pipeline to reopen it"),
+        "{stderr}"
+    );
+    assert_eq!(ids(dir.path()), (0..50).collect::<Vec<i64>>());
+}
+
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();

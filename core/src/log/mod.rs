@@ -2,10 +2,12 @@
 //! HTTP ingest and the `buffer` operator.
 //!
 //! Writers [`DurableLog::append`] records (opaque bytes, each counting some
-//! number of events); one writer thread writes whatever has queued up and
-//! syncs it to disk once for all of it (group commit), so many concurrent
-//! appends share one `fsync`. An append returns once its record is as
-//! durable as the [`FsyncPolicy`] says. Readers read records by offset.
+//! number of events). An append frames its record straight into a shared
+//! queue, where it gets its offset; one writer thread takes whatever has
+//! queued up, writes it with one call and syncs it once for all of it
+//! (group commit), so many concurrent appends share one `fsync`, and none
+//! allocates or hands the writer anything of its own. An append returns
+//! once its record is as durable as the [`FsyncPolicy`] says. Readers read records by offset.
 //! Records stay until the reader [`DurableLog::release`]s them (after a
 //! checkpoint covering them completes).
 //! Releasing costs the reader no disk write: a second thread records the
@@ -34,15 +36,15 @@ pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::future::Future;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 
 use self::segment::{Damage, Frame};
 use crate::error::{Error, Result};
@@ -141,7 +143,8 @@ pub struct LogUsage {
 #[derive(Clone)]
 pub struct DurableLog {
     shared: Arc<Shared>,
-    threads: Arc<Threads>,
+    /// Held for its drop, by the last clone: that stops the threads.
+    _threads: Arc<Threads>,
 }
 
 /// The log's threads: the writer, which appends (and nothing else,
@@ -150,7 +153,7 @@ pub struct DurableLog {
 /// `fsync: interval`, the syncer. All are joined once nothing can use the
 /// log any more, so that what they still had to do is done.
 struct Threads {
-    requests: Option<mpsc::Sender<Append>>,
+    shared: Arc<Shared>,
     closing: Arc<Closing>,
     writer: Option<std::thread::JoinHandle<()>>,
     keeper: Option<std::thread::JoinHandle<()>>,
@@ -159,9 +162,10 @@ struct Threads {
 
 impl Drop for Threads {
     fn drop(&mut self) {
-        // Closing the writer's channel ends its loop; the others tick
+        // The writer writes what is queued, then stops; the others tick
         // until told.
-        self.requests.take();
+        self.shared.queue.lock().expect("log queue").closed = true;
+        self.shared.queued.notify_one();
         self.closing.close();
         for thread in [self.writer.take(), self.keeper.take(), self.syncer.take()]
             .into_iter()
@@ -185,6 +189,75 @@ struct Shared {
     current: Mutex<Option<Arc<File>>>,
     /// Whether the writer wrote to it since the syncer last synced.
     unsynced: AtomicBool,
+    /// Appends waiting for the writer.
+    queue: Mutex<Queue>,
+    /// Wakes the writer when it waits for appends (or the log closes).
+    queued: Condvar,
+}
+
+/// Records appended and not yet taken by the writer: their frames, ready
+/// to write, and the group they will be made durable in.
+struct Queue {
+    /// Their frames back to back, in offset order.
+    bytes: Vec<u8>,
+    /// Each one's frame, its position being where it starts in `bytes`.
+    frames: Vec<Frame>,
+    /// The offset the next append gets.
+    next: u64,
+    /// What the records queued now wait on.
+    group: Arc<Group>,
+    /// Why appends fail from now on, once a write or sync failed (see
+    /// [`DurableLog::broken`]).
+    failed: Option<String>,
+    /// The writer waits for appends: the next one wakes it.
+    writer_idle: bool,
+    /// The log is closing: the writer stops once the queue is empty.
+    closed: bool,
+}
+
+/// Appends written (and synced) together: each waits until the writer
+/// says how it went.
+#[derive(Default)]
+struct Group {
+    done: OnceLock<std::result::Result<(), String>>,
+    notify: Notify,
+}
+
+impl Group {
+    async fn wait(&self) -> std::result::Result<(), String> {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so that no finish goes unseen.
+            notified.as_mut().enable();
+            if let Some(done) = self.done.get() {
+                return done.clone();
+            }
+            notified.await;
+        }
+    }
+
+    fn finish(&self, done: std::result::Result<(), String>) {
+        let _ = self.done.set(done);
+        self.notify.notify_waiters();
+    }
+}
+
+impl Shared {
+    /// Takes no more appends after a write or sync failed; returns why.
+    fn fail(&self, message: String) -> String {
+        tracing::error!("{message}; the buffer takes no more appends until it is reopened");
+        let mut queue = self.queue.lock().expect("log queue");
+        queue.failed.get_or_insert(message).clone()
+    }
+
+    /// Gives back the room of a record that was not appended after all.
+    fn unreserve(&self, events: u32, bytes: u64) {
+        let mut state = self.state.lock().expect("log state");
+        state.usage.records -= 1;
+        state.usage.bytes -= bytes;
+        state.usage.events -= u64::from(events);
+    }
 }
 
 struct State {
@@ -209,12 +282,6 @@ impl SegmentIndex {
     fn end(&self, base: u64) -> u64 {
         base + self.frames.len() as u64
     }
-}
-
-struct Append {
-    events: u32,
-    payload: Vec<u8>,
-    reply: oneshot::Sender<Result<u64>>,
 }
 
 const RELEASED_FILE: &str = "released";
@@ -323,12 +390,21 @@ impl DurableLog {
             quarantined,
             current: Mutex::new(None),
             unsynced: AtomicBool::new(false),
+            queue: Mutex::new(Queue {
+                bytes: Vec::new(),
+                frames: Vec::new(),
+                next: end,
+                group: Arc::default(),
+                failed: None,
+                writer_idle: false,
+                closed: false,
+            }),
+            queued: Condvar::new(),
         });
-        let (requests, receiver) = mpsc::channel();
         let writer = Writer::new(shared.clone(), end)?;
         let writer = std::thread::Builder::new()
             .name("flumen-log-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || writer.run())
             .map_err(|e| io("start the writer thread", e))?;
         let closing = Arc::new(Closing::default());
         let mut keeper = Keeper {
@@ -348,15 +424,16 @@ impl DurableLog {
             }
             FsyncPolicy::Always | FsyncPolicy::Never => None,
         };
+        let threads = Arc::new(Threads {
+            shared: shared.clone(),
+            closing,
+            writer: Some(writer),
+            keeper: Some(keeper),
+            syncer,
+        });
         Ok(DurableLog {
             shared,
-            threads: Arc::new(Threads {
-                requests: Some(requests),
-                closing,
-                writer: Some(writer),
-                keeper: Some(keeper),
-                syncer,
-            }),
+            _threads: threads,
         })
     }
 
@@ -383,13 +460,36 @@ impl DurableLog {
         DurableLog::open(dir, options)
     }
 
-    /// Appends one record holding `events` events; returns its offset once
-    /// it is durable (per the fsync policy).
-    pub async fn append(
+    /// Appends one record holding `events` events; the future returns its
+    /// offset once it is durable (per the fsync policy). The record is
+    /// queued, and its offset taken, by this call: appends made one after
+    /// another are in that order whenever their futures are awaited.
+    pub fn append(
         &self,
         events: u32,
-        payload: Vec<u8>,
-    ) -> std::result::Result<u64, AppendError> {
+        payload: impl AsRef<[u8]>,
+    ) -> impl Future<Output = std::result::Result<u64, AppendError>> + Send + 'static {
+        let queued = self.enqueue(events, payload.as_ref());
+        let shared = self.shared.clone();
+        async move {
+            let (offset, group, bytes) = queued?;
+            match group.wait().await {
+                Ok(()) => Ok(offset),
+                Err(message) => {
+                    shared.unreserve(events, bytes);
+                    Err(failure(message).into())
+                }
+            }
+        }
+    }
+
+    /// Reserves room for a record and frames it into the writer's queue:
+    /// its offset, the group it waits on, and the bytes it takes.
+    fn enqueue(
+        &self,
+        events: u32,
+        payload: &[u8],
+    ) -> std::result::Result<(u64, Arc<Group>, u64), AppendError> {
         let bytes = segment::FRAME_HEADER + payload.len() as u64;
         {
             let mut state = self.shared.state.lock().expect("log state");
@@ -406,27 +506,45 @@ impl DurableLog {
             state.usage.bytes += bytes;
             state.usage.events += u64::from(events);
         }
-        let (reply, written) = oneshot::channel();
-        let sent = self.threads.requests.as_ref().map(|requests| {
-            requests.send(Append {
-                events,
-                payload,
-                reply,
-            })
-        });
-        let result = match sent {
-            Some(Ok(())) => written
-                .await
-                .unwrap_or_else(|_| Err(failure("the buffer's writer stopped"))),
-            _ => Err(failure("the buffer's writer stopped")),
+        let appended_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut guard = self.shared.queue.lock().expect("log queue");
+        let queue = &mut *guard;
+        let position = queue.bytes.len() as u64;
+        let framed = match &queue.failed {
+            Some(message) => Err(message.clone()),
+            None => {
+                segment::write_frame(&mut queue.bytes, queue.next, events, appended_at, payload)
+                    .map_err(|e| e.to_string())
+            }
         };
-        if result.is_err() {
-            let mut state = self.shared.state.lock().expect("log state");
-            state.usage.records -= 1;
-            state.usage.bytes -= bytes;
-            state.usage.events -= u64::from(events);
+        if let Err(message) = framed {
+            drop(guard);
+            self.shared.unreserve(events, bytes);
+            return Err(failure(message).into());
         }
-        Ok(result?)
+        queue.frames.push(Frame {
+            position,
+            length: payload.len() as u32,
+            events,
+            appended_at,
+        });
+        let offset = queue.next;
+        queue.next += 1;
+        if queue.writer_idle {
+            queue.writer_idle = false;
+            self.shared.queued.notify_one();
+        }
+        Ok((offset, queue.group.clone(), bytes))
+    }
+
+    /// Why the log takes no appends any more, if a write or sync of it
+    /// failed. After a failed sync the system may have dropped pages it
+    /// could not write, so no later sync can vouch for them: the log must
+    /// be reopened (the process restarted), which checks every segment.
+    pub fn broken(&self) -> Option<String> {
+        self.shared.queue.lock().expect("log queue").failed.clone()
     }
 
     /// Waits until a release has made room (or `timeout` passed).
@@ -603,28 +721,17 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     write().map_err(|e| failure(format!("{}: {e}", path.display())))
 }
 
-/// The writer thread: appends what has queued up, syncs once, answers all.
+/// The writer thread: takes what has queued up, writes it, syncs once,
+/// tells all.
 struct Writer {
     shared: Arc<Shared>,
-    /// The segment being written: its base, file and size.
+    /// The segment being written (shared with the syncer thread): its
+    /// base, file and size.
     base: u64,
-    file: BufWriter<SegmentFile>,
+    file: Arc<File>,
     size: u64,
+    /// The offset of the next record written.
     next: u64,
-}
-
-/// A segment file the writer writes through a buffer while the syncer
-/// thread may sync it.
-struct SegmentFile(Arc<File>);
-
-impl Write for SegmentFile {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        (&*self.0).write(bytes)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Writer {
@@ -668,85 +775,95 @@ impl Writer {
         Ok(Writer {
             shared,
             base,
-            file: BufWriter::with_capacity(1 << 20, SegmentFile(file)),
+            file,
             size,
             next: end,
         })
     }
 
-    fn run(mut self, requests: mpsc::Receiver<Append>) {
-        while let Ok(first) = requests.recv() {
-            let mut group = vec![first];
-            while group.len() < 4096 {
-                match requests.try_recv() {
-                    Ok(append) => group.push(append),
-                    Err(_) => break,
+    fn run(mut self) {
+        let mut stopped = WriterStopped {
+            shared: self.shared.clone(),
+            writing: None,
+        };
+        // Two sets of buffers: appends fill one while the writer writes
+        // the other.
+        let (mut bytes, mut frames) = (Vec::new(), Vec::new());
+        loop {
+            let (group, first, failed) = {
+                let mut queue = self.shared.queue.lock().expect("log queue");
+                while queue.frames.is_empty() && !queue.closed {
+                    queue.writer_idle = true;
+                    queue = self.shared.queued.wait(queue).expect("log queue");
                 }
-            }
-            match self.write_group(&group) {
-                Ok(offsets) => {
-                    for (append, offset) in group.into_iter().zip(offsets) {
-                        let _ = append.reply.send(Ok(offset));
-                    }
+                if queue.frames.is_empty() {
+                    break;
                 }
-                Err(e) => {
-                    tracing::error!("buffer write failed: {e}");
-                    for append in group {
-                        let _ = append
-                            .reply
-                            .send(Err(failure(format!("buffer write: {e}"))));
-                    }
-                }
+                std::mem::swap(&mut queue.bytes, &mut bytes);
+                std::mem::swap(&mut queue.frames, &mut frames);
+                let first = queue.next - frames.len() as u64;
+                (
+                    std::mem::take(&mut queue.group),
+                    first,
+                    queue.failed.clone(),
+                )
+            };
+            stopped.writing = Some(group.clone());
+            let done = match failed {
+                // Queued before the failure, and not written since.
+                Some(message) => Err(message),
+                None => self
+                    .write_group(&bytes, &frames, first)
+                    .map_err(|e| self.shared.fail(format!("buffer write: {e}"))),
+            };
+            group.finish(done);
+            stopped.writing = None;
+            bytes.clear();
+            frames.clear();
+            // A burst's buffer is not kept for good.
+            if bytes.capacity() > KEPT_QUEUE_BYTES {
+                bytes = Vec::new();
             }
         }
-        let _ = self.file.flush();
+        drop(stopped);
         let _ = self.sync();
     }
 
-    /// Writes a group of records and makes them durable; returns their
-    /// offsets.
-    fn write_group(&mut self, group: &[Append]) -> std::io::Result<Vec<u64>> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let mut written: Vec<(u64, Frame)> = Vec::with_capacity(group.len());
-        let mut offsets = Vec::with_capacity(group.len());
-        for append in group {
+    /// Writes a group of queued records (`bytes`, framed as `frames` say,
+    /// the first being record `first`) and makes them durable.
+    fn write_group(&mut self, bytes: &[u8], frames: &[Frame], first: u64) -> std::io::Result<()> {
+        let mut written: Vec<(u64, Frame)> = Vec::with_capacity(frames.len());
+        // Where the bytes not yet written to a segment start.
+        let mut unwritten = 0;
+        for (offset, queued) in (first..).zip(frames) {
+            self.next = offset;
             if self.size >= self.shared.options.segment_bytes {
+                let at = queued.position as usize;
+                (&*self.file).write_all(&bytes[unwritten..at])?;
+                unwritten = at;
                 // Readers may read what is written to the closed segment
-                // once it is flushed and synced, not before.
+                // once it is synced, not before.
                 self.roll()?;
                 self.publish(&mut written);
             }
-            let position = self.size;
-            let size = segment::write_frame(
-                &mut self.file,
-                self.next,
-                append.events,
-                now,
-                &append.payload,
-            )?;
-            self.size += size;
             written.push((
                 self.base,
                 Frame {
-                    position,
-                    length: append.payload.len() as u32,
-                    events: append.events,
-                    appended_at: now,
+                    position: self.size,
+                    ..*queued
                 },
             ));
-            offsets.push(self.next);
-            self.next += 1;
+            self.size += queued.size();
         }
-        self.file.flush()?;
+        (&*self.file).write_all(&bytes[unwritten..])?;
+        self.next = first + frames.len() as u64;
         match self.shared.options.fsync {
             FsyncPolicy::Always => self.sync()?,
             FsyncPolicy::Interval => self.shared.unsynced.store(true, Ordering::Release),
             FsyncPolicy::Never => {}
         }
         self.publish(&mut written);
-        Ok(offsets)
+        Ok(())
     }
 
     /// Indexes written frames and moves the end past them.
@@ -767,7 +884,7 @@ impl Writer {
 
     fn sync(&mut self) -> std::io::Result<()> {
         if self.shared.options.fsync != FsyncPolicy::Never {
-            self.file.get_ref().0.sync_data()?;
+            self.file.sync_data()?;
         }
         Ok(())
     }
@@ -775,7 +892,6 @@ impl Writer {
     /// Closes the current segment and starts one at the next offset,
     /// writing over a spare if there is one.
     fn roll(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
         self.sync()?;
         let path = self.shared.dir.join(segment::file_name(self.next));
         let spare = self.shared.state.lock().expect("log state").spares.pop();
@@ -797,7 +913,7 @@ impl Writer {
         sync_dir(&self.shared.dir);
         let file = Arc::new(file);
         *self.shared.current.lock().expect("current segment") = Some(file.clone());
-        self.file = BufWriter::with_capacity(1 << 20, SegmentFile(file));
+        self.file = file;
         self.base = self.next;
         self.size = segment::MAGIC.len() as u64;
         let mut state = self.shared.state.lock().expect("log state");
@@ -809,6 +925,27 @@ impl Writer {
             },
         );
         Ok(())
+    }
+}
+
+/// Fails the appends still waiting when the writer stops, whether it
+/// stopped because the log closed (there are none then) or panicked, so
+/// that no append waits forever.
+struct WriterStopped {
+    shared: Arc<Shared>,
+    /// The group being written.
+    writing: Option<Arc<Group>>,
+}
+
+impl Drop for WriterStopped {
+    fn drop(&mut self) {
+        let message = "the buffer's writer stopped".to_string();
+        if let Some(group) = self.writing.take() {
+            group.finish(Err(message.clone()));
+        }
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.failed.get_or_insert(message.clone());
+        queue.group.finish(Err(message));
     }
 }
 
@@ -875,6 +1012,10 @@ impl Keeper {
     }
 }
 
+/// Beyond this, the writer's buffer for a group is freed once written,
+/// not kept for the next one.
+const KEPT_QUEUE_BYTES: usize = 8 << 20;
+
 /// How many released segments are kept to be written over. One is enough
 /// for a steady stream; a second covers a release that comes late.
 pub const SPARES: usize = 2;
@@ -889,8 +1030,7 @@ fn sync_current(shared: &Shared) {
     if let Some(file) = current
         && let Err(e) = file.sync_data()
     {
-        tracing::warn!("could not sync the buffer: {e}");
-        shared.unsynced.store(true, Ordering::Release);
+        shared.fail(format!("buffer sync: {e}"));
     }
 }
 

@@ -312,3 +312,29 @@ fn a_file_of_another_format_is_refused_by_name() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_write_fails_its_appends_and_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer");
+    let log = DurableLog::open(&path, options()).unwrap();
+    let first = "a record long enough to fill the small segment it starts".repeat(4);
+    assert_eq!(append_all(&log, &[&first]).await, [0]);
+    // The next append needs a new segment, in a directory now gone.
+    std::fs::remove_dir_all(&path).unwrap();
+    let failed = log.append(1, b"second").await;
+    assert!(matches!(failed, Err(AppendError::Failed(_))), "{failed:?}");
+    let broken = log.broken().expect("the log is broken");
+    assert!(broken.starts_with("buffer write: "), "{broken}");
+    // Nothing is taken after: no sync can vouch for it any more.
+    assert!(matches!(
+        log.append(1, b"third").await,
+        Err(AppendError::Failed(_))
+    ));
+    assert_eq!(
+        log.usage().records,
+        1,
+        "the failed appends gave back their room"
+    );
+    assert_eq!(log.end(), 1);
+}

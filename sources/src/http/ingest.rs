@@ -339,7 +339,7 @@ impl IdempotencyKeys {
 /// retries get its id.
 async fn admit(stream: &Stream, key: Option<String>, events: u32, record: Vec<u8>) -> Response {
     let Some(key) = key else {
-        return answer(stream, stream.log.append(events, record).await);
+        return answer(stream, stream.log.append(events, &record).await);
     };
     match stream.keys.claim(&key) {
         Claim::Appended(offset) => answer(stream, Ok(offset)),
@@ -357,7 +357,7 @@ async fn admit(stream: &Stream, key: Option<String>, events: u32, record: Vec<u8
             ),
         },
         Claim::Append(sender) => {
-            let result = stream.log.append(events, record).await;
+            let result = stream.log.append(events, &record).await;
             stream
                 .keys
                 .settle(key, sender, result.as_ref().ok().copied());

@@ -248,6 +248,19 @@ impl Source for HttpIngest {
         }
         let (records, after) = stream.log.read(next, self.config.batch_events, 32 << 20)?;
         if records.is_empty() {
+            // A buffer whose write or sync failed takes no more events:
+            // once all it holds is handed on, the pipeline stops, so that
+            // a restart reopens (and checks) it.
+            if let Some(reason) = stream.log.broken() {
+                return Err(Error::connector(
+                    "http",
+                    false,
+                    format!(
+                        "the buffer of stream `{}` failed ({reason}); restart the pipeline to reopen it",
+                        self.config.stream
+                    ),
+                ));
+            }
             self.next = Some(after);
             stream.read.store(after, Ordering::Release);
             stream
