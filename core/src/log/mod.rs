@@ -7,7 +7,10 @@
 //! queued up, writes it with one call and syncs it once for all of it
 //! (group commit), so many concurrent appends share one `fsync`, and none
 //! allocates or hands the writer anything of its own. An append returns
-//! once its record is as durable as the [`FsyncPolicy`] says. Readers read records by offset.
+//! once its record is as durable as the [`FsyncPolicy`] says. A write or
+//! sync that fails breaks the log: every later append fails too, until it
+//! is reopened (see [`DurableLog::broken`]). Readers read records by
+//! offset.
 //! Records stay until the reader [`DurableLog::release`]s them (after a
 //! checkpoint covering them completes).
 //! Releasing costs the reader no disk write: a second thread records the
