@@ -56,6 +56,15 @@ sinks:
     path
 }
 
+/// Gives `pipeline`'s buffer segments of `bytes`.
+fn with_segment_bytes(file: &Path, bytes: u64) {
+    let yaml = std::fs::read_to_string(file).unwrap().replace(
+        "buffer: { dir:",
+        &format!("buffer: {{ segment_bytes: {bytes}, dir:"),
+    );
+    std::fs::write(file, yaml).unwrap();
+}
+
 fn spawn(file: &Path) -> Child {
     flumen()
         .args(["run", "--progress", "off"])
@@ -379,10 +388,7 @@ fn every_event_accepted_through_five_sigkills_arrives_once() {
     let file = pipeline(dir.path(), port, "");
     // Small segments: many rolls, and torn writes at many points of
     // them.
-    let yaml = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("buffer: { dir:", "buffer: { segment_bytes: 32768, dir:");
-    std::fs::write(&file, yaml).unwrap();
+    with_segment_bytes(&file, 32768);
     let mut random = Random::new();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let next_request = Arc::new(AtomicU64::new(0));
@@ -494,10 +500,10 @@ fn a_damaged_buffer_segment_is_quarantined_and_the_rest_delivered() {
     // Small segments, and no checkpoint for an hour: everything accepted
     // stays in the buffer.
     let file = pipeline(dir.path(), port, "");
+    with_segment_bytes(&file, 2000);
     let yaml = std::fs::read_to_string(&file)
         .unwrap()
-        .replace("interval: 100ms", "interval: 1h")
-        .replace("buffer: { dir:", "buffer: { segment_bytes: 2000, dir:");
+        .replace("interval: 100ms", "interval: 1h");
     std::fs::write(&file, &yaml).unwrap();
     let mut child = spawn(&file);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -608,17 +614,13 @@ impl Downstream {
 
 use axum::response::IntoResponse;
 
-/// Resident memory of a process, in bytes.
 #[test]
 fn a_buffer_that_cannot_write_answers_503_and_stops_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // Each request's record fills a segment, so every append starts one.
     let file = pipeline(dir.path(), port, "");
-    let yaml = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("buffer: { dir:", "buffer: { segment_bytes: 1000, dir:");
-    std::fs::write(&file, &yaml).unwrap();
+    with_segment_bytes(&file, 1000);
     let mut child = flumen()
         .args(["run", "--progress", "off"])
         .arg(&file)
@@ -675,17 +677,19 @@ fn a_buffer_that_cannot_write_answers_503_and_stops_the_pipeline() {
     );
 
     // The pipeline stops, saying why, for a restart to reopen the buffer.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the pipeline kept running");
-        std::thread::sleep(Duration::from_millis(50));
+    // Its stderr ends when it exits.
+    let mut output = child.stderr.take().unwrap();
+    let (sender, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut output, &mut text);
+        let _ = sender.send(text);
+    });
+    let Ok(stderr) = ended.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("the pipeline kept running");
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
+    assert!(!child.wait().unwrap().success());
     assert!(
         stderr.contains("the buffer of stream `orders` failed (buffer write:")
             && stderr.contains("restart the pipeline to reopen it"),
@@ -694,6 +698,7 @@ fn a_buffer_that_cannot_write_answers_503_and_stops_the_pipeline() {
     assert_eq!(ids(dir.path()), (0..50).collect::<Vec<i64>>());
 }
 
+/// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
