@@ -33,7 +33,7 @@ pub fn run(command: BufferCommand) -> Result<(), Failure> {
     println!("buffer {}", dir.display());
     println!("  segments        {}", report.segments.len());
     println!(
-        "  spare segments  {} (released, kept to be written over)",
+        "  spare segments  {} (kept to be written over)",
         report.spares
     );
     println!("  bytes used      {bytes}");

@@ -20,9 +20,13 @@
 //! That thread then keeps up to [`SPARES`] whole released segments, to be
 //! renamed and written over when the writer next needs a segment, and
 //! deletes the rest a few megabytes at a time: writing into blocks a file
-//! already has makes a sync write only the data, where a growing file
-//! waits for the file system's journal (and freed blocks, on a disk
-//! mounted with `discard`, for the disk). With `fsync: interval`, a third
+//! already has makes a sync write only the data, where a sync of a growing
+//! file also writes the file system's record of the file (a journal
+//! commit, on most), and freed blocks, on a disk mounted with `discard`,
+//! wait for the disk. When there is no spare for the next segment, that
+//! thread writes one ahead, all zeros, once the segment being written is
+//! half full; a new log's first segment is written so when it is opened.
+//! With `fsync: interval`, a third
 //! thread syncs the segment being written every 100 ms, so that no append
 //! waits for those syncs.
 //!
@@ -285,6 +289,13 @@ impl SegmentIndex {
     fn end(&self, base: u64) -> u64 {
         base + self.frames.len() as u64
     }
+
+    /// Where the next record's frame goes.
+    fn records_end(&self) -> u64 {
+        self.frames
+            .last()
+            .map_or(segment::MAGIC.len() as u64, |f| f.position + f.size())
+    }
 }
 
 const RELEASED_FILE: &str = "released";
@@ -305,6 +316,8 @@ impl DurableLog {
             failure(format!("buffer {}: {what}: {e}", dir.display()))
         };
         std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+        // A spare the last run did not finish writing.
+        let _ = std::fs::remove_file(dir.join(ZEROING_FILE));
         let released = std::fs::read_to_string(dir.join(RELEASED_FILE))
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())
@@ -316,11 +329,15 @@ impl DurableLog {
             let next_base = listed.get(i + 1).map(|(b, _)| *b);
             let mut scan = segment::scan(path, *base).map_err(|e| io("read segment", e))?;
             match scan.damage(*base, next_base) {
-                None if next_base.is_some() || scan.bytes == scan.valid_bytes => {}
-                // The newest segment continues where its records end. What
-                // follows them (a write the last run did not finish, or
-                // the segment's earlier use) is cut off, so that none of
-                // it can pass for a record later.
+                // The newest segment continues where its records end.
+                // Zeros after them are kept: space written ahead, which
+                // nothing can be read from.
+                None if next_base.is_some()
+                    || scan.bytes == scan.valid_bytes
+                    || scan.stop == segment::Stop::Zeroed => {}
+                // Anything else that follows them (a write the last run did
+                // not finish, or the segment's earlier use) is cut off, so
+                // that none of it can pass for a record later.
                 None | Some(Damage::TornTail { .. }) => {
                     if scan.stop != segment::Stop::Stale {
                         tracing::warn!(
@@ -404,6 +421,18 @@ impl DurableLog {
             }),
             queued: Condvar::new(),
         });
+        let new_log = {
+            let state = shared.state.lock().expect("log state");
+            state.segments.is_empty() && state.spares.is_empty()
+        };
+        if new_log {
+            // The first segment is written ahead too, as the keeper thread
+            // does every later one (see `Keeper::write_spare_ahead`).
+            match write_spare(&shared, || false) {
+                Ok(spare) => shared.state.lock().expect("log state").spares.extend(spare),
+                Err(e) => tracing::warn!("could not write the first segment ahead: {e}"),
+            }
+        }
         let writer = Writer::new(shared.clone(), end)?;
         let writer = std::thread::Builder::new()
             .name("flumen-log-writer".into())
@@ -413,6 +442,7 @@ impl DurableLog {
         let mut keeper = Keeper {
             shared: shared.clone(),
             released_on_disk: released,
+            spare_tried_for: None,
         };
         let keeper = closing
             .tick_on_thread("flumen-log-keeper", move || keeper.keep())
@@ -748,23 +778,35 @@ impl Writer {
                 .iter()
                 .next_back()
                 .filter(|(base, index)| index.end(**base) == end)
-                .map(|(base, index)| (*base, index.path.clone()))
+                .map(|(base, index)| (*base, index.path.clone(), index.records_end()))
         };
-        let (base, path) = newest.unwrap_or((end, shared.dir.join(segment::file_name(end))));
-        let segment_failure =
-            |e: std::io::Error| failure(format!("buffer segment {}: {e}", path.display()));
-        // Opening cut the newest segment back to where its records end.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(segment_failure)?;
-        let mut size = file.seek(SeekFrom::End(0)).map_err(segment_failure)?;
-        if size == 0 {
-            file.write_all(segment::MAGIC).map_err(segment_failure)?;
-            size = segment::MAGIC.len() as u64;
-        }
+        let segment_failure = |path: &Path, e: std::io::Error| {
+            failure(format!("buffer segment {}: {e}", path.display()))
+        };
+        let (base, path, file, size) = match newest {
+            // Opening cut off whatever followed its records, but zeros
+            // written ahead.
+            Some((base, path, records_end)) => {
+                let continued = || {
+                    let mut file = OpenOptions::new().write(true).open(&path)?;
+                    if file.metadata()?.len() == 0 {
+                        // Created, and the process died before its start
+                        // was written.
+                        file.write_all(segment::MAGIC)?;
+                    } else {
+                        file.seek(SeekFrom::Start(records_end))?;
+                    }
+                    Ok(file)
+                };
+                let file = continued().map_err(|e| segment_failure(&path, e))?;
+                (base, path, file, records_end)
+            }
+            None => {
+                let path = shared.dir.join(segment::file_name(end));
+                let file = start_segment(&shared, &path).map_err(|e| segment_failure(&path, e))?;
+                (end, path, file, segment::MAGIC.len() as u64)
+            }
+        };
         {
             let mut state = shared.state.lock().expect("log state");
             state.segments.entry(base).or_insert(SegmentIndex {
@@ -892,25 +934,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Closes the current segment and starts one at the next offset,
-    /// writing over a spare if there is one.
+    /// Closes the current segment and starts one at the next offset.
     fn roll(&mut self) -> std::io::Result<()> {
         self.sync()?;
         let path = self.shared.dir.join(segment::file_name(self.next));
-        let spare = self.shared.state.lock().expect("log state").spares.pop();
-        if let Some(spare) = spare
-            && let Err(e) = std::fs::rename(&spare, &path)
-        {
-            tracing::warn!(spare = %spare.display(), "could not reuse a spare segment: {e}");
-        }
-        // A spare's old records are written over, not cut off: they are
-        // what keeps the file's blocks allocated.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)?;
-        file.write_all(segment::MAGIC)?;
+        let file = start_segment(&self.shared, &path)?;
         // The new name must be on disk before any record in it is
         // acknowledged.
         sync_dir(&self.shared.dir);
@@ -929,6 +957,26 @@ impl Writer {
         );
         Ok(())
     }
+}
+
+/// Creates the segment file `path`, writing over a spare if there is one,
+/// and writes its start.
+fn start_segment(shared: &Shared, path: &Path) -> std::io::Result<File> {
+    let spare = shared.state.lock().expect("log state").spares.pop();
+    if let Some(spare) = spare
+        && let Err(e) = std::fs::rename(&spare, path)
+    {
+        tracing::warn!(spare = %spare.display(), "could not reuse a spare segment: {e}");
+    }
+    // A spare's old records are written over, not cut off: they are what
+    // keeps the file's blocks allocated.
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    file.write_all(segment::MAGIC)?;
+    Ok(file)
 }
 
 /// Fails the appends still waiting when the writer stops, whether it
@@ -959,7 +1007,15 @@ impl Drop for WriterStopped {
 struct Keeper {
     shared: Arc<Shared>,
     released_on_disk: u64,
+    /// The segment being written when a spare was last written ahead.
+    spare_tried_for: Option<u64>,
 }
+
+/// Where a spare segment is written before it is complete.
+const ZEROING_FILE: &str = "spare.zeroing";
+
+/// How much of a spare segment is written (and synced) at a time.
+const ZEROING_STEP: usize = 1 << 20;
 
 impl Keeper {
     fn keep(&mut self) {
@@ -991,6 +1047,52 @@ impl Keeper {
                 tracing::warn!("could not keep or delete a released segment: {e}");
             }
         }
+        self.write_spare_ahead();
+    }
+
+    /// Writes a spare segment of zeros, once the segment being written is
+    /// half full and there is no spare for the next: the next segment's
+    /// blocks are then allocated and written before any record goes in,
+    /// so that the syncs of its records write only them, not the file
+    /// system's record of a growing file (a fifth of each sync's time on a
+    /// virtual disk). A fresh log so gets what a log that has released
+    /// segments gets from reusing them.
+    fn write_spare_ahead(&mut self) {
+        let current = {
+            let state = self.shared.state.lock().expect("log state");
+            if !state.spares.is_empty() {
+                return;
+            }
+            match state.segments.iter().next_back() {
+                Some((base, index))
+                    if index.records_end() >= self.shared.options.segment_bytes / 2 =>
+                {
+                    *base
+                }
+                _ => return,
+            }
+        };
+        // One try per segment: a disk too full for a spare is not made
+        // fuller by a retry every tick.
+        if self.spare_tried_for == Some(current) || self.closing() {
+            return;
+        }
+        self.spare_tried_for = Some(current);
+        match write_spare(&self.shared, || self.closing()) {
+            Ok(Some(spare)) => self
+                .shared
+                .state
+                .lock()
+                .expect("log state")
+                .spares
+                .push(spare),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("could not write a spare segment ahead: {e}"),
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.shared.queue.lock().expect("log queue").closed
     }
 
     /// Keeps a released segment to be written over when the writer next
@@ -1013,6 +1115,39 @@ impl Keeper {
             _ => delete_gradually(&path),
         }
     }
+}
+
+/// Writes a spare segment: `segment_bytes` of zeros, synced every
+/// `ZEROING_STEP` so that no append's sync waits behind the whole of it.
+/// Returns its path, or `None` if `stop` said to stop first.
+fn write_spare(shared: &Shared, stop: impl Fn() -> bool) -> std::io::Result<Option<PathBuf>> {
+    let temporary = shared.dir.join(ZEROING_FILE);
+    let write = || {
+        let mut file = File::create(&temporary)?;
+        let zeros = vec![0u8; ZEROING_STEP];
+        let mut left = shared.options.segment_bytes;
+        while left > 0 {
+            if stop() {
+                return Ok(false);
+            }
+            let step = left.min(ZEROING_STEP as u64);
+            file.write_all(&zeros[..step as usize])?;
+            file.sync_data()?;
+            left -= step;
+        }
+        Ok(true)
+    };
+    let written = write();
+    if !matches!(written, Ok(true)) {
+        let _ = std::fs::remove_file(&temporary);
+        return written.map(|_| None);
+    }
+    let spare = (0u64..)
+        .map(|n| shared.dir.join(format!("zeroed-{n}.spare")))
+        .find(|path| !path.exists())
+        .expect("a free name");
+    std::fs::rename(&temporary, &spare)?;
+    Ok(Some(spare))
 }
 
 /// Beyond this, the writer's buffer for a group is freed once written,

@@ -14,7 +14,11 @@
 //! deleted (freeing and allocating disk blocks makes every sync wait for a
 //! journal commit, and on a disk mounted with `discard`, for the discard).
 //! So after the records a segment holds, the bytes of its earlier use may
-//! follow: a frame whose offset is not the next one ends the segment.
+//! follow: a frame whose offset is not the next one ends the segment. A
+//! segment may also be written ahead with zeros (preallocated), for the
+//! same reason: zeros where a frame would start, and nothing but zeros up
+//! to the end of the file, end the segment too. (No frame is all zeros: its
+//! append time is not 0.)
 //!
 //! A frame that fails its checksum or is cut short at the end of the newest
 //! segment is a write the process died in (never acknowledged): it is cut
@@ -88,6 +92,8 @@ pub(crate) enum Stop {
     End,
     /// A frame of the file's earlier use.
     Stale,
+    /// Zeros from here to the end of the file: space written ahead.
+    Zeroed,
     /// A frame cut short by the end of the file.
     Short,
     /// A frame that fails its checksum.
@@ -101,7 +107,7 @@ impl Scan {
     pub(crate) fn damage(&mut self, base: u64, next_base: Option<u64>) -> Option<Damage> {
         let Some(next_base) = next_base else {
             return match self.stop {
-                Stop::End | Stop::Stale => None,
+                Stop::End | Stop::Stale | Stop::Zeroed => None,
                 Stop::Short | Stop::Checksum => Some(Damage::TornTail {
                     valid_bytes: self.valid_bytes,
                 }),
@@ -118,7 +124,9 @@ impl Scan {
             reason: match self.stop {
                 Stop::Checksum => "checksum mismatch".into(),
                 Stop::Short => "a record runs past the end of the file".into(),
-                Stop::End | Stop::Stale => format!("records {found}..{next_base} are missing"),
+                Stop::End | Stop::Stale | Stop::Zeroed => {
+                    format!("records {found}..{next_base} are missing")
+                }
             },
         })
     }
@@ -195,6 +203,20 @@ pub(crate) fn scan(path: &Path, base: u64) -> std::io::Result<Scan> {
     let stop = loop {
         if at == contents.len() {
             break Stop::End;
+        }
+        let rest = &contents[at..];
+        if rest[..rest.len().min(FRAME_HEADER as usize)]
+            .iter()
+            .all(|b| *b == 0)
+        {
+            // Zeros where a frame should start, with more than zeros after
+            // them, are a write the process died in: some of its pages
+            // reached the disk, not the first.
+            break if rest.iter().all(|b| *b == 0) {
+                Stop::Zeroed
+            } else {
+                Stop::Checksum
+            };
         }
         let Some(header) = contents.get(at..at + FRAME_HEADER as usize) else {
             break Stop::Short;

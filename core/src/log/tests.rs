@@ -338,3 +338,101 @@ async fn a_failed_write_fails_its_appends_and_every_later_one() {
     );
     assert_eq!(log.end(), 1);
 }
+
+/// Waits until the keeper thread has written a spare segment ahead;
+/// returns it.
+async fn spare_written_ahead(dir: &Path) -> PathBuf {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(spare) = segment::spares(dir)
+            .unwrap()
+            .into_iter()
+            .find(|spare| spare.to_string_lossy().contains("zeroed-"))
+        {
+            return spare;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare written ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[tokio::test]
+async fn segments_are_written_ahead_with_zeros_which_a_reopen_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        segment_bytes: 1000,
+        ..LogOptions::default()
+    };
+    let words = numbered(60);
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    {
+        let log = DurableLog::open(dir.path(), options.clone()).unwrap();
+        // A new log's first segment is all there before any record.
+        let (_, first) = segment::list(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(file_len(&first), 1000);
+        // Half full (a frame is 28 + 16 bytes): the next is written ahead.
+        append_all(&log, &refs[..12]).await;
+        let spare = spare_written_ahead(dir.path()).await;
+        assert_eq!(std::fs::read(&spare).unwrap(), vec![0; 1000]);
+        append_all(&log, &refs[12..30]).await;
+        assert!(!spare.exists(), "the spare was not taken");
+        let segments = segment::list(dir.path()).unwrap();
+        assert_eq!(segments.len(), 2);
+        assert!(file_len(&segments[1].1) >= 1000);
+    }
+    // The zeros after the newest segment's records are kept, and appends
+    // go on where the records end.
+    let (_, newest) = segment::list(dir.path()).unwrap().pop().unwrap();
+    let preallocated = file_len(&newest);
+    let log = DurableLog::open(dir.path(), options.clone()).unwrap();
+    assert_eq!(file_len(&newest), preallocated);
+    let report = inspect(dir.path()).unwrap();
+    assert!(report.segments.iter().all(|s| s.damage.is_none()));
+    append_all(&log, &refs[30..]).await;
+    drop(log);
+    let log = DurableLog::open(dir.path(), options).unwrap();
+    assert!(log.quarantined().is_empty());
+    let (records, next) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words);
+    assert_eq!(next, 60);
+}
+
+#[tokio::test]
+async fn zeros_after_the_records_with_more_than_zeros_beyond_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        segment_bytes: 4000,
+        ..LogOptions::default()
+    };
+    {
+        let log = DurableLog::open(dir.path(), options.clone()).unwrap();
+        append_all(&log, &["first", "second"]).await;
+    }
+    // The process died writing the next records, and only a later page
+    // of them reached the disk: a frame that checks out, after a gap of
+    // zeros where the first frame should be.
+    let (base, newest) = segment::list(dir.path()).unwrap().pop().unwrap();
+    let scan = segment::scan(&newest, base).unwrap();
+    let mut stray = Vec::new();
+    segment::write_frame(&mut stray, base + 3, 1, 1, b"never acknowledged").unwrap();
+    let file = OpenOptions::new().write(true).open(&newest).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &stray, scan.valid_bytes + 100).unwrap();
+    drop(file);
+
+    let log = DurableLog::open(dir.path(), options.clone()).unwrap();
+    assert!(log.quarantined().is_empty());
+    assert_eq!(file_len(&newest), scan.valid_bytes);
+    // Records 2 and 3 are new ones, not the stray frame.
+    append_all(&log, &["third", "fourth"]).await;
+    drop(log);
+    let log = DurableLog::open(dir.path(), options).unwrap();
+    let (records, _) = log.read(0, 10, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), ["first", "second", "third", "fourth"]);
+}
