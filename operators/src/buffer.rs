@@ -299,7 +299,7 @@ impl BufferInstance {
                 let Some(record) = records.into_iter().next() else {
                     return Ok(None);
                 };
-                let mut reader = StreamReader::try_new(record.payload.as_slice(), None)?;
+                let mut reader = StreamReader::try_new(&record.payload[..], None)?;
                 let batch = reader
                     .next()
                     .transpose()?

@@ -119,8 +119,9 @@ pub struct LogRecord {
     pub events: u32,
     /// When it was appended, in milliseconds since the Unix epoch.
     pub appended_at: u64,
-    /// What was appended.
-    pub payload: Vec<u8>,
+    /// What was appended (a slice of one buffer shared by the records
+    /// read together).
+    pub payload: bytes::Bytes,
 }
 
 /// A segment found damaged when the log was opened.
@@ -502,7 +503,17 @@ impl DurableLog {
         events: u32,
         payload: impl AsRef<[u8]>,
     ) -> impl Future<Output = std::result::Result<u64, AppendError>> + Send + 'static {
-        let queued = self.enqueue(events, payload.as_ref());
+        self.append_parts(events, &[payload.as_ref()])
+    }
+
+    /// [`DurableLog::append`]s one record made of `parts` back to back,
+    /// without putting them together first.
+    pub fn append_parts(
+        &self,
+        events: u32,
+        parts: &[&[u8]],
+    ) -> impl Future<Output = std::result::Result<u64, AppendError>> + Send + 'static + use<> {
+        let queued = self.enqueue(events, parts);
         let shared = self.shared.clone();
         async move {
             let (offset, group, bytes) = queued?;
@@ -521,9 +532,10 @@ impl DurableLog {
     fn enqueue(
         &self,
         events: u32,
-        payload: &[u8],
+        parts: &[&[u8]],
     ) -> std::result::Result<(u64, Arc<Group>, u64), AppendError> {
-        let bytes = segment::FRAME_HEADER + payload.len() as u64;
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let bytes = segment::FRAME_HEADER + length as u64;
         {
             let mut state = self.shared.state.lock().expect("log state");
             let usage = state.usage;
@@ -547,10 +559,8 @@ impl DurableLog {
         let position = queue.bytes.len() as u64;
         let framed = match &queue.failed {
             Some(message) => Err(message.clone()),
-            None => {
-                segment::write_frame(&mut queue.bytes, queue.next, events, appended_at, payload)
-                    .map_err(|e| e.to_string())
-            }
+            None => segment::write_frame(&mut queue.bytes, queue.next, events, appended_at, parts)
+                .map_err(|e| e.to_string()),
         };
         if let Err(message) = framed {
             drop(guard);
@@ -559,7 +569,7 @@ impl DurableLog {
         }
         queue.frames.push(Frame {
             position,
-            length: payload.len() as u32,
+            length: length as u32,
             events,
             appended_at,
         });

@@ -252,25 +252,32 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Writes one record's frame; returns its size.
+/// Writes one record's frame, its payload being `parts` back to back;
+/// returns its size.
 pub(crate) fn write_frame(
     out: &mut impl Write,
     offset: u64,
     events: u32,
     appended_at: u64,
-    payload: &[u8],
+    parts: &[&[u8]],
 ) -> std::io::Result<u64> {
-    let length = u32::try_from(payload.len())
+    let length = u32::try_from(parts.iter().map(|part| part.len()).sum::<usize>())
         .map_err(|_| std::io::Error::other("a log record is larger than 4 GiB"))?;
     let mut header = [0u8; FRAME_HEADER as usize];
     header[0..4].copy_from_slice(&length.to_le_bytes());
     header[4..8].copy_from_slice(&events.to_le_bytes());
     header[8..16].copy_from_slice(&appended_at.to_le_bytes());
     header[16..24].copy_from_slice(&offset.to_le_bytes());
-    let crc = checksum(&header[..CRC_AT], payload);
-    header[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[..CRC_AT]);
+    for part in parts {
+        hasher.update(part);
+    }
+    header[CRC_AT..].copy_from_slice(&hasher.finalize().to_le_bytes());
     out.write_all(&header)?;
-    out.write_all(payload)?;
+    for part in parts {
+        out.write_all(part)?;
+    }
     Ok(FRAME_HEADER + u64::from(length))
 }
 
@@ -282,13 +289,14 @@ pub(crate) fn read_payloads(
     file: &File,
     frames: &[Frame],
     first_offset: u64,
-) -> std::io::Result<Vec<Vec<u8>>> {
+) -> std::io::Result<Vec<bytes::Bytes>> {
     let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
         return Ok(Vec::new());
     };
     let start = first.position;
     let mut span = vec![0u8; (last.position + last.size() - start) as usize];
     file.read_exact_at(&mut span, start)?;
+    let span = bytes::Bytes::from(span);
     frames
         .iter()
         .zip(first_offset..)
@@ -313,7 +321,7 @@ pub(crate) fn read_payloads(
                     ),
                 ));
             }
-            Ok(payload.to_vec())
+            Ok(span.slice(at + FRAME_HEADER as usize..at + frame.size() as usize))
         })
         .collect()
 }

@@ -20,7 +20,7 @@ async fn append_all(log: &DurableLog, payloads: &[&str]) -> Vec<u64> {
 fn payloads(records: &[LogRecord]) -> Vec<String> {
     records
         .iter()
-        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
         .collect()
 }
 
@@ -282,7 +282,7 @@ async fn a_torn_write_over_a_reused_segment_is_cut_off_not_quarantined() {
     let scan = segment::scan(&newest, segment::base_of(&newest).unwrap()).unwrap();
     let mut torn = Vec::new();
     let next = segment::base_of(&newest).unwrap() + scan.frames.len() as u64;
-    segment::write_frame(&mut torn, next, 1, 0, b"never acknowledged").unwrap();
+    segment::write_frame(&mut torn, next, 1, 0, &[b"never acknowledged"]).unwrap();
     let last = torn.len() - 1;
     torn[last] ^= 0xff;
     let file = OpenOptions::new().write(true).open(&newest).unwrap();
@@ -421,7 +421,7 @@ async fn zeros_after_the_records_with_more_than_zeros_beyond_are_cut_off() {
     let (base, newest) = segment::list(dir.path()).unwrap().pop().unwrap();
     let scan = segment::scan(&newest, base).unwrap();
     let mut stray = Vec::new();
-    segment::write_frame(&mut stray, base + 3, 1, 1, b"never acknowledged").unwrap();
+    segment::write_frame(&mut stray, base + 3, 1, 1, &[b"never acknowledged"]).unwrap();
     let file = OpenOptions::new().write(true).open(&newest).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &stray, scan.valid_bytes + 100).unwrap();
     drop(file);

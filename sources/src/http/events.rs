@@ -6,7 +6,8 @@
 //! each event starts and ends; each event is then checked field by field
 //! without building it (no `Value`s, no copies of its strings), and its
 //! bytes go into the record unchanged. A body that is one object, the
-//! usual case, is checked in a single pass. The pipeline's arrow-json
+//! usual case, is checked in a single pass and framed into the buffer
+//! straight from the request. The pipeline's arrow-json
 //! decoder reads the record back, so what ingest accepts is exactly what
 //! it decodes.
 
@@ -16,29 +17,54 @@ use arrow::datatypes::{DataType, Schema};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::json;
 
-/// Checks the events of `body` and appends them to `record`, each on a
-/// line of its own after a `\n`; returns how many there were. The first
-/// problem refuses the whole request, naming the row and field.
-pub(crate) fn check_and_append(
-    body: &[u8],
+/// A request's events, checked against the schema.
+#[derive(Debug)]
+pub(crate) enum Events<'a> {
+    /// The body is one event: these bytes of it.
+    One(&'a [u8]),
+    /// Several events, each on a line of its own after a `\n`.
+    Many { count: u32, lines: Vec<u8> },
+}
+
+impl Events<'_> {
+    pub(crate) fn count(&self) -> u32 {
+        match self {
+            Events::One(_) => 1,
+            Events::Many { count, .. } => *count,
+        }
+    }
+
+    /// The parts of the buffer record holding the events: `header` (see
+    /// [`record_header`]), then each event on a line of its own after a
+    /// `\n`.
+    pub(crate) fn record<'b>(&'b self, header: &'b [u8]) -> [&'b [u8]; 3] {
+        match self {
+            Events::One(event) => [header, b"\n", event],
+            Events::Many { lines, .. } => [header, lines, b""],
+        }
+    }
+}
+
+/// Checks the events of `body`. The first problem refuses the whole
+/// request, naming the row and field.
+pub(crate) fn check<'a>(
+    body: &'a [u8],
     schema: &Schema,
     required: &[String],
-    record: &mut Vec<u8>,
-) -> Result<u32, String> {
-    // Most requests are one object: that is checked in one pass. Anything
-    // else, or anything wrong, takes the general way, which names the
-    // problem.
+) -> Result<Events<'a>, String> {
+    // Most requests are one object: that is checked in one pass, and its
+    // bytes go into the record as they are. Anything else, or anything
+    // wrong, takes the general way, which names the problem.
     let whole = body.trim_ascii();
     if whole.starts_with(b"{") && is_one_fitting_event(whole, schema, required) {
-        record.push(b'\n');
-        record.extend_from_slice(whole);
-        return Ok(1);
+        return Ok(Events::One(whole));
     }
+    let mut lines = Vec::with_capacity(body.len() + 16);
     let mut count = 0u32;
-    let mut check = |event: &[u8], record: &mut Vec<u8>| {
+    let mut take = |event: &[u8], lines: &mut Vec<u8>| {
         check_event(event, schema, required).map_err(|e| format!("row {count}: {e}"))?;
-        record.push(b'\n');
-        record.extend_from_slice(event);
+        lines.push(b'\n');
+        lines.extend_from_slice(event);
         count += 1;
         Ok::<_, String>(())
     };
@@ -54,17 +80,17 @@ pub(crate) fn check_and_append(
         let value = body[start..values.byte_offset()].trim_ascii();
         if first && value.starts_with(b"[") {
             for event in array_elements(value) {
-                check(event, record)?;
+                take(event, &mut lines)?;
             }
         } else {
-            check(value, record)?;
+            take(value, &mut lines)?;
         }
         first = false;
     }
     if count == 0 {
         return Err("the body holds no events".into());
     }
-    Ok(count)
+    Ok(Events::Many { count, lines })
 }
 
 /// The elements of a JSON array that `serde_json` has already found
@@ -386,9 +412,9 @@ mod tests {
 
     /// The events accepted, as the record's lines after the header.
     fn accept(body: &str) -> Result<Vec<String>, String> {
-        let mut record = Vec::new();
-        let count = check_and_append(body.as_bytes(), &schema(), &["id".into()], &mut record)?;
-        let text = String::from_utf8(record).unwrap();
+        let checked = check(body.as_bytes(), &schema(), &["id".into()])?;
+        let count = checked.count();
+        let text = String::from_utf8(checked.record(b"").concat()).unwrap();
         let lines: Vec<String> = text.split('\n').skip(1).map(str::to_string).collect();
         assert_eq!(lines.len(), count as usize);
         Ok(lines)

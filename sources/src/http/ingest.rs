@@ -246,14 +246,12 @@ async fn accept(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let mut record = events::record_header(key.as_deref());
-    let checked =
-        events::check_and_append(&body, &stream.schema, &stream.config.required, &mut record);
-    let count = match checked {
-        Ok(count) => count,
+    let checked = match events::check(&body, &stream.schema, &stream.config.required) {
+        Ok(checked) => checked,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
-    admit(stream, key, count, record).await
+    let header = events::record_header(key.as_deref());
+    admit(stream, key, checked.count(), &checked.record(&header)).await
 }
 
 /// The body, gunzipped if it says it is gzip, up to `limit` bytes; or the
@@ -337,9 +335,9 @@ impl IdempotencyKeys {
 /// Appends a request's record (of `events` events) and answers 202 once
 /// it is durable. The first request with an idempotency key appends;
 /// retries get its id.
-async fn admit(stream: &Stream, key: Option<String>, events: u32, record: Vec<u8>) -> Response {
+async fn admit(stream: &Stream, key: Option<String>, events: u32, record: &[&[u8]]) -> Response {
     let Some(key) = key else {
-        return answer(stream, stream.log.append(events, &record).await);
+        return answer(stream, stream.log.append_parts(events, record).await);
     };
     match stream.keys.claim(&key) {
         Claim::Appended(offset) => answer(stream, Ok(offset)),
@@ -357,7 +355,7 @@ async fn admit(stream: &Stream, key: Option<String>, events: u32, record: Vec<u8
             ),
         },
         Claim::Append(sender) => {
-            let result = stream.log.append(events, &record).await;
+            let result = stream.log.append_parts(events, record).await;
             stream
                 .keys
                 .settle(key, sender, result.as_ref().ok().copied());
