@@ -11,8 +11,9 @@
 //! all little-endian; the CRC-32 covers the header before it and the
 //! payload. A record's frame carries its offset because segments are
 //! reused: a released segment is renamed and written over rather than
-//! deleted (freeing and allocating disk blocks makes every sync wait for a
-//! journal commit, and on a disk mounted with `discard`, for the discard).
+//! deleted (allocating disk blocks makes every sync also write the file
+//! system's record of them, and freeing them, on a disk mounted with
+//! `discard`, makes it wait for the discard).
 //! So after the records a segment holds, the bytes of its earlier use may
 //! follow: a frame whose offset is not the next one ends the segment. A
 //! segment may also be written ahead with zeros (preallocated), for the
@@ -209,9 +210,9 @@ pub(crate) fn scan(path: &Path, base: u64) -> std::io::Result<Scan> {
             .iter()
             .all(|b| *b == 0)
         {
-            // Zeros where a frame should start, with more than zeros after
-            // them, are a write the process died in: some of its pages
-            // reached the disk, not the first.
+            // Zeros where a frame should start: space written ahead if
+            // nothing but zeros follows, else a write the process died in,
+            // some of whose pages reached the disk but not the first.
             break if rest.iter().all(|b| *b == 0) {
                 Stop::Zeroed
             } else {
