@@ -146,9 +146,11 @@ pub struct IngestBufferConfig {
     #[serde(default)]
     pub fsync: FsyncPolicy,
 
-    /// Size at which a segment file is closed and a new one started. Up
-    /// to two released segments are kept and written over, so the
-    /// directory holds up to two segments more than the records need.
+    /// Size at which a segment file is closed and a new one started. A
+    /// segment file is written ahead at this size (zeros) before records
+    /// go in, and up to two released segments are kept and written over,
+    /// so the directory holds up to two segments more than the records
+    /// need.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
 }
