@@ -85,8 +85,18 @@ pub struct BufferConfig {
     /// `interval` (every 100 ms) or `never`.
     #[serde(default)]
     pub fsync: FsyncPolicy,
+
+    /// With `dir`: write each new segment file ahead, full size and all
+    /// zeros, so that the syncs of its rows write only the rows, not the
+    /// file's growth. Turn off on a copy-on-write file system (btrfs,
+    /// ZFS), where it gains nothing and costs a segment's worth of writes.
+    #[serde(default = "default_preallocate")]
+    pub preallocate: bool,
 }
 
+fn default_preallocate() -> bool {
+    true
+}
 fn default_max_bytes() -> u64 {
     256 << 20
 }
@@ -237,6 +247,7 @@ impl BufferInstance {
             // bounds on what waits are enforced here.
             max_bytes: u64::MAX,
             max_events: u64::MAX,
+            preallocate: self.config.preallocate,
         }
     }
 

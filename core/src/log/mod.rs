@@ -85,6 +85,10 @@ pub struct LogOptions {
     pub max_bytes: u64,
     /// Most events in unreleased records.
     pub max_events: u64,
+    /// Whether new segment files are written ahead, full size and all
+    /// zeros, so that syncs of their records write only the records (see
+    /// the module docs). Nothing is gained on a copy-on-write file system.
+    pub preallocate: bool,
 }
 
 impl Default for LogOptions {
@@ -94,6 +98,7 @@ impl Default for LogOptions {
             fsync: FsyncPolicy::Always,
             max_bytes: 1 << 30,
             max_events: u64::MAX,
+            preallocate: true,
         }
     }
 }
@@ -426,7 +431,7 @@ impl DurableLog {
             let state = shared.state.lock().expect("log state");
             state.segments.is_empty() && state.spares.is_empty()
         };
-        if new_log {
+        if new_log && shared.options.preallocate {
             // The first segment is written ahead too, as the keeper thread
             // does every later one (see `Keeper::write_spare_ahead`).
             match write_spare(&shared, || false) {
@@ -1068,6 +1073,9 @@ impl Keeper {
     /// virtual disk). A fresh log so gets what a log that has released
     /// segments gets from reusing them.
     fn write_spare_ahead(&mut self) {
+        if !self.shared.options.preallocate {
+            return;
+        }
         let current = {
             let state = self.shared.state.lock().expect("log state");
             if !state.spares.is_empty() {

@@ -436,3 +436,39 @@ async fn zeros_after_the_records_with_more_than_zeros_beyond_are_cut_off() {
     let (records, _) = log.read(0, 10, u64::MAX).unwrap();
     assert_eq!(payloads(&records), ["first", "second", "third", "fourth"]);
 }
+
+/// Waits until the keeper thread has recorded `offset` as released on
+/// disk: it has run since `offset` was released.
+async fn released_on_disk(dir: &Path, offset: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(dir.join(RELEASED_FILE)).ok() != Some(offset.to_string()) {
+        assert!(std::time::Instant::now() < deadline, "release not recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_preallocate_segments_grow_as_records_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DurableLog::open(
+        dir.path(),
+        LogOptions {
+            segment_bytes: 1000,
+            preallocate: false,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    let words = numbered(15);
+    append_all(&log, &words.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (_, first) = segment::list(dir.path()).unwrap().pop().unwrap();
+    // The start, then 15 frames of 28 + 16 bytes.
+    assert_eq!(file_len(&first), 8 + 15 * 44);
+    // Two releases recorded: the keeper has been through a whole tick
+    // with the segment half full.
+    log.release(1).unwrap();
+    released_on_disk(dir.path(), 1).await;
+    log.release(2).unwrap();
+    released_on_disk(dir.path(), 2).await;
+    assert!(segment::spares(dir.path()).unwrap().is_empty());
+}

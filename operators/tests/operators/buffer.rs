@@ -26,6 +26,7 @@ fn buffer(dir: Option<&Path>, per_second: u32, batch_size: usize) -> BufferConfi
         },
         batch_size,
         fsync: Default::default(),
+        preallocate: true,
     }
 }
 

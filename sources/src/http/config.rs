@@ -147,12 +147,18 @@ pub struct IngestBufferConfig {
     pub fsync: FsyncPolicy,
 
     /// Size at which a segment file is closed and a new one started. A
-    /// segment file is written ahead at this size (zeros) before records
-    /// go in, and up to two released segments are kept and written over,
-    /// so the directory holds up to two segments more than the records
-    /// need.
+    /// segment file is written ahead at this size (see `preallocate`), and
+    /// up to two released segments are kept and written over, so the
+    /// directory holds up to two segments more than the records need.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+
+    /// Write each new segment file ahead, full size and all zeros, so
+    /// that the syncs of its records write only the records, not the
+    /// file's growth. Turn off on a copy-on-write file system (btrfs,
+    /// ZFS), where it gains nothing and costs a segment's worth of writes.
+    #[serde(default = "default_preallocate")]
+    pub preallocate: bool,
 }
 
 /// Who may post events.
@@ -202,6 +208,9 @@ fn default_batch_wait() -> Duration {
 }
 fn default_max_bytes() -> u64 {
     1 << 30
+}
+fn default_preallocate() -> bool {
+    true
 }
 fn default_segment_bytes() -> u64 {
     64 << 20
@@ -277,6 +286,7 @@ impl HttpSourceConfig {
             fsync: self.buffer.fsync,
             max_bytes: self.buffer.max_bytes,
             max_events: self.buffer.max_events.unwrap_or(u64::MAX),
+            preallocate: self.buffer.preallocate,
         }
     }
 }
