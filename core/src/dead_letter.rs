@@ -103,11 +103,25 @@ pub(crate) fn to_batch(component: &str, rejected: &[Rejected], now: i64) -> Resu
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
 
-/// Each row of `batch` as a JSON object.
+/// Each row of `batch` as a JSON object. A value no text can show (see
+/// [`crate::writable`]) is written as null, never as an error text.
 pub fn rows_as_json(batch: &RecordBatch) -> Result<Vec<String>> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(crate::writable::without_unwritable)
+        .collect::<Result<Vec<_>>>()?;
+    // Nulls may now stand where the schema allows none.
+    let nullable: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(nullable)), columns)?;
     let mut buffer = Vec::new();
     let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
-    writer.write(batch)?;
+    writer.write(&batch)?;
     writer.finish()?;
     drop(writer);
     let text = String::from_utf8(buffer)

@@ -22,6 +22,7 @@ pub mod storage;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod watermark;
+pub mod writable;
 
 pub use self::error::{Error, Result};
 

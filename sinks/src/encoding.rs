@@ -2,6 +2,7 @@
 
 use arrow::record_batch::RecordBatch;
 use flumen_core::prelude::*;
+use flumen_core::writable::split_writable;
 use serde::Deserialize;
 
 /// How a sink turns batches into text.
@@ -43,8 +44,12 @@ impl Encoder {
         }
     }
 
-    /// Appends the encoding of `batch` to `out`.
-    pub fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    /// Appends the encoding of `batch` to `out`, but for the rows holding
+    /// a value no text can show (see [`flumen_core::writable`]), which it
+    /// returns rejected.
+    pub fn encode(&mut self, batch: RecordBatch, out: &mut Vec<u8>) -> Result<Vec<Rejected>> {
+        let (batch, rejected) = split_writable(batch)?;
+        let batch = &batch;
         match self.format {
             TextFormat::Json => {
                 let mut writer = arrow::json::LineDelimitedWriter::new(out);
@@ -59,6 +64,6 @@ impl Encoder {
                 self.wrote_header = true;
             }
         }
-        Ok(())
+        Ok(rejected)
     }
 }

@@ -81,6 +81,7 @@ impl SinkFactory for FileSink {
             staging: None,
             buffer: Vec::new(),
             checkpointing: false,
+            rejected: Vec::new(),
         }))
     }
 
@@ -102,6 +103,8 @@ struct FileInstance {
     buffer: Vec<u8>,
     /// Whether the run takes checkpoints (known from `recover` on).
     checkpointing: bool,
+    /// Rows of the last batch that could not be written.
+    rejected: Vec<Rejected>,
 }
 
 struct Staging {
@@ -228,12 +231,16 @@ impl Sink for FileInstance {
     async fn write(&mut self, batch: RecordBatch, _ctx: &mut Context) -> Result<()> {
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.clear();
-        self.encoder.encode(&batch, &mut buffer)?;
+        self.rejected = self.encoder.encode(batch, &mut buffer)?;
         let staging = self.open_staging().await?;
         let written = staging.file.write_all(&buffer).await;
         let path = staging.path.clone();
         self.buffer = buffer;
         written.map_err(|e| io_error(&path, e))
+    }
+
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     async fn finish(&mut self, ctx: &mut Context) -> Result<()> {

@@ -200,6 +200,8 @@ fn encode(rows: &RecordBatch, format: BodyFormat) -> Result<(Vec<u8>, &'static s
 #[async_trait]
 impl Sink for HttpSinkInstance {
     async fn write(&mut self, batch: RecordBatch, _ctx: &mut Context) -> Result<()> {
+        let (batch, unwritable) = flumen_core::writable::split_writable(batch)?;
+        self.rejected.extend(unwritable);
         let size = self.config.batch_size;
         let chunks: Vec<RecordBatch> = (0..batch.num_rows())
             .step_by(size)

@@ -6,6 +6,7 @@ use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 
 use flumen_core::prelude::*;
+use flumen_core::writable::split_writable;
 
 use super::config::{KafkaSinkConfig, KafkaValueFormat};
 
@@ -112,7 +113,37 @@ impl RowEncoder {
         })
     }
 
-    pub(super) fn encode(&self, batch: &RecordBatch) -> Result<Messages> {
+    /// The messages of `batch`'s rows, and the rows that cannot be a
+    /// message: a value no text can show, or a row that does not fit the
+    /// Avro schema.
+    pub(super) fn encode(&self, batch: RecordBatch) -> Result<(Messages, Vec<Rejected>)> {
+        let (mut batch, mut rejected) = split_writable(batch)?;
+        let mut avro_values = Vec::new();
+        if let Some(schema) = &self.avro {
+            let mut keep = Vec::with_capacity(batch.num_rows());
+            let mut lines = Vec::new();
+            json_lines(&batch, &mut lines)?;
+            for (row, line) in lines
+                .split(|b| *b == b'\n')
+                .take(batch.num_rows())
+                .enumerate()
+            {
+                match avro_datum(schema, line) {
+                    Ok(datum) => {
+                        avro_values.push(datum);
+                        keep.push(true);
+                    }
+                    Err(reason) => {
+                        rejected.extend(Rejected::rows(&batch.slice(row, 1), &reason)?);
+                        keep.push(false);
+                    }
+                }
+            }
+            if avro_values.len() < batch.num_rows() {
+                batch = arrow::compute::filter_record_batch(&batch, &keep.into())?;
+            }
+        }
+        let batch = &batch;
         let as_text = |index: usize| -> Result<StringArray> {
             let column = arrow::compute::cast(batch.column(index), &DataType::Utf8)?;
             Ok(column.as_string::<i32>().clone())
@@ -137,19 +168,7 @@ impl RowEncoder {
                 values = text;
             }
             KafkaValueFormat::Avro => {
-                let schema = self.avro.as_ref().expect("set for avro");
-                let mut lines = Vec::new();
-                json_lines(batch, &mut lines)?;
-                for line in lines.split(|b| *b == b'\n').take(batch.num_rows()) {
-                    let json: serde_json::Value = serde_json::from_slice(line)
-                        .map_err(|e| Error::internal(format!("row JSON: {e}")))?;
-                    let value = apache_avro::types::Value::from(json)
-                        .resolve(schema)
-                        .map_err(|e| {
-                            Error::Data(format!("row does not fit the Avro schema: {e}"))
-                        })?;
-                    let datum = apache_avro::to_avro_datum(schema, value)
-                        .map_err(|e| Error::Data(format!("cannot encode the row as Avro: {e}")))?;
+                for datum in avro_values {
                     values.extend_from_slice(&datum);
                     ends.push(values.len());
                 }
@@ -166,13 +185,25 @@ impl RowEncoder {
                 }
             }
         }
-        Ok(Messages {
+        let messages = Messages {
             values,
             ends,
             keys,
             headers,
-        })
+        };
+        Ok((messages, rejected))
     }
+}
+
+/// One row, as JSON, encoded as an Avro datum of `schema`; or why not.
+fn avro_datum(schema: &apache_avro::Schema, row: &[u8]) -> Result<Vec<u8>, String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(row).map_err(|e| format!("row JSON: {e}"))?;
+    let value = apache_avro::types::Value::from(json)
+        .resolve(schema)
+        .map_err(|e| format!("row does not fit the Avro schema: {e}"))?;
+    apache_avro::to_avro_datum(schema, value)
+        .map_err(|e| format!("cannot encode the row as Avro: {e}"))
 }
 
 fn json_lines(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
@@ -180,4 +211,40 @@ fn json_lines(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
     writer.write(batch)?;
     writer.finish()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+
+    use super::*;
+
+    #[test]
+    fn a_row_no_text_can_show_is_rejected_not_sent_with_an_error_in_it() {
+        let mut config = KafkaSinkConfig::new("127.0.0.1:9092", "orders");
+        config.key = Some("at".into());
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
+            (
+                "at",
+                Arc::new(TimestampMillisecondArray::from(vec![0, i64::MAX, 1_000])) as _,
+            ),
+        ])
+        .unwrap();
+        let encoder = RowEncoder::new(&config, &batch.schema()).unwrap();
+        let (messages, rejected) = encoder.encode(batch).unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0].error.contains("9223372036854775807"),
+            "{}",
+            rejected[0].error
+        );
+        for row in 0..messages.len() {
+            let value = String::from_utf8_lossy(messages.value(row)).into_owned();
+            assert!(!value.contains("ERROR"), "{value}");
+            assert!(!messages.key(row).unwrap().contains("ERROR"));
+        }
+        assert_eq!(messages.key(1), Some("1970-01-01T00:00:01"));
+    }
 }

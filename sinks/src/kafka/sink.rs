@@ -63,6 +63,7 @@ impl SinkFactory for KafkaSink {
             config: self.config.clone(),
             encoder,
             mode,
+            rejected: Vec::new(),
         }))
     }
 
@@ -125,6 +126,8 @@ struct KafkaSinkInstance {
     config: Arc<KafkaSinkConfig>,
     encoder: RowEncoder,
     mode: Mode,
+    /// Rows of the last batch that could not be made messages.
+    rejected: Vec<Rejected>,
 }
 
 /// Runs a blocking librdkafka call off the async workers.
@@ -219,7 +222,8 @@ async fn flush(producer: &Arc<KafkaProducer>) -> Result<()> {
 #[async_trait]
 impl Sink for KafkaSinkInstance {
     async fn write(&mut self, batch: RecordBatch, _ctx: &mut Context) -> Result<()> {
-        let messages = self.encoder.encode(&batch)?;
+        let (messages, rejected) = self.encoder.encode(batch)?;
+        self.rejected = rejected;
         let producer = self.current().await?;
         delivery_failure(&producer)?;
         let topic = self.config.topic.as_str();
@@ -251,6 +255,10 @@ impl Sink for KafkaSinkInstance {
             }
         }
         Ok(())
+    }
+
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     async fn pre_commit(

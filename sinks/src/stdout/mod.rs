@@ -63,6 +63,7 @@ impl SinkFactory for StdoutSink {
             encoder,
             left: self.config.limit.unwrap_or(u64::MAX),
             buffer: Vec::new(),
+            rejected: Vec::new(),
         }))
     }
 
@@ -75,6 +76,8 @@ struct StdoutInstance {
     encoder: Option<Encoder>,
     left: u64,
     buffer: Vec<u8>,
+    /// Rows of the last batch that could not be printed.
+    rejected: Vec<Rejected>,
 }
 
 #[async_trait]
@@ -87,14 +90,18 @@ impl Sink for StdoutInstance {
         self.left -= rows;
         let batch = batch.slice(0, rows as usize);
         self.buffer.clear();
-        match &mut self.encoder {
-            Some(encoder) => encoder.encode(&batch, &mut self.buffer)?,
-            None => writeln!(
-                self.buffer,
-                "{}",
-                arrow::util::pretty::pretty_format_batches(&[batch])?
-            )?,
-        }
+        self.rejected = match &mut self.encoder {
+            Some(encoder) => encoder.encode(batch, &mut self.buffer)?,
+            None => {
+                let (batch, rejected) = flumen_core::writable::split_writable(batch)?;
+                writeln!(
+                    self.buffer,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(&[batch])?
+                )?;
+                rejected
+            }
+        };
         let mut stdout = std::io::stdout().lock();
         match stdout.write_all(&self.buffer) {
             // Piped into `head`: stop printing, keep the pipeline going.
@@ -102,6 +109,10 @@ impl Sink for StdoutInstance {
             other => other?,
         }
         Ok(())
+    }
+
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
