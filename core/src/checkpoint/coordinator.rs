@@ -372,17 +372,46 @@ impl Coordinator {
         }
     }
 
+    /// Writes a checkpoint, trying again for a while if the store fails:
+    /// a full disk, a process out of file descriptors or an unreachable
+    /// bucket often recover, and meanwhile the pipeline goes on (its sinks
+    /// hold what they pre-committed). Only a store that stays broken stops
+    /// the run.
     async fn write(
         &self,
         manifest: &mut Manifest,
         snapshots: &[(String, usize, Snapshot)],
     ) -> Result<()> {
-        self.store.write(manifest, snapshots).await.map_err(|e| {
-            Error::internal(format!(
-                "checkpoint {} could not be written: {e}",
-                manifest.id
-            ))
-        })?;
+        let started = tokio::time::Instant::now();
+        let mut wait = WRITE_RETRY_FIRST;
+        loop {
+            let error = match self.store.write(manifest, snapshots).await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            if started.elapsed() >= WRITE_RETRY_FOR {
+                return Err(Error::connector(
+                    "checkpoint store",
+                    false,
+                    format!(
+                        "checkpoint {} could not be written to {} (tried for {}s): {error}",
+                        manifest.id,
+                        self.store.display(),
+                        WRITE_RETRY_FOR.as_secs()
+                    ),
+                ));
+            }
+            tracing::warn!(
+                checkpoint = manifest.id,
+                %error,
+                "checkpoint could not be written; trying again in {wait:?}"
+            );
+            tokio::select! {
+                _ = self.signals.abort.cancelled() => return Err(Error::ShuttingDown),
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(WRITE_RETRY_MOST);
+        }
         tracing::info!(
             checkpoint = manifest.id,
             state_bytes = manifest.state_bytes(),
@@ -408,6 +437,12 @@ impl Coordinator {
         }
     }
 }
+
+/// How long a failing checkpoint write is tried again before the run
+/// stops, and the waits between tries.
+const WRITE_RETRY_FOR: Duration = Duration::from_secs(60);
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const WRITE_RETRY_MOST: Duration = Duration::from_secs(5);
 
 /// Fault injection for crash tests: with `FLUMEN_CRASH_BEFORE_COMMIT=<id>`
 /// the process dies once checkpoint `id` is recorded and before any sink
