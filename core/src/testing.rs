@@ -354,3 +354,16 @@ pub async fn run_operator(
         .await?;
     Ok(collected.batches())
 }
+
+/// How many cases each fuzz test runs: `FLUMEN_FUZZ_CASES` if set, else
+/// `default`. The test suite runs a fixed budget; a longer run is
+///
+/// ```text
+/// FLUMEN_FUZZ_CASES=200000 cargo test --release --workspace --all-features fuzz_
+/// ```
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("FLUMEN_FUZZ_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}

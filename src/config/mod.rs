@@ -7,6 +7,8 @@
 
 mod builtin;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod pipeline;
 mod registry;
 mod schema;

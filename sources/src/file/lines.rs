@@ -250,6 +250,9 @@ pub(super) struct LineSplitReader {
     fed: Vec<Bytes>,
     fed_offset: u64,
     input_done: bool,
+    /// `pending` holds the start of a line that failed to decode: read
+    /// more of it before trying again.
+    line_unfinished: bool,
     rejected: Vec<Rejected>,
     file: String,
 }
@@ -277,6 +280,7 @@ impl LineSplitReader {
             fed: Vec::new(),
             fed_offset: 0,
             input_done: false,
+            line_unfinished: false,
             rejected: Vec::new(),
             file,
         })
@@ -289,8 +293,16 @@ impl LineSplitReader {
 
     pub(super) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
-            if self.pending.is_empty() && !self.input_done {
+            if (self.pending.is_empty() || self.line_unfinished) && !self.input_done {
                 match self.split.next().await? {
+                    Some((offset, bytes)) if self.line_unfinished => {
+                        // The rest of the line follows what is pending.
+                        let mut joined = Vec::with_capacity(self.pending.len() + bytes.len());
+                        joined.extend_from_slice(&self.pending);
+                        joined.extend_from_slice(&bytes);
+                        debug_assert_eq!(offset, self.pending_offset + self.pending.len() as u64);
+                        self.pending = joined.into();
+                    }
                     Some((offset, bytes)) => {
                         self.pending = bytes;
                         self.pending_offset = offset;
@@ -300,6 +312,7 @@ impl LineSplitReader {
                     }
                     None => self.input_done = true,
                 }
+                self.line_unfinished = false;
             }
             let used = match self.decoder.decode(&self.pending) {
                 Ok(used) => used,
@@ -341,6 +354,9 @@ impl LineSplitReader {
             _ => bytes.len(),
         };
         self.pending = Bytes::copy_from_slice(&bytes[complete..]);
+        // Without a whole line, trying again before more of it is read
+        // would fail the same way, for ever.
+        self.line_unfinished = complete == 0 && !self.input_done;
         self.pending_offset = start + complete as u64;
         self.fed_offset = self.pending_offset;
         self.decoder = self.fresh_decoder()?;

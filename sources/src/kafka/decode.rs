@@ -127,7 +127,17 @@ impl ValueDecoder {
     pub(crate) fn decode(&self, payloads: &Payloads) -> Result<Decoded> {
         match &self.format {
             Format::Json | Format::Csv { .. } => {
-                if let Ok(batch) = self.decode_lines(&payloads.bytes, payloads.len())
+                let csv = match self.format {
+                    Format::Csv { delimiter } => Some(delimiter),
+                    _ => None,
+                };
+                // A CSV message that ends inside a quoted field would take
+                // the messages after it into that field: decoded together,
+                // rows would no longer be messages.
+                let whole = |payload: &[u8]| csv.is_none_or(|d| one_csv_record(payload, d));
+                let all_whole = (0..payloads.len()).all(|i| whole(payloads.get(i)));
+                if all_whole
+                    && let Ok(batch) = self.decode_lines(&payloads.bytes, payloads.len())
                     && batch.num_rows() == payloads.len()
                 {
                     return Ok(Decoded {
@@ -138,6 +148,11 @@ impl ValueDecoder {
                 }
                 self.one_by_one(payloads, |index| {
                     let payload = payloads.get(index);
+                    if !whole(payload) {
+                        return Err("expected one CSV record per message: a line break \
+                             outside quotes, or a quote left open"
+                            .into());
+                    }
                     let mut line = Vec::with_capacity(payload.len() + 1);
                     line.extend_from_slice(payload);
                     line.push(b'\n');
@@ -286,6 +301,38 @@ impl LineDecoder {
             LineDecoder::Csv(d) => d.flush(),
         }
     }
+}
+
+/// Whether a CSV message is one record, read as Arrow's CSV reader
+/// (`csv-core`) reads it: no line break outside a quoted field (one at
+/// the very end is allowed), and no quoted field left open. A quote opens
+/// a quoted field only at the start of a field; inside one, `""` is a
+/// quote and a lone `"` closes it.
+fn one_csv_record(payload: &[u8], delimiter: u8) -> bool {
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        /// A `"` inside a quoted field: closing it, or the first of `""`.
+        QuoteInQuoted,
+    }
+    let body = payload
+        .strip_suffix(b"\r\n")
+        .or_else(|| payload.strip_suffix(b"\n"))
+        .unwrap_or(payload);
+    let mut state = State::FieldStart;
+    for &byte in body {
+        state = match (state, byte) {
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) => State::Quoted,
+            (State::QuoteInQuoted, b'"') => State::Quoted,
+            (_, b'\n' | b'\r') => return false,
+            (_, byte) if byte == delimiter => State::FieldStart,
+            (State::FieldStart, b'"') => State::Quoted,
+            _ => State::Unquoted,
+        };
+    }
+    !matches!(state, State::Quoted)
 }
 
 /// A payload as shown in a dead-letter record: text where it is text.

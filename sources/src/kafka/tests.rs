@@ -192,3 +192,117 @@ fn a_checkpoint_counts_as_reported_only_if_the_group_shows_it() {
     assert!(!reported(5, 150));
     assert!(reported(4, 100));
 }
+
+/// Message values as a producer could send them: never a panic or an
+/// error for the whole chunk, every message either kept (one row each, in
+/// order) or rejected, and every well-formed one kept.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use flumen_core::testing::fuzz_cases;
+
+    /// A value: well formed (and so to be kept), or anything.
+    fn message(good: impl Strategy<Value = String>) -> impl Strategy<Value = (bool, Vec<u8>)> {
+        prop_oneof![
+            3 => good.prop_map(|m| (true, m.into_bytes())),
+            1 => prop::collection::vec(any::<u8>(), 0..40).prop_map(|m| (false, m)),
+            1 => "[{}\\[\\]\":,;0-9a-z \\\\\n-]{0,30}".prop_map(|m| (false, m.into_bytes())),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = String> {
+        (any::<i64>(), "[ -~]{0,10}")
+            .prop_map(|(id, name)| json!({ "id": id, "name": name }).to_string())
+    }
+
+    fn csv_value() -> impl Strategy<Value = String> {
+        (any::<i64>(), "[a-z ]{0,10}").prop_map(|(id, name)| format!("{id};{name}"))
+    }
+
+    fn check(decoder: &ValueDecoder, messages: &[(bool, Vec<u8>)]) -> Result<(), TestCaseError> {
+        let mut values = Payloads::default();
+        for (_, message) in messages {
+            values.push(message);
+        }
+        let decoded = decoder.decode(&values);
+        prop_assert!(decoded.is_ok(), "{:?}", decoded.err());
+        let decoded = decoded.unwrap();
+        let kept = decoded
+            .kept
+            .clone()
+            .unwrap_or_else(|| (0..messages.len()).collect());
+        prop_assert_eq!(decoded.batch.num_rows(), kept.len());
+        let mut all: Vec<usize> = kept
+            .iter()
+            .copied()
+            .chain(decoded.failed.iter().map(|(i, _)| *i))
+            .collect();
+        all.sort_unstable();
+        prop_assert_eq!(all, (0..messages.len()).collect::<Vec<_>>());
+        for (index, (good, _)) in messages.iter().enumerate() {
+            if *good {
+                prop_assert!(
+                    kept.contains(&index),
+                    "well-formed message {} rejected",
+                    index
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: fuzz_cases(512),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn fuzz_json_values(messages in prop::collection::vec(message(json_value()), 1..8)) {
+            check(&ValueDecoder::new(Format::Json, schema()), &messages)?;
+        }
+
+        #[test]
+        fn fuzz_csv_values(messages in prop::collection::vec(message(csv_value()), 1..8)) {
+            check(&ValueDecoder::new(Format::Csv { delimiter: b';' }, schema()), &messages)?;
+        }
+
+        #[test]
+        fn fuzz_avro_values(
+            messages in prop::collection::vec(
+                prop_oneof![
+                    (any::<i64>(), proptest::option::of("[ -~]{0,10}")).prop_map(|(id, name)| (true, (id, name))),
+                ],
+                1..6,
+            ),
+            garbage in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..30), 0..4),
+        ) {
+            let schema_text = r#"{"type":"record","name":"Order","fields":[
+                {"name":"id","type":"long"},
+                {"name":"name","type":["null","string"]}]}"#;
+            let avro = apache_avro::Schema::parse_str(schema_text).unwrap();
+            let arrow = super::super::decode::avro_to_arrow(&avro).unwrap();
+            let mut all = Vec::new();
+            for (good, (id, name)) in messages {
+                let mut record = apache_avro::types::Record::new(&avro).unwrap();
+                record.put("id", id);
+                let name = match name {
+                    Some(name) => apache_avro::types::Value::Union(1, Box::new(name.into())),
+                    None => apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+                };
+                record.put("name", name);
+                let mut framed = vec![0, 0, 0, 0, 1];
+                framed.extend(apache_avro::to_avro_datum(&avro, record).unwrap());
+                all.push((good, framed));
+            }
+            all.extend(garbage.into_iter().map(|g| (false, g)));
+            let decoder = ValueDecoder::new(
+                Format::Avro { schema: Arc::new(avro), confluent_header: true },
+                arrow,
+            );
+            check(&decoder, &all)?;
+        }
+    }
+}
