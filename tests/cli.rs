@@ -20,6 +20,9 @@ mod crash;
 #[cfg(feature = "http")]
 #[path = "cli/http.rs"]
 mod http;
+#[cfg(feature = "http")]
+#[path = "cli/http_clients.rs"]
+mod http_clients;
 #[cfg(feature = "kafka")]
 #[path = "cli/kafka.rs"]
 mod kafka;
@@ -27,6 +30,8 @@ mod kafka;
 mod lake;
 #[path = "cli/sql.rs"]
 mod sql;
+#[path = "cli/unwritable.rs"]
+mod unwritable;
 
 /// Runs `flumen run FILE` quietly to its end, optionally set to die once
 /// checkpoint `crash_before_commit` is recorded and before it is committed.

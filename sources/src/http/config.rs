@@ -55,12 +55,21 @@ pub struct HttpSourceConfig {
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
 
-    /// How long a client has to send a request's headers and body (408, or
-    /// the connection closed, after it): slow clients cannot hold
-    /// connections open.
+    /// How long a client has to send a request: from when it connects
+    /// (or its last answer) to the end of the request's headers, the TLS
+    /// handshake included, and again for its body (408). A connection
+    /// that sends nothing for this long is closed: idle or slow clients
+    /// cannot hold connections open.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+
+    /// Most connections open at once. Past it, a new connection is answered
+    /// 503 with `Retry-After` (or, over TLS, closed) straight away. Keep it
+    /// well below the process's open-file limit (`ulimit -n`), which
+    /// connections count against along with the buffer and checkpoints.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 
     /// Most events the source reads from the buffer into one batch.
     #[serde(default = "default_batch_events")]
@@ -162,7 +171,7 @@ pub struct IngestBufferConfig {
 }
 
 /// Who may post events.
-#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Tokens accepted in `Authorization: Bearer <token>`.
@@ -177,10 +186,20 @@ pub struct AuthConfig {
     #[serde(default)]
     pub hmac_secrets: Vec<String>,
 
-    /// How far a signed request's timestamp may be from now.
+    /// How far a signed request's timestamp may be from now. A signed
+    /// request's `webhook-id` is remembered for twice as long once it is
+    /// admitted, so that a replay is refused.
     #[serde(default = "default_tolerance", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub tolerance: Duration,
+
+    /// Failed attempts (no, wrong or malformed credentials) each client
+    /// address may make. Past them it is answered 429 with `Retry-After`,
+    /// before its credentials are looked at, until its allowance refills;
+    /// a request with a valid bearer token is never held back. Default:
+    /// 20 at once, then 1 per second.
+    #[serde(default = "default_failed_attempts")]
+    pub failed_attempts: RateLimitConfig,
 }
 
 /// A token bucket per client.
@@ -217,6 +236,15 @@ fn default_segment_bytes() -> u64 {
 }
 fn default_tolerance() -> Duration {
     Duration::from_secs(300)
+}
+fn default_failed_attempts() -> RateLimitConfig {
+    RateLimitConfig {
+        per_second: 1,
+        burst: Some(20),
+    }
+}
+fn default_max_connections() -> usize {
+    512
 }
 
 impl HttpSourceConfig {
@@ -267,6 +295,17 @@ impl HttpSourceConfig {
             && limit.per_second == 0
         {
             return Err(Error::config("rate_limit.per_second", "must be at least 1"));
+        }
+        if let Some(auth) = &self.auth
+            && auth.failed_attempts.per_second == 0
+        {
+            return Err(Error::config(
+                "auth.failed_attempts.per_second",
+                "must be at least 1",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::config("max_connections", "must be at least 1"));
         }
         if self.batch_events == 0 {
             return Err(Error::config("batch_events", "must be at least 1"));

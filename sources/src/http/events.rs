@@ -1,23 +1,33 @@
-//! A request's events: checked against the stream's schema and written
-//! into the buffer record as they came.
+//! A request's events: framed, decoded by the pipeline's own decoder, and
+//! written into the buffer record as they came.
 //!
 //! A body is one JSON object, an array of them, or objects one after
-//! another (NDJSON). `serde_json` checks that it is JSON and finds where
-//! each event starts and ends; each event is then checked field by field
-//! without building it (no `Value`s, no copies of its strings), and its
-//! bytes go into the record unchanged. A body that is one object, the
-//! usual case, is checked in a single pass and framed into the buffer
-//! straight from the request. The pipeline's arrow-json
-//! decoder reads the record back, so what ingest accepts is exactly what
-//! it decodes.
+//! another (NDJSON). `serde_json` checks that it is JSON, finds where each
+//! event starts and ends, and checks each field's value against its
+//! column's type, more strictly than the decoder would: a value of another
+//! kind or out of range is refused, not converted (the decoder would read
+//! `1.5` into an integer column as `1`). The events are then decoded into Arrow by
+//! the same decoder the source reads the buffer with ([`EventDecoder`]),
+//! and the decoded rows checked for `required` columns and for values no
+//! sink could write ([`flumen_core::writable`]). So a request answered 202
+//! decodes when it is read back: the one check is the decoder itself.
+//!
+//! The events' bytes go into the record unchanged (fields outside the
+//! schema included). A body that is one object, the usual case, is framed
+//! into the buffer straight from the request.
 
 use std::fmt;
+use std::sync::Mutex;
 
-use arrow::datatypes::{DataType, Schema};
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::json::ReaderBuilder;
+use arrow::json::reader::Decoder;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::json;
 
-/// A request's events, checked against the schema.
+/// A request's events, checked.
 #[derive(Debug)]
 pub(crate) enum Events<'a> {
     /// The body is one event: these bytes of it.
@@ -45,31 +55,213 @@ impl Events<'_> {
     }
 }
 
-/// Checks the events of `body`. The first problem refuses the whole
-/// request, naming the row and field.
-pub(crate) fn check<'a>(
-    body: &'a [u8],
-    schema: &Schema,
-    required: &[String],
-) -> Result<Events<'a>, String> {
-    // Most requests are one object: that is checked in one pass, and its
-    // bytes go into the record as they are. Anything else, or anything
-    // wrong, takes the general way, which names the problem.
-    let whole = body.trim_ascii();
-    if whole.starts_with(b"{") && is_one_fitting_event(whole, schema, required) {
-        return Ok(Events::One(whole));
+/// The events of a buffer record's payload: what follows its header line.
+pub(crate) fn record_events(payload: &[u8]) -> &[u8] {
+    let start = payload
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(payload.len(), |n| n + 1);
+    &payload[start..]
+}
+
+/// The stream's JSON decoder: what the source reads the buffer with, and
+/// what ingest checks requests with. Decoders are kept and reused, since
+/// building one allocates room for a whole batch.
+pub(crate) struct EventDecoder {
+    schema: SchemaRef,
+    batch_size: usize,
+    spare: Mutex<Vec<Decoder>>,
+}
+
+/// Decoders kept for reuse: as many as requests are checked at once, about.
+const SPARE_DECODERS: usize = 8;
+
+impl EventDecoder {
+    pub(crate) fn new(schema: SchemaRef, batch_size: usize) -> Self {
+        EventDecoder {
+            schema,
+            batch_size: batch_size.max(1),
+            spare: Mutex::default(),
+        }
     }
-    let mut lines = Vec::with_capacity(body.len() + 16);
-    let mut count = 0u32;
-    let mut take = |event: &[u8], lines: &mut Vec<u8>| {
-        check_event(event, schema, required).map_err(|e| format!("row {count}: {e}"))?;
-        lines.push(b'\n');
-        lines.extend_from_slice(event);
-        count += 1;
-        Ok::<_, String>(())
-    };
+
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `parts`, one after another: JSON objects separated by
+    /// whitespace, split anywhere between them. Every object is decoded,
+    /// however many batches they fill.
+    pub(crate) fn decode<'p>(
+        &self,
+        parts: impl IntoIterator<Item = &'p [u8]>,
+    ) -> Result<RecordBatch, ArrowError> {
+        let spare = self.spare.lock().expect("decoders").pop();
+        let mut decoder = match spare {
+            Some(decoder) => decoder,
+            None => ReaderBuilder::new(self.schema.clone())
+                .with_batch_size(self.batch_size)
+                .build_decoder()?,
+        };
+        let mut batches = Vec::new();
+        for mut part in parts {
+            while !part.is_empty() {
+                let used = decoder.decode(part)?;
+                part = &part[used..];
+                // The decoder stops once it holds a full batch.
+                if !part.is_empty() {
+                    match decoder.flush()? {
+                        Some(batch) => batches.push(batch),
+                        None if used == 0 => {
+                            return Err(ArrowError::JsonError(
+                                "the decoder made no progress".into(),
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        batches.extend(decoder.flush()?);
+        // A decoder that failed may hold half a row: only a clean one is
+        // kept.
+        let mut spare = self.spare.lock().expect("decoders");
+        if spare.len() < SPARE_DECODERS {
+            spare.push(decoder);
+        }
+        drop(spare);
+        match batches.len() {
+            0 => Ok(RecordBatch::new_empty(self.schema.clone())),
+            1 => Ok(batches.pop().expect("one")),
+            _ => arrow::compute::concat_batches(&self.schema, &batches),
+        }
+    }
+}
+
+/// Checks requests' events against a stream's schema.
+pub(crate) struct EventCheck {
+    decoder: EventDecoder,
+    /// Columns that must be present and not null, by index.
+    required: Vec<usize>,
+}
+
+impl EventCheck {
+    pub(crate) fn new(schema: SchemaRef, required: &[String]) -> Self {
+        let required = required
+            .iter()
+            .filter_map(|name| schema.index_of(name).ok())
+            .collect();
+        EventCheck {
+            // Requests are small: a decoder for a few hundred events
+            // at a time is enough, and quick to reuse.
+            decoder: EventDecoder::new(schema, 256),
+            required,
+        }
+    }
+
+    /// Checks the events of `body`. The first problem refuses the whole
+    /// request, naming the event and the field.
+    pub(crate) fn check<'a>(&self, body: &'a [u8]) -> Result<Events<'a>, String> {
+        let schema = self.decoder.schema();
+        // Most requests are one object: read once, for where it ends and
+        // for its fields' types together.
+        let framed = match one_object(body.trim_ascii(), schema) {
+            Some(Ok(())) => vec![body.trim_ascii()],
+            Some(Err(misfit)) => return Err(format!("event 0: {misfit}")),
+            None => {
+                let framed = frame(body)?;
+                for (index, event) in framed.iter().enumerate() {
+                    if let Some(misfit) = describe_misfit(event, schema) {
+                        return Err(format!("event {index}: {misfit}"));
+                    }
+                }
+                framed
+            }
+        };
+        let events = match framed.as_slice() {
+            [one] if one.len() == body.trim_ascii().len() => Events::One(one),
+            _ => {
+                let mut lines = Vec::with_capacity(body.len() + framed.len());
+                for event in &framed {
+                    lines.push(b'\n');
+                    lines.extend_from_slice(event);
+                }
+                let count = u32::try_from(framed.len())
+                    .map_err(|_| "the body holds too many events".to_string())?;
+                Events::Many { count, lines }
+            }
+        };
+        let decoded = match &events {
+            Events::One(event) => self.decoder.decode([*event]),
+            Events::Many { lines, .. } => self.decoder.decode([lines.as_slice()]),
+        };
+        let fits = decoded
+            .is_ok_and(|batch| batch.num_rows() == framed.len() && self.problem(&batch).is_none());
+        if fits {
+            Ok(events)
+        } else {
+            Err(self.explain(&framed))
+        }
+    }
+
+    /// The first row of `batch` that lacks a required column or holds a
+    /// value no sink could write, with why.
+    fn problem(&self, batch: &RecordBatch) -> Option<(usize, String)> {
+        let schema = batch.schema();
+        let missing = self.required.iter().find_map(|&index| {
+            let column = batch.column(index);
+            (column.null_count() > 0).then(|| {
+                let row = (0..column.len()).find(|&row| column.is_null(row))?;
+                Some((
+                    row,
+                    format!("field `{}` is required", schema.field(index).name()),
+                ))
+            })?
+        });
+        let unwritable = flumen_core::writable::unwritable_rows(batch)
+            .into_iter()
+            .next()
+            .map(|u| (u.row, u.reason.replacen("column", "field", 1)));
+        match (missing, unwritable) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Why the events do not fit, naming the first that does not: checked
+    /// one by one, as the decoder sees each.
+    fn explain(&self, events: &[&[u8]]) -> String {
+        for (index, event) in events.iter().enumerate() {
+            let why = match self.decoder.decode([*event]) {
+                // The decoder's own words name the field; a readable
+                // account of the value, where there is one, is better.
+                Err(error) => Some(
+                    describe_misfit(event, self.decoder.schema())
+                        .unwrap_or_else(|| decoder_message(&error)),
+                ),
+                Ok(batch) => self.problem(&batch).map(|(_, why)| why),
+            };
+            if let Some(why) = why {
+                return format!("event {index}: {why}");
+            }
+        }
+        "the events could not be decoded together".into()
+    }
+}
+
+/// The events of `body` (valid JSON, each an object), as slices of it.
+fn frame(body: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut events = Vec::new();
     let mut values = serde_json::Deserializer::from_slice(body).into_iter::<IgnoredAny>();
-    let mut first = true;
+    let object = |event: &[u8], index: usize| {
+        if event.starts_with(b"{") {
+            return Ok(());
+        }
+        Err(format!(
+            "event {index}: expected a JSON object, found {}",
+            shortened(&String::from_utf8_lossy(event))
+        ))
+    };
     loop {
         let start = values.byte_offset();
         match values.next() {
@@ -78,19 +270,28 @@ pub(crate) fn check<'a>(
             Some(Ok(_)) => {}
         }
         let value = body[start..values.byte_offset()].trim_ascii();
-        if first && value.starts_with(b"[") {
+        if start == 0 && value.starts_with(b"[") {
             for event in array_elements(value) {
-                take(event, &mut lines)?;
+                object(event, events.len())?;
+                events.push(event);
             }
         } else {
-            take(value, &mut lines)?;
+            object(value, events.len())?;
+            events.push(value);
         }
-        first = false;
     }
-    if count == 0 {
+    if events.is_empty() {
         return Err("the body holds no events".into());
     }
-    Ok(Events::Many { count, lines })
+    Ok(events)
+}
+
+/// The Arrow decoder's error, without its prefix.
+fn decoder_message(error: &ArrowError) -> String {
+    match error {
+        ArrowError::JsonError(message) => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The elements of a JSON array that `serde_json` has already found
@@ -128,74 +329,48 @@ fn array_elements(array: &[u8]) -> Vec<&[u8]> {
     elements
 }
 
-/// Checks one event (valid JSON) against the schema.
-fn check_event(event: &[u8], schema: &Schema, required: &[String]) -> Result<(), String> {
-    if !event.starts_with(b"{") {
-        return Err(format!(
-            "expected a JSON object, found {}",
-            shortened(&String::from_utf8_lossy(event))
-        ));
+/// If `body` is one JSON object (and nothing else), whether its fields'
+/// values are of their columns' types.
+fn one_object(body: &[u8], schema: &Schema) -> Option<Result<(), String>> {
+    if !body.starts_with(b"{") {
+        return None;
     }
-    let mut parser = serde_json::Deserializer::from_slice(event);
-    let found = EventCheck { schema }
-        .deserialize(&mut parser)
-        .map_err(|e| format!("the event is not valid JSON: {e}"))??;
-    match missing_required(schema, required, &found) {
-        Some(field) => Err(format!("field `{field}` is required")),
-        None => Ok(()),
-    }
-}
-
-/// Whether `body` is one JSON object, and an event that fits the schema.
-fn is_one_fitting_event(body: &[u8], schema: &Schema, required: &[String]) -> bool {
     let mut parser = serde_json::Deserializer::from_slice(body);
-    let found = EventCheck { schema }.deserialize(&mut parser);
-    match found {
-        Ok(Ok(present)) => {
-            parser.end().is_ok() && missing_required(schema, required, &present).is_none()
-        }
-        _ => false,
-    }
+    let checked = TypeCheck { schema }.deserialize(&mut parser).ok()?;
+    parser.end().ok()?;
+    Some(checked)
 }
 
-/// The first required field an event lacks (`present` says which of the
-/// schema's fields it has).
-fn missing_required<'a>(
-    schema: &'a Schema,
-    required: &[String],
-    present: &[bool],
-) -> Option<&'a str> {
-    schema
-        .fields()
-        .iter()
-        .zip(present)
-        .find(|(field, present)| !**present && required.iter().any(|r| r == field.name()))
-        .map(|(field, _)| field.name().as_str())
+/// The first field of `event` (a JSON object) whose value is not of its
+/// column's type, described for a person: ``field `id` should be Int64,
+/// found "three"``. `None` if every field it looks at fits.
+fn describe_misfit(event: &[u8], schema: &Schema) -> Option<String> {
+    let mut parser = serde_json::Deserializer::from_slice(event);
+    TypeCheck { schema }.deserialize(&mut parser).ok()?.err()
 }
 
-/// Which of the schema's fields an event has (not null), or the first one
-/// that does not fit its type.
-struct EventCheck<'a> {
+/// Reads an event through, finding the first field whose value does not
+/// fit its column's type.
+struct TypeCheck<'a> {
     schema: &'a Schema,
 }
 
-impl<'de> DeserializeSeed<'de> for EventCheck<'_> {
-    type Value = Result<Vec<bool>, String>;
+impl<'de> DeserializeSeed<'de> for TypeCheck<'_> {
+    type Value = Result<(), String>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for EventCheck<'_> {
-    type Value = Result<Vec<bool>, String>;
+impl<'de> Visitor<'de> for TypeCheck<'_> {
+    type Value = Result<(), String>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut present = vec![false; self.schema.fields().len()];
         let mut problem = None;
         while let Some(index) = map.next_key_seed(FieldIndex(self.schema))? {
             // Once a field is wrong the rest is only read through.
@@ -204,19 +379,15 @@ impl<'de> Visitor<'de> for EventCheck<'_> {
                 continue;
             };
             let field = &self.schema.fields()[index];
-            match map.next_value_seed(ValueCheck(field.data_type()))? {
-                Checked::Null => present[index] = false,
-                Checked::Fits => present[index] = true,
-                Checked::Misfit(found) => {
-                    problem = Some(format!(
-                        "field `{}` should be {}, found {found}",
-                        field.name(),
-                        field.data_type()
-                    ));
-                }
+            if let Checked::Misfit(found) = map.next_value_seed(ValueCheck(field.data_type()))? {
+                problem = Some(format!(
+                    "field `{}` should be {}, found {found}",
+                    field.name(),
+                    field.data_type()
+                ));
             }
         }
-        Ok(problem.map_or(Ok(present), Err))
+        Ok(problem.map_or(Ok(()), Err))
     }
 }
 
@@ -245,7 +416,6 @@ impl<'de> Visitor<'de> for FieldIndex<'_> {
 
 /// What a field's value turned out to be.
 enum Checked {
-    Null,
     Fits,
     /// It does not fit; what was found instead, for the error.
     Misfit(String),
@@ -276,25 +446,31 @@ impl fmt::Display for Found<'_> {
     }
 }
 
-/// Whether a JSON value can be read as `data_type`.
+/// Whether a JSON value can be read as `data_type`, as far as its kind
+/// and range go (the decoder has the last word).
 fn fits(data_type: &DataType, found: &Found<'_>) -> bool {
     let integer = match found {
-        Found::Int(n) => Some(*n),
-        Found::UInt(n) => i64::try_from(*n).ok(),
+        Found::Int(n) => Some(i128::from(*n)),
+        Found::UInt(n) => Some(i128::from(*n)),
         _ => None,
     };
+    let within = |low: i128, high: i128| integer.is_some_and(|n| (low..=high).contains(&n));
     match data_type {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => integer.is_some(),
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-            matches!(found, Found::UInt(_))
-        }
+        DataType::Int8 => within(i8::MIN.into(), i8::MAX.into()),
+        DataType::Int16 => within(i16::MIN.into(), i16::MAX.into()),
+        DataType::Int32 => within(i32::MIN.into(), i32::MAX.into()),
+        DataType::Int64 => within(i64::MIN.into(), i64::MAX.into()),
+        DataType::UInt8 => within(0, u8::MAX.into()),
+        DataType::UInt16 => within(0, u16::MAX.into()),
+        DataType::UInt32 => within(0, u32::MAX.into()),
+        DataType::UInt64 => within(0, u64::MAX.into()),
         DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
             matches!(found, Found::Int(_) | Found::UInt(_) | Found::Float(_))
         }
         DataType::Boolean => matches!(found, Found::Bool(_)),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => matches!(found, Found::Str(_)),
         DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
-            matches!(found, Found::Str(_)) || integer.is_some()
+            matches!(found, Found::Str(_)) || within(i64::MIN.into(), i64::MAX.into())
         }
         DataType::List(_) | DataType::LargeList(_) => matches!(found, Found::Array),
         DataType::Struct(_) => matches!(found, Found::Object),
@@ -331,7 +507,7 @@ impl<'de> Visitor<'de> for ValueCheck<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(Checked::Null)
+        Ok(Checked::Fits)
     }
 
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Checked, E> {
@@ -374,45 +550,30 @@ fn shortened(text: &str) -> String {
     }
 }
 
-/// A record's first line: its metadata (the idempotency key).
-pub(crate) fn record_header(key: Option<&str>) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Header<'a> {
-        key: Option<&'a str>,
-    }
-    serde_json::to_vec(&Header { key }).expect("JSON")
-}
-
-/// The idempotency key of a record's payload, if it has one.
-pub(crate) fn record_key(payload: &[u8]) -> Option<String> {
-    let first = payload.split(|b| *b == b'\n').next()?;
-    let meta: serde_json::Value = serde_json::from_slice(first).ok()?;
-    meta.get("key")?.as_str().map(str::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use arrow::datatypes::Field;
+    use arrow::datatypes::{Field, TimeUnit};
 
     use super::*;
 
-    fn schema() -> Schema {
-        Schema::new(vec![
+    fn schema() -> SchemaRef {
+        let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
+        Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),
-            Field::new(
-                "tags",
-                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-                true,
-            ),
-        ])
+            Field::new("tags", list(DataType::Utf8), true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("small", DataType::Int32, true),
+            Field::new("scores", list(DataType::Int64), true),
+        ]))
     }
 
     /// The events accepted, as the record's lines after the header.
-    fn accept(body: &str) -> Result<Vec<String>, String> {
-        let checked = check(body.as_bytes(), &schema(), &["id".into()])?;
+    fn accept(body: impl AsRef<[u8]>) -> Result<Vec<String>, String> {
+        let check = EventCheck::new(schema(), &["id".into()]);
+        let checked = check.check(body.as_ref())?;
         let count = checked.count();
         let text = String::from_utf8(checked.record(b"").concat()).unwrap();
         let lines: Vec<String> = text.split('\n').skip(1).map(str::to_string).collect();
@@ -442,28 +603,28 @@ mod tests {
     }
 
     #[test]
-    fn the_first_problem_names_its_row_and_field() {
+    fn the_first_problem_names_its_event_and_field() {
         let refused = |body: &str| accept(body).unwrap_err();
         assert_eq!(
             refused(r#"{"id":1}{"id":"three"}"#),
-            r#"row 1: field `id` should be Int64, found "three""#
+            r#"event 1: field `id` should be Int64, found "three""#
         );
         assert_eq!(
             refused(r#"[{"id":1},{"name":"x"}]"#),
-            "row 1: field `id` is required"
+            "event 1: field `id` is required"
         );
-        assert_eq!(refused(r#"{"id":null}"#), "row 0: field `id` is required");
+        assert_eq!(refused(r#"{"id":null}"#), "event 0: field `id` is required");
         assert_eq!(
             refused(r#"{"id":1.5}"#),
-            "row 0: field `id` should be Int64, found 1.5"
+            "event 0: field `id` should be Int64, found 1.5"
         );
         assert_eq!(
             refused(r#"{"id":1,"tags":"x"}"#),
-            r#"row 0: field `tags` should be List(Utf8), found "x""#
+            r#"event 0: field `tags` should be List(Utf8), found "x""#
         );
         assert_eq!(
             refused(r#"[{"id":1}, 7]"#),
-            "row 1: expected a JSON object, found 7"
+            "event 1: expected a JSON object, found 7"
         );
         assert!(refused(r#"{"id":1"#).starts_with("the body is not valid JSON"));
         assert_eq!(refused(" [] "), "the body holds no events");
@@ -471,10 +632,54 @@ mod tests {
     }
 
     #[test]
+    fn what_the_decoder_refuses_is_refused_at_ingest() {
+        let refused = |body: &[u8]| accept(body).unwrap_err();
+        let at = refused(br#"{"id":3,"at":"not a date"}"#);
+        assert!(at.starts_with("event 0: ") && at.contains("at"), "{at}");
+        assert_eq!(
+            refused(br#"{"id":4,"small":3000000000}"#),
+            "event 0: field `small` should be Int32, found 3000000000"
+        );
+        let list = refused(br#"{"id":5,"scores":[1,"two"]}"#);
+        assert!(
+            list.starts_with("event 0: ") && list.contains("scores"),
+            "{list}"
+        );
+        let utf8 = refused(b"{\"id\":6,\"undeclared\":\"\xff\"}");
+        assert!(
+            utf8.starts_with("event 0: ") || utf8.contains("JSON"),
+            "{utf8}"
+        );
+        // Decodes, but no sink could write it.
+        assert_eq!(
+            refused(br#"{"id":8,"at":9223372036854775807}"#),
+            "event 0: field `at`: 9223372036854775807 is out of range for Timestamp(ms)"
+        );
+        // A good event does not carry a bad one in with it.
+        let mixed = refused(br#"[{"id":1,"at":"2026-01-01T00:00:00Z"},{"id":2,"at":"soon"}]"#);
+        assert!(mixed.starts_with("event 1: "), "{mixed}");
+    }
+
+    #[test]
     fn an_escaped_key_is_still_its_field() {
         assert_eq!(
             accept(r#"{"\u0069d":"x"}"#).unwrap_err(),
-            r#"row 0: field `id` should be Int64, found "x""#
+            r#"event 0: field `id` should be Int64, found "x""#
         );
+    }
+
+    #[test]
+    fn every_event_of_a_body_larger_than_a_batch_is_decoded() {
+        let decoder = EventDecoder::new(schema(), 7);
+        let lines: String = (0..100).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+        let (first, second) = lines.as_bytes().split_at(333);
+        let batch = decoder.decode([first, second]).unwrap();
+        assert_eq!(batch.num_rows(), 100);
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values().to_vec(), (0..100).collect::<Vec<i64>>());
     }
 }

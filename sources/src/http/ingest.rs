@@ -1,12 +1,24 @@
 //! The HTTP side: accepting requests into the buffer, and their status.
+//!
+//! A `POST` is answered 202 only once all of it is in the buffer, synced:
+//! - its sender is checked first, from the headers where that is enough
+//!   ([`super::auth`]), then its rate;
+//! - its body is read whole (up to `max_body_bytes`, decompressed), and
+//!   every event in it decoded as the pipeline will decode it
+//!   ([`super::events`]);
+//! - its keys are claimed ([`super::keys`]): a retry gets the first
+//!   request's id, a replay of a signed request is refused;
+//! - and it is appended to the buffer as one record.
+//!
+//! Anything short of that answers an error and admits nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
@@ -17,108 +29,94 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Notify, Semaphore};
 
-use super::auth::{Authenticator, Client};
+use super::auth::{Authenticator, Client, Refusal, Screened};
 use super::config::HttpSourceConfig;
-use super::events;
+use super::events::EventCheck;
+use super::ids::{RequestIds, Scope};
+use super::keys::{self, Claim, Fingerprint, KeyKind, RequestKey, RequestKeys};
 
 /// What the server and the source share about one stream.
 pub(crate) struct Stream {
     pub(crate) config: HttpSourceConfig,
-    pub(crate) schema: SchemaRef,
     pub(crate) log: DurableLog,
     /// The offset the source reads next: records before it are being
     /// processed (or done, once released).
     pub(crate) read: AtomicU64,
-    pub(crate) keys: IdempotencyKeys,
+    pub(crate) keys: RequestKeys,
     /// Requests whose events could not be decoded when read back, sent to
     /// the dead letters instead (until the process restarts).
-    pub(crate) dead_lettered: Mutex<std::collections::HashSet<u64>>,
+    pub(crate) dead_lettered: Mutex<HashSet<u64>>,
     /// Which checkpoint released the records below each offset, oldest
     /// first (this run's only).
     pub(crate) released_by: Mutex<Vec<(u64, u64)>>,
+    check: EventCheck,
+    ids: RequestIds,
+    /// Each client's scope, worked out once.
+    scopes: HashMap<Client, Scope>,
     auth: Option<Authenticator>,
     limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
 }
 
-/// Idempotency keys and the record each admitted, so that a retried
-/// request gets the same id.
-#[derive(Default)]
-pub(crate) struct IdempotencyKeys {
-    inner: Mutex<Keys>,
-}
-
-#[derive(Default)]
-struct Keys {
-    by_key: HashMap<String, KeyState>,
-    /// The keys of records not released yet, by offset: what a release
-    /// hands on to the file of released keys, without a scan of them all.
-    unreleased: BTreeMap<u64, String>,
-}
-
-#[derive(Clone)]
-enum KeyState {
-    /// A request with this key is being appended; its offset comes here.
-    Appending(watch::Receiver<Option<u64>>),
-    Appended(u64),
-}
-
-impl IdempotencyKeys {
-    /// Remembers the key of a record in the log.
-    pub(crate) fn insert_appended(&self, key: String, offset: u64) {
-        let mut keys = self.inner.lock().expect("keys");
-        keys.unreleased.insert(offset, key.clone());
-        keys.by_key.insert(key, KeyState::Appended(offset));
-    }
-
-    /// Remembers the key of a record released before (from the file of
-    /// released keys).
-    pub(crate) fn insert_released(&self, key: String, offset: u64) {
-        let mut keys = self.inner.lock().expect("keys");
-        keys.by_key.insert(key, KeyState::Appended(offset));
-    }
-
-    /// The keys of the records before `offset` not released until now,
-    /// which are being released.
-    pub(crate) fn take_released(&self, offset: u64) -> Vec<(String, u64)> {
-        let mut keys = self.inner.lock().expect("keys");
-        let later = keys.unreleased.split_off(&offset);
-        let released = std::mem::replace(&mut keys.unreleased, later);
-        released
-            .into_iter()
-            .map(|(offset, key)| (key, offset))
-            .collect()
-    }
-}
+/// Where a stream keeps the keys of released records.
+const RELEASED_KEYS: &str = "idempotency-keys.jsonl";
 
 impl Stream {
+    /// The stream of `config`, over its opened buffer, reading from `read`.
     pub(crate) fn new(
         config: HttpSourceConfig,
         schema: SchemaRef,
         log: DurableLog,
         read: u64,
-    ) -> Stream {
+    ) -> std::io::Result<Stream> {
+        let ids = RequestIds::open(&config.buffer.dir)?;
         let auth = config.auth.as_ref().map(Authenticator::new);
+        let mut clients = vec![Client::Anyone];
+        if let Some(auth) = &config.auth {
+            clients.extend((0..auth.bearer_tokens.len()).map(Client::Token));
+            clients.extend((0..auth.hmac_secrets.len()).map(Client::Signer));
+        }
+        let scopes: HashMap<Client, Scope> = clients
+            .into_iter()
+            .map(|client| {
+                let (kind, credential) = match &auth {
+                    Some(auth) => auth.credential(client),
+                    None => ("anyone", &[][..]),
+                };
+                (client, ids.scope(kind, credential))
+            })
+            .collect();
         let limiter = config.rate_limit.as_ref().map(|limit| {
             let rate = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
             let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        Stream {
+        let webhook_memory = config
+            .auth
+            .as_ref()
+            .map_or(Duration::ZERO, |a| a.tolerance * 2);
+        let keys = RequestKeys::new(
+            config.buffer.dir.join(RELEASED_KEYS),
+            webhook_memory,
+            scopes[&Client::Anyone],
+        );
+        Ok(Stream {
+            check: EventCheck::new(schema, &config.required),
             config,
-            schema,
             log,
             read: AtomicU64::new(read),
-            keys: IdempotencyKeys::default(),
+            keys,
             dead_lettered: Mutex::default(),
             released_by: Mutex::default(),
+            ids,
+            scopes,
             auth,
             limiter,
-        }
+        })
     }
 
-    fn status_url(&self, id: u64) -> String {
+    fn status_url(&self, id: &str) -> String {
         format!("/v1/streams/{}/events/{id}", self.config.stream)
     }
 }
@@ -149,9 +147,15 @@ pub(crate) async fn handle(
     }
     match (id, &parts.method) {
         (None, &Method::POST) => accept(stream, peer, &parts.headers, body).await,
-        (Some(id), &Method::GET) => status(stream, id),
-        (None, _) => refuse(StatusCode::METHOD_NOT_ALLOWED, "POST events here"),
-        (Some(_), _) => refuse(StatusCode::METHOD_NOT_ALLOWED, "GET a status here"),
+        (Some(id), &Method::GET) => status(stream, peer, &parts.headers, id),
+        (None, _) => allow(
+            "POST",
+            refuse(StatusCode::METHOD_NOT_ALLOWED, "POST events here"),
+        ),
+        (Some(_), _) => allow(
+            "GET",
+            refuse(StatusCode::METHOD_NOT_ALLOWED, "GET a status here"),
+        ),
     }
 }
 
@@ -172,11 +176,61 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     json_answer(status, serde_json::to_vec(&body).expect("JSON"))
 }
 
-fn retry_after(mut response: Response, seconds: u64) -> Response {
+fn retry_after(mut response: Response, wait: Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
+}
+
+fn allow(methods: &'static str, mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(methods));
+    response
+}
+
+/// The answer to refused credentials.
+fn refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Unauthorized(message) => refuse(StatusCode::UNAUTHORIZED, message),
+        Refusal::TooManyFailures(wait) => retry_after(
+            refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed attempts from this address; try again later",
+            ),
+            wait,
+        ),
+    }
+}
+
+/// Who sent a request, as far as its headers tell: a client, or a signed
+/// request to verify once its body is read.
+fn screen(stream: &Stream, peer: SocketAddr, headers: &HeaderMap) -> Result<Screened, Refusal> {
+    match &stream.auth {
+        None => Ok(Screened::Client(Client::Anyone)),
+        Some(auth) => auth.screen(headers, peer.ip()),
+    }
+}
+
+/// Refuses `client` if it is over its rate.
+fn over_rate(stream: &Stream, peer: SocketAddr, client: Client) -> Option<Response> {
+    let limiter = stream.limiter.as_ref()?;
+    // Authenticated clients are limited per credential, others per
+    // address.
+    let key = match client {
+        Client::Anyone => (client, Some(peer.ip())),
+        known => (known, None),
+    };
+    let not_until = limiter.check_key(&key).err()?;
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ));
+    Some(retry_after(
+        refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
+        wait,
+    ))
 }
 
 async fn accept(
@@ -185,6 +239,84 @@ async fn accept(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Response {
+    let screened = match screen(stream, peer, headers) {
+        Ok(screened) => screened,
+        Err(refusal) => return refused(refusal),
+    };
+    if let Screened::Client(client) = screened
+        && let Some(response) = over_rate(stream, peer, client)
+    {
+        return response;
+    }
+    let raw = match read_body(stream, body).await {
+        Ok(raw) => raw,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let (client, webhook_id) = match screened {
+        Screened::Client(client) => (client, None),
+        Screened::Signed(signed) => {
+            let auth = stream.auth.as_ref().expect("signed requests need auth");
+            match auth.verify(&signed, &raw, peer.ip()) {
+                Ok(client) => {
+                    if let Some(response) = over_rate(stream, peer, client) {
+                        return response;
+                    }
+                    (client, Some(signed.id))
+                }
+                Err(refusal) => return refused(refusal),
+            }
+        }
+    };
+    let scope = stream.scopes[&client];
+    let idempotency_key = match idempotency_key(headers) {
+        Ok(key) => key,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let body = match decompress(headers, raw, stream.config.max_body_bytes as usize) {
+        Ok(body) => body,
+        Err((status, message)) => return refuse(status, message),
+    };
+    let checked = match stream.check.check(&body) {
+        Ok(checked) => checked,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let claims = Claims {
+        webhook: webhook_id.map(|key| RequestKey {
+            kind: KeyKind::Webhook,
+            scope,
+            key,
+        }),
+        idempotency: idempotency_key.map(|key| {
+            let key = RequestKey {
+                kind: KeyKind::Idempotency,
+                scope,
+                key,
+            };
+            (key, keys::fingerprint(&body))
+        }),
+    };
+    let mut stored = Vec::new();
+    stored.extend(claims.webhook.clone().map(|key| (key, None)));
+    stored.extend(
+        claims
+            .idempotency
+            .as_ref()
+            .map(|(key, body)| (key.clone(), Some(*body))),
+    );
+    let header = keys::record_header(&stored);
+    admit(
+        stream,
+        scope,
+        claims,
+        checked.count(),
+        &checked.record(&header),
+    )
+    .await
+}
+
+/// Reads a request's body whole, up to `max_body_bytes`, within
+/// `request_timeout`.
+async fn read_body(stream: &Stream, body: Incoming) -> Result<Bytes, (StatusCode, String)> {
     let limit = stream.config.max_body_bytes as usize;
     // A small body has usually arrived with the headers: only a body
     // still on its way needs a timer.
@@ -193,188 +325,197 @@ async fn accept(
         Some(read) => Ok(read),
         None => tokio::time::timeout(stream.config.request_timeout, collect).await,
     };
-    let raw = match read {
-        Err(_) => {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took too long to arrive",
-            );
-        }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over {limit} bytes"),
-            );
-        }
-        Ok(Err(e)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("the body could not be read: {e}"),
-            );
-        }
-        Ok(Ok(raw)) => raw.to_bytes(),
-    };
-    let client = match &stream.auth {
-        None => Client::Anyone,
-        Some(auth) => match auth.check(headers, &raw) {
-            Ok(client) => client,
-            Err(message) => return refuse(StatusCode::UNAUTHORIZED, message),
-        },
-    };
-    if let Some(limiter) = &stream.limiter {
-        // Authenticated clients are limited per credential, others per
-        // address.
-        let key = match client {
-            Client::Anyone => (client, Some(peer.ip())),
-            known => (known, None),
-        };
-        if let Err(not_until) = limiter.check_key(&key) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            return retry_after(
-                refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
-                wait.as_secs_f64().ceil() as u64,
-            );
-        }
+    match read {
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "the body took too long to arrive".into(),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {limit} bytes"),
+        )),
+        Ok(Err(e)) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read: {e}"),
+        )),
+        Ok(Ok(raw)) => Ok(raw.to_bytes()),
     }
-    let body = match decompress(headers, raw, limit) {
-        Ok(body) => body,
-        Err((status, message)) => return refuse(status, message),
-    };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let checked = match events::check(&body, &stream.schema, &stream.config.required) {
-        Ok(checked) => checked,
-        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
-    };
-    let header = events::record_header(key.as_deref());
-    admit(stream, key, checked.count(), &checked.record(&header)).await
 }
 
-/// The body, gunzipped if it says it is gzip, up to `limit` bytes; or the
-/// status and reason to refuse it with.
-fn decompress(
+/// Longest idempotency key taken, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key`, if it sent one: any UTF-8 text of 1
+/// to 255 bytes, bare or as a quoted string (the IETF draft's form).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let bytes = bytes
+        .strip_prefix(b"\"")
+        .and_then(|b| b.strip_suffix(b"\""))
+        .unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Err("`Idempotency-Key` is empty".into());
+    }
+    if bytes.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(format!(
+            "`Idempotency-Key` is {} bytes; at most {MAX_IDEMPOTENCY_KEY} are taken",
+            bytes.len()
+        ));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map(Some)
+        .map_err(|_| "`Idempotency-Key` is not UTF-8 text".into())
+}
+
+/// The body, decompressed if it says it is gzip, up to `limit` bytes; or
+/// the status and reason to refuse it with. Every gzip member is read, and
+/// anything that is not a whole gzip stream refused: a body is admitted
+/// whole or not at all.
+pub(super) fn decompress(
     headers: &HeaderMap,
     raw: Bytes,
     limit: usize,
 ) -> Result<Bytes, (StatusCode, String)> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity");
-    match encoding {
-        "identity" => Ok(raw),
-        "gzip" => {
-            let mut out = Vec::new();
-            let mut decoder = flate2::read::GzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
-            decoder.read_to_end(&mut out).map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("the gzip body is broken: {e}"),
-                )
-            })?;
-            if out.len() > limit {
-                return Err((
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over {limit} bytes once decompressed"),
-                ));
-            }
-            Ok(out.into())
-        }
-        other => Err((
+    let Some(encoding) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(raw);
+    };
+    let encoding = encoding.to_str().unwrap_or_default().trim();
+    let is = |name: &str| encoding.eq_ignore_ascii_case(name);
+    if is("identity") {
+        return Ok(raw);
+    }
+    if !is("gzip") && !is("x-gzip") {
+        return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("`Content-Encoding: {other}` is not supported; send gzip or nothing"),
-        )),
+            format!("`Content-Encoding: {encoding}` is not supported; send gzip or nothing"),
+        ));
     }
+    let broken = |e: &dyn std::fmt::Display| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the gzip body is not a whole gzip stream: {e}"),
+        )
+    };
+    if raw.is_empty() {
+        return Err(broken(&"it is empty"));
+    }
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
+    decoder.read_to_end(&mut out).map_err(|e| broken(&e))?;
+    if out.len() > limit {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {limit} bytes once decompressed"),
+        ));
+    }
+    Ok(out.into())
 }
 
-/// What a request with an idempotency key is to do.
-enum Claim {
-    /// An earlier request with the key was admitted as this record.
-    Appended(u64),
-    /// An earlier request with the key is being appended: wait for it.
-    Wait(watch::Receiver<Option<u64>>),
-    /// This request is the first: append, then say so here.
-    Append(watch::Sender<Option<u64>>),
-}
-
-impl IdempotencyKeys {
-    fn claim(&self, key: &str) -> Claim {
-        let mut keys = self.inner.lock().expect("keys");
-        match keys.by_key.get(key) {
-            Some(KeyState::Appended(offset)) => Claim::Appended(*offset),
-            Some(KeyState::Appending(receiver)) => Claim::Wait(receiver.clone()),
-            None => {
-                let (sender, receiver) = watch::channel(None);
-                keys.by_key
-                    .insert(key.to_string(), KeyState::Appending(receiver));
-                Claim::Append(sender)
-            }
-        }
-    }
-
-    fn settle(&self, key: String, sender: watch::Sender<Option<u64>>, appended: Option<u64>) {
-        let mut keys = self.inner.lock().expect("keys");
-        match appended {
-            Some(offset) => {
-                keys.unreleased.insert(offset, key.clone());
-                keys.by_key.insert(key, KeyState::Appended(offset));
-                let _ = sender.send(Some(offset));
-            }
-            // Failed: a retry may try again (waiters see the sender go).
-            None => {
-                keys.by_key.remove(&key);
-            }
-        }
-    }
+/// The keys a request claims.
+struct Claims {
+    /// A signed request's id: a replay is refused.
+    webhook: Option<RequestKey>,
+    /// Its idempotency key and body: a retry gets the first id.
+    idempotency: Option<(RequestKey, Fingerprint)>,
 }
 
 /// Appends a request's record (of `events` events) and answers 202 once
-/// it is durable. The first request with an idempotency key appends;
-/// retries get its id.
-async fn admit(stream: &Stream, key: Option<String>, events: u32, record: &[&[u8]]) -> Response {
-    let Some(key) = key else {
-        return answer(stream, stream.log.append_parts(events, record).await);
-    };
-    match stream.keys.claim(&key) {
-        Claim::Appended(offset) => answer(stream, Ok(offset)),
-        Claim::Wait(mut receiver) => match receiver.wait_for(Option::is_some).await {
-            Ok(offset) => {
-                let offset = offset.expect("waited for some");
-                answer(stream, Ok(offset))
+/// it is durable. Its keys are claimed first: a replay is refused, a retry
+/// gets the first request's id; they are settled by the append.
+async fn admit(
+    stream: &Stream,
+    scope: Scope,
+    claims: Claims,
+    events: u32,
+    record: &[&[u8]],
+) -> Response {
+    let webhook = match &claims.webhook {
+        None => None,
+        Some(key) => match stream.keys.claim(key, None) {
+            Claim::Append(sender) => Some((key, sender)),
+            Claim::Wait(mut receiver) => {
+                return match receiver.wait_for(Option::is_some).await {
+                    Ok(_) => replay(key),
+                    Err(_) => earlier_failed("webhook-id"),
+                };
             }
-            Err(_) => retry_after(
-                refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "an earlier request with this key failed; retry",
-                ),
-                1,
-            ),
+            Claim::Appended(_) | Claim::OtherBody => return replay(key),
         },
-        Claim::Append(sender) => {
-            let result = stream.log.append_parts(events, record).await;
-            stream
-                .keys
-                .settle(key, sender, result.as_ref().ok().copied());
-            answer(stream, result)
+    };
+    // Until it is appended, the webhook id is only claimed: given up, a
+    // retry may claim it again.
+    let give_up = |webhook: Option<(&RequestKey, _)>| {
+        if let Some((key, sender)) = webhook {
+            stream.keys.settle(key, sender, None);
         }
+    };
+    let idempotency = match &claims.idempotency {
+        None => None,
+        Some((key, body)) => match stream.keys.claim(key, Some(*body)) {
+            Claim::Append(sender) => Some((key, sender)),
+            Claim::Appended(offset) => {
+                give_up(webhook);
+                return answer(stream, scope, Ok(offset));
+            }
+            Claim::Wait(mut receiver) => {
+                give_up(webhook);
+                return match receiver.wait_for(Option::is_some).await {
+                    Ok(offset) => answer(stream, scope, Ok(offset.expect("waited for some"))),
+                    Err(_) => earlier_failed("key"),
+                };
+            }
+            Claim::OtherBody => {
+                give_up(webhook);
+                return refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "`Idempotency-Key: {}` was used for a request with another body",
+                        key.key
+                    ),
+                );
+            }
+        },
+    };
+    let result = stream.log.append_parts(events, record).await;
+    let appended = result.as_ref().ok().copied();
+    for (key, sender) in webhook.into_iter().chain(idempotency) {
+        stream.keys.settle(key, sender, appended);
     }
+    answer(stream, scope, result)
 }
 
-fn answer(stream: &Stream, appended: Result<u64, AppendError>) -> Response {
+fn replay(key: &RequestKey) -> Response {
+    refuse(
+        StatusCode::UNAUTHORIZED,
+        format!("request `{}` was already received (a replay)", key.key),
+    )
+}
+
+fn earlier_failed(what: &str) -> Response {
+    retry_after(
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("an earlier request with this {what} failed; retry"),
+        ),
+        Duration::from_secs(1),
+    )
+}
+
+fn answer(stream: &Stream, scope: Scope, appended: Result<u64, AppendError>) -> Response {
     match appended {
-        Ok(id) => {
+        Ok(offset) => {
             #[derive(serde::Serialize)]
             struct Accepted<'a> {
                 id: &'a str,
                 status_url: &'a str,
             }
-            let status_url = stream.status_url(id);
+            let id = stream.ids.id(offset, scope);
+            let status_url = stream.status_url(&id);
             let body = serde_json::to_vec(&Accepted {
-                id: &id.to_string(),
+                id: &id,
                 status_url: &status_url,
             })
             .expect("JSON");
@@ -389,21 +530,38 @@ fn answer(stream: &Stream, appended: Result<u64, AppendError>) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the buffer is full; nothing of this request was accepted",
             ),
-            1,
+            Duration::from_secs(1),
         ),
         Err(AppendError::Failed(e)) => retry_after(
             refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("could not store the events: {e}"),
             ),
-            5,
+            Duration::from_secs(5),
         ),
     }
 }
 
-fn status(stream: &Stream, id: &str) -> Response {
+/// A request's status, for the client that posted it (with the same
+/// credentials) and nobody else.
+fn status(stream: &Stream, peer: SocketAddr, headers: &HeaderMap, id: &str) -> Response {
+    let client = match screen(stream, peer, headers) {
+        Ok(Screened::Client(client)) => client,
+        Ok(Screened::Signed(signed)) => {
+            let auth = stream.auth.as_ref().expect("signed requests need auth");
+            match auth.verify(&signed, b"", peer.ip()) {
+                Ok(client) => client,
+                Err(refusal) => return refused(refusal),
+            }
+        }
+        Err(refusal) => return refused(refusal),
+    };
     let name = &stream.config.stream;
-    let Some(offset) = id.parse::<u64>().ok().filter(|o| *o < stream.log.end()) else {
+    let Some(offset) = stream
+        .ids
+        .offset(id, stream.scopes[&client])
+        .filter(|o| *o < stream.log.end())
+    else {
         return refuse(StatusCode::NOT_FOUND, format!("no request `{id}`"));
     };
     let lost = stream
@@ -446,52 +604,188 @@ fn status(stream: &Stream, id: &str) -> Response {
     json_answer(StatusCode::OK, serde_json::to_vec(&body).expect("JSON"))
 }
 
+/// How the server treats connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// From accepting a connection, or answering its last request, to the
+    /// end of the next request's headers (a TLS handshake included): a
+    /// connection that takes longer is closed.
+    pub(crate) deadline: Duration,
+    /// Most connections open at once.
+    pub(crate) max_connections: usize,
+}
+
 /// Serves the stream's requests on `listener` until dropped, over TLS if
-/// given one. Headers (and the TLS handshake) must arrive within
-/// `timeout`, so slow clients cannot hold connections.
+/// given one.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     stream: Arc<Stream>,
-    timeout: Duration,
+    limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((socket, peer)) = listener.accept().await else {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(error) => {
+                backoff.failed(&error).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            turn_away(socket, tls.is_some());
             continue;
         };
-        let stream = stream.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let stream = stream.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&stream, peer, request).await) }
-        });
+        let clock = Arc::new(ConnectionClock::new());
+        let service = {
+            let (stream, clock) = (stream.clone(), clock.clone());
+            hyper::service::service_fn(move |request| {
+                let (stream, busy) = (stream.clone(), clock.request());
+                async move {
+                    let response = handle(&stream, peer, request).await;
+                    drop(busy);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
         let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
-            match tls {
-                None => {
-                    let _ = builder
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
+            let connection = async {
+                match tls {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(socket), service)
+                            .await;
+                    }
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(socket).await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 }
-                Some(tls) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(socket)).await
-                    else {
-                        return;
-                    };
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                }
+            };
+            // Dropping the connection closes it.
+            tokio::select! {
+                () = connection => {}
+                () = clock.idle_for(limits.deadline) => {}
             }
+            drop(permit);
         });
+    }
+}
+
+/// Answers a connection past `max_connections` with a 503 (a TLS one,
+/// which cannot be answered before its handshake, is only closed).
+fn turn_away(socket: tokio::net::TcpStream, tls: bool) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+        content-type: application/json\r\ncontent-length: 43\r\nconnection: close\r\n\r\n\
+        {\"error\":\"too many connections; try again\"}";
+    if !tls {
+        // Into the socket's send buffer, never waiting on the client.
+        let _ = socket.try_write(BUSY);
+    }
+}
+
+/// Whether a connection has requests in progress, and since when it has
+/// been idle.
+struct ConnectionClock {
+    state: Mutex<(Instant, usize)>,
+    settled: Notify,
+}
+
+/// A request in progress on a connection; dropped once answered.
+struct Busy(Arc<ConnectionClock>);
+
+impl ConnectionClock {
+    fn new() -> ConnectionClock {
+        ConnectionClock {
+            state: Mutex::new((Instant::now(), 0)),
+            settled: Notify::new(),
+        }
+    }
+
+    fn request(self: &Arc<Self>) -> Busy {
+        self.state.lock().expect("clock").1 += 1;
+        Busy(self.clone())
+    }
+
+    /// Returns once the connection has been idle, with no request in
+    /// progress, for `deadline`.
+    async fn idle_for(&self, deadline: Duration) {
+        loop {
+            let (since, busy) = *self.state.lock().expect("clock");
+            if busy > 0 {
+                self.settled.notified().await;
+                continue;
+            }
+            let until = since + deadline;
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                () = self.settled.notified() => {}
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("clock");
+        state.1 -= 1;
+        if state.1 == 0 {
+            state.0 = Instant::now();
+        }
+        drop(state);
+        self.0.settled.notify_one();
+    }
+}
+
+/// Waits between failed accepts: out of file descriptors, accepting again
+/// at once fails again at once, and would spin.
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MOST: Duration = Duration::from_secs(1);
+
+    fn succeeded(&mut self) {
+        self.wait = None;
+    }
+
+    async fn failed(&mut self, error: &std::io::Error) {
+        use std::io::ErrorKind::*;
+        // A connection that broke before it was accepted is its own
+        // business.
+        if matches!(
+            error.kind(),
+            ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+        ) {
+            return;
+        }
+        let wait = match self.wait {
+            None => {
+                tracing::warn!(%error, "could not accept a connection; waiting before trying again");
+                Self::FIRST
+            }
+            Some(wait) => (wait * 2).min(Self::MOST),
+        };
+        self.wait = Some(wait);
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -500,4 +794,70 @@ pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn encoded(encoding: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_str(encoding).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn every_gzip_member_is_read_and_anything_else_refused() {
+        let mut two = gzip(b"{\"id\":1}\n");
+        two.extend(gzip(b"{\"id\":2}\n"));
+        let body = decompress(&encoded("gzip"), two.clone().into(), 1 << 20).unwrap();
+        assert_eq!(&body[..], b"{\"id\":1}\n{\"id\":2}\n");
+        // Names are matched without regard to case; x-gzip is gzip.
+        for name in ["GZIP", " Gzip ", "x-gzip"] {
+            assert!(
+                decompress(&encoded(name), two.clone().into(), 1 << 20).is_ok(),
+                "{name}"
+            );
+        }
+        let mut trailing = two.clone();
+        trailing.extend_from_slice(b"garbage");
+        let truncated = &two[..two.len() - 3];
+        for broken in [trailing.as_slice(), truncated, b"", b"not gzip"] {
+            let refused = decompress(&encoded("gzip"), Bytes::copy_from_slice(broken), 1 << 20);
+            assert_eq!(refused.unwrap_err().0, StatusCode::BAD_REQUEST);
+        }
+        let bomb = gzip(&vec![b' '; 1 << 20]);
+        let refused = decompress(&encoded("gzip"), bomb.into(), 1000).unwrap_err();
+        assert_eq!(refused.0, StatusCode::PAYLOAD_TOO_LARGE);
+        let other = decompress(&encoded("br"), Bytes::new(), 1000).unwrap_err();
+        assert_eq!(other.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn idempotency_keys_are_utf8_of_1_to_255_bytes() {
+        let key = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert("idempotency-key", HeaderValue::from_bytes(value).unwrap());
+            idempotency_key(&headers)
+        };
+        assert_eq!(key("ключ-1".as_bytes()), Ok(Some("ключ-1".into())));
+        assert_eq!(key(b"\"quoted\""), Ok(Some("quoted".into())));
+        assert!(key(b"").is_err());
+        assert!(key(b"\"\"").is_err());
+        assert!(key(&[b'k'; 256]).is_err());
+        assert_eq!(key(&[b'k'; 255]).unwrap().unwrap().len(), 255);
+        assert!(key(b"\xff\xfe").is_err());
+        assert_eq!(idempotency_key(&HeaderMap::new()), Ok(None));
+    }
 }

@@ -14,7 +14,11 @@
 mod auth;
 mod config;
 mod events;
+#[cfg(test)]
+mod fuzz;
+mod ids;
 mod ingest;
+mod keys;
 mod source;
 
 pub use self::auth::sign;

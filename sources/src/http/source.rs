@@ -1,23 +1,20 @@
 //! The source side: reading accepted events back out of the buffer.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
-use arrow::json::ReaderBuilder;
 use flumen_core::component::SourceContext;
 use flumen_core::dead_letter::Rejected;
-use flumen_core::log::DurableLog;
+use flumen_core::log::{DurableLog, LogRecord};
 use flumen_core::prelude::*;
 use serde_json::json;
 
 use super::config::HttpSourceConfig;
-use super::events;
-use super::ingest::{self, Stream};
+use super::events::{EventDecoder, record_events};
+use super::ingest::{self, ConnectionLimits, Stream};
 
 /// The HTTP ingest source. Built from an [`HttpSourceConfig`].
 #[derive(Debug, Clone)]
@@ -58,6 +55,7 @@ impl SourceFactory for HttpSource {
             checkpointing: false,
             rejected: Vec::new(),
             last_read: None,
+            decoder: EventDecoder::new(self.schema.clone(), self.config.batch_events * 2),
         }))
     }
 }
@@ -75,14 +73,8 @@ struct HttpIngest {
     rejected: Vec<Rejected>,
     /// When the source last read events.
     last_read: Option<Instant>,
+    decoder: EventDecoder,
 }
-
-/// The keys of released records, kept for retries that come after their
-/// records have left the buffer.
-const RELEASED_KEYS: &str = "idempotency-keys.jsonl";
-
-/// How long a released record's idempotency key is remembered.
-const KEY_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 impl HttpIngest {
     fn stream(&self) -> Result<&Arc<Stream>> {
@@ -91,49 +83,26 @@ impl HttpIngest {
             .ok_or_else(|| Error::internal("the HTTP source was not opened"))
     }
 
-    fn keys_file(&self) -> PathBuf {
-        self.config.buffer.dir.join(RELEASED_KEYS)
-    }
-
-    /// Loads the idempotency keys: those of released records from their
-    /// file (forgetting old ones), those of the rest from the log.
+    /// Loads the request keys: those of released records from their file,
+    /// those of the rest from the records' headers.
     fn load_keys(&self, stream: &Stream) -> Result<()> {
-        let now = ingest::now_millis();
-        let mut kept = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(self.keys_file()) {
-            for line in text.lines() {
-                let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                let (Some(key), Some(offset), Some(at)) = (
-                    entry["key"].as_str(),
-                    entry["offset"].as_u64(),
-                    entry["at"].as_u64(),
-                ) else {
-                    continue;
-                };
-                if now.saturating_sub(at) < KEY_MEMORY.as_millis() as u64 {
-                    stream.keys.insert_released(key.to_string(), offset);
-                    kept.push(line.to_string());
-                }
-            }
-            let rewritten = kept.join("\n") + if kept.is_empty() { "" } else { "\n" };
-            std::fs::write(self.keys_file(), rewritten).map_err(|e| {
-                Error::connector(
-                    "http",
-                    false,
-                    format!("{}: {e}", self.keys_file().display()),
-                )
-            })?;
-        }
+        let unreadable = |e: std::io::Error| {
+            Error::connector(
+                "http",
+                false,
+                format!("the keys in {}: {e}", self.config.buffer.dir.display()),
+            )
+        };
+        stream
+            .keys
+            .load_released(ingest::now_millis())
+            .map_err(unreadable)?;
         let mut from = stream.log.released();
         loop {
             let (records, next) = stream.log.read(from, 4096, 64 << 20)?;
-            for record in &records {
-                if let Some(key) = events::record_key(&record.payload) {
-                    stream.keys.insert_appended(key, record.offset);
-                }
-            }
+            stream
+                .keys
+                .restore_unreleased(records.iter().map(|r| (r.offset, &r.payload[..])));
             if records.is_empty() || next == from {
                 break;
             }
@@ -145,87 +114,54 @@ impl HttpIngest {
     /// Records before `offset` are done: keep their keys, free the buffer.
     fn release(&self, offset: u64) -> Result<()> {
         let stream = self.stream()?;
-        let released = stream.log.released();
-        if offset <= released {
+        if offset <= stream.log.released() {
             return Ok(());
         }
-        let keys = stream.keys.take_released(offset);
-        if !keys.is_empty() {
-            let now = ingest::now_millis();
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.keys_file())?;
-            let mut lines = Vec::new();
-            for (key, offset) in keys {
-                serde_json::to_writer(
-                    &mut lines,
-                    &json!({ "key": key, "offset": offset, "at": now }),
-                )
-                .expect("JSON");
-                lines.push(b'\n');
-            }
-            file.write_all(&lines)?;
-            file.sync_data()?;
-        }
+        stream.keys.release(offset, ingest::now_millis())?;
         stream.log.release(offset)
     }
 
-    /// Decodes records' events into one batch. Ingest checked them, so
-    /// they decode; if the schema changed since, the records that no
-    /// longer fit go to the dead letters whole.
-    fn decode(&mut self, records: &[flumen_core::log::LogRecord]) -> Result<Option<RecordBatch>> {
-        let events = |record: &flumen_core::log::LogRecord| -> Option<std::ops::Range<usize>> {
-            // Skip the metadata line.
-            let newline = record.payload.iter().position(|b| *b == b'\n')?;
-            Some(newline + 1..record.payload.len())
-        };
-        let mut decoder = ReaderBuilder::new(self.schema.clone())
-            .with_batch_size(self.config.batch_events.max(1) * 2)
-            .build_decoder()?;
-        let all = records.iter().try_for_each(|record| {
-            if let Some(range) = events(record) {
-                decoder.decode(&record.payload[range])?;
-                // Records end without a newline: separate them.
-                decoder.decode(b"\n")?;
-            }
-            Ok::<_, arrow::error::ArrowError>(())
-        });
-        if let Ok(batch) = all.and_then(|_| decoder.flush()) {
-            return Ok(batch);
-        }
-        // A record is bad: find it, record by record.
-        let mut decoder = ReaderBuilder::new(self.schema.clone())
-            .with_batch_size(self.config.batch_events.max(1) * 2)
-            .build_decoder()?;
-        for record in records {
-            let Some(range) = events(record) else {
-                continue;
-            };
-            let events = &record.payload[range];
-            let mut alone = ReaderBuilder::new(self.schema.clone()).build_decoder()?;
-            if let Err(e) = alone.decode(events).and_then(|_| alone.flush()) {
-                if let Some(stream) = &self.stream {
-                    stream
-                        .dead_lettered
-                        .lock()
-                        .expect("dead letters")
-                        .insert(record.offset);
+    /// Decodes records' events into one batch. Ingest decoded them
+    /// before it admitted them, so they decode; if the schema changed
+    /// since, the records that no longer fit go to the dead letters whole.
+    fn decode(&mut self, records: &[LogRecord]) -> Result<Option<RecordBatch>> {
+        // Records end without a newline: separate them.
+        let parts = records
+            .iter()
+            .flat_map(|record| [record_events(&record.payload), b"\n"]);
+        let decoded = match self.decoder.decode(parts) {
+            Ok(batch) => batch,
+            Err(_) => {
+                let mut kept = Vec::new();
+                for record in records {
+                    let events = record_events(&record.payload);
+                    match self.decoder.decode([events]) {
+                        Ok(batch) => kept.push(batch),
+                        Err(e) => self.dead_letter(record.offset, events, &e),
+                    }
                 }
-                self.rejected.push(Rejected {
-                    error: e.to_string(),
-                    record: String::from_utf8_lossy(events).into_owned(),
-                    position: Some(format!(
-                        "http {} request {}",
-                        self.config.stream, record.offset
-                    )),
-                });
-                continue;
+                arrow::compute::concat_batches(&self.schema, &kept)?
             }
-            decoder.decode(events)?;
-            decoder.decode(b"\n")?;
+        };
+        Ok(Some(decoded).filter(|batch| batch.num_rows() > 0))
+    }
+
+    fn dead_letter(&mut self, offset: u64, events: &[u8], error: &dyn std::fmt::Display) {
+        if let Some(stream) = &self.stream {
+            stream
+                .dead_lettered
+                .lock()
+                .expect("dead letters")
+                .insert(offset);
         }
-        Ok(decoder.flush()?)
+        self.rejected.push(Rejected {
+            error: error.to_string(),
+            record: String::from_utf8_lossy(events).into_owned(),
+            position: Some(format!(
+                "http stream {}, buffer record {offset}",
+                self.config.stream
+            )),
+        });
     }
 }
 
@@ -333,12 +269,18 @@ impl Source for HttpIngest {
         // Resume where the checkpoint says, else after what was released.
         let next = self.next.unwrap_or(0).max(log.released());
         self.next = Some(next);
-        let stream = Arc::new(Stream::new(
-            self.config.clone(),
-            self.schema.clone(),
-            log,
-            next,
-        ));
+        let stream =
+            Stream::new(self.config.clone(), self.schema.clone(), log, next).map_err(|e| {
+                Error::connector(
+                    "http",
+                    false,
+                    format!(
+                        "the request id key in {}: {e}",
+                        self.config.buffer.dir.display()
+                    ),
+                )
+            })?;
+        let stream = Arc::new(stream);
         self.load_keys(&stream)?;
         let listener = std::net::TcpListener::bind(self.listen)
             .and_then(|l| l.set_nonblocking(true).map(|_| l))
@@ -353,10 +295,14 @@ impl Source for HttpIngest {
             self.config.stream
         );
         let tls = self.config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+        let limits = ConnectionLimits {
+            deadline: self.config.request_timeout,
+            max_connections: self.config.max_connections,
+        };
         self.server = Some(tokio::spawn(ingest::serve(
             listener,
             stream.clone(),
-            self.config.request_timeout,
+            limits,
             tls,
         )));
         self.stream = Some(stream);
