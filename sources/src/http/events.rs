@@ -11,6 +11,9 @@
 //! and the decoded rows checked for `required` columns and for values no
 //! sink could write ([`flumen_core::writable`]). So a request answered 202
 //! decodes when it is read back: the one check is the decoder itself.
+//! Where the schema's columns are all integers, `float64`, booleans or
+//! strings, reading one object through settles what the decoder makes of
+//! it, and it is not decoded twice (see `settled_by_reading`).
 //!
 //! The events' bytes go into the record unchanged (fields outside the
 //! schema included). A body that is one object, the usual case, is framed
@@ -143,6 +146,10 @@ pub(crate) struct EventCheck {
     decoder: EventDecoder,
     /// Columns that must be present and not null, by index.
     required: Vec<usize>,
+    /// Whether reading an event through with `serde_json` settles what
+    /// the decoder makes of it, so that one object need not also be
+    /// decoded (see [`settled_by_reading`]).
+    settled_by_reading: bool,
 }
 
 impl EventCheck {
@@ -152,6 +159,7 @@ impl EventCheck {
             .filter_map(|name| schema.index_of(name).ok())
             .collect();
         EventCheck {
+            settled_by_reading: settled_by_reading(&schema),
             // Requests are small: a decoder for a few hundred events
             // at a time is enough, and quick to reuse.
             decoder: EventDecoder::new(schema, 256),
@@ -165,7 +173,15 @@ impl EventCheck {
         let schema = self.decoder.schema();
         // Most requests are one object: read once, for where it ends and
         // for its fields' types together.
-        let framed = match one_object(body.trim_ascii(), schema) {
+        let read = match self.settled_by_reading {
+            true => &self.required[..],
+            false => &[],
+        };
+        let framed = match one_object(body.trim_ascii(), schema, read) {
+            // Reading it settled it: the decoder takes it as it is.
+            Some(Ok(())) if self.settled_by_reading => {
+                return Ok(Events::One(body.trim_ascii()));
+            }
             Some(Ok(())) => vec![body.trim_ascii()],
             Some(Err(misfit)) => return Err(format!("event 0: {misfit}")),
             None => {
@@ -329,14 +345,50 @@ fn array_elements(array: &[u8]) -> Vec<&[u8]> {
     elements
 }
 
+/// Whether, for events of `schema`, reading one through with
+/// [`TypeCheck`] settles what the decoder makes of it. It does where every
+/// column is nullable and of a type whose every value `serde_json` reads
+/// the decoder reads alike: integers (checked against their width),
+/// `float64`, booleans and strings. The reading is stricter than the
+/// decoder everywhere (a number written as a string is refused, where the
+/// decoder would parse it), and every string in the event, keys and
+/// undeclared fields included, is read as text, so an event with bytes that
+/// are not UTF-8, or a broken escape, is refused as the decoder refuses it.
+/// Timestamps, dates, lists, structs and other types are decoded as well
+/// (their texts and elements are the decoder's to judge). The fuzz test
+/// `fuzz_what_ingest_admits_the_source_decodes` holds both ways to this.
+fn settled_by_reading(schema: &Schema) -> bool {
+    schema.fields().iter().all(|field| {
+        field.is_nullable()
+            && matches!(
+                field.data_type(),
+                DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::UInt8
+                    | DataType::UInt16
+                    | DataType::UInt32
+                    | DataType::UInt64
+                    | DataType::Float64
+                    | DataType::Boolean
+                    | DataType::Utf8
+                    | DataType::LargeUtf8
+            )
+    })
+}
+
 /// If `body` is one JSON object (and nothing else), whether its fields'
-/// values are of their columns' types.
-fn one_object(body: &[u8], schema: &Schema) -> Option<Result<(), String>> {
+/// values are of their columns' types and the `required` columns (by
+/// index) hold a value.
+fn one_object(body: &[u8], schema: &Schema, required: &[usize]) -> Option<Result<(), String>> {
     if !body.starts_with(b"{") {
         return None;
     }
     let mut parser = serde_json::Deserializer::from_slice(body);
-    let checked = TypeCheck { schema }.deserialize(&mut parser).ok()?;
+    let checked = TypeCheck { schema, required }
+        .deserialize(&mut parser)
+        .ok()?;
     parser.end().ok()?;
     Some(checked)
 }
@@ -346,13 +398,21 @@ fn one_object(body: &[u8], schema: &Schema) -> Option<Result<(), String>> {
 /// found "three"``. `None` if every field it looks at fits.
 fn describe_misfit(event: &[u8], schema: &Schema) -> Option<String> {
     let mut parser = serde_json::Deserializer::from_slice(event);
-    TypeCheck { schema }.deserialize(&mut parser).ok()?.err()
+    TypeCheck {
+        schema,
+        required: &[],
+    }
+    .deserialize(&mut parser)
+    .ok()?
+    .err()
 }
 
 /// Reads an event through, finding the first field whose value does not
-/// fit its column's type.
+/// fit its column's type, or else the first `required` column (by index)
+/// it leaves null.
 struct TypeCheck<'a> {
     schema: &'a Schema,
+    required: &'a [usize],
 }
 
 impl<'de> DeserializeSeed<'de> for TypeCheck<'_> {
@@ -372,14 +432,26 @@ impl<'de> Visitor<'de> for TypeCheck<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut problem = None;
+        // Which required columns hold a value: the last of a repeated key
+        // is the one the decoder keeps.
+        let mut held = vec![false; self.required.len()];
         while let Some(index) = map.next_key_seed(FieldIndex(self.schema))? {
             // Once a field is wrong the rest is only read through.
             let Some(index) = index.filter(|_| problem.is_none()) else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<AnyValue>()?;
                 continue;
             };
             let field = &self.schema.fields()[index];
-            if let Checked::Misfit(found) = map.next_value_seed(ValueCheck(field.data_type()))? {
+            let checked = map.next_value_seed(ValueCheck(field.data_type()))?;
+            if let Some(held) = self
+                .required
+                .iter()
+                .position(|r| *r == index)
+                .map(|at| &mut held[at])
+            {
+                *held = !matches!(checked, Checked::Null);
+            }
+            if let Checked::Misfit(found) = checked {
                 problem = Some(format!(
                     "field `{}` should be {}, found {found}",
                     field.name(),
@@ -387,7 +459,65 @@ impl<'de> Visitor<'de> for TypeCheck<'_> {
                 ));
             }
         }
+        if problem.is_none()
+            && let Some(at) = held.iter().position(|held| !held)
+        {
+            let name = self.schema.field(self.required[at]).name();
+            problem = Some(format!("field `{name}` is required"));
+        }
         Ok(problem.map_or(Ok(()), Err))
+    }
+}
+
+/// Any JSON value, read through with every string in it read as text (so
+/// checked to be UTF-8 with sound escapes), as the decoder reads it.
+struct AnyValue;
+
+impl<'de> de::Deserialize<'de> for AnyValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyValue)
+    }
+}
+
+impl<'de> Visitor<'de> for AnyValue {
+    type Value = AnyValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyValue, A::Error> {
+        while seq.next_element::<AnyValue>()?.is_some() {}
+        Ok(AnyValue)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyValue, A::Error> {
+        while map.next_entry::<AnyValue, AnyValue>()?.is_some() {}
+        Ok(AnyValue)
     }
 }
 
@@ -416,6 +546,7 @@ impl<'de> Visitor<'de> for FieldIndex<'_> {
 
 /// What a field's value turned out to be.
 enum Checked {
+    Null,
     Fits,
     /// It does not fit; what was found instead, for the error.
     Misfit(String),
@@ -507,7 +638,7 @@ impl<'de> Visitor<'de> for ValueCheck<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(Checked::Fits)
+        Ok(Checked::Null)
     }
 
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Checked, E> {
@@ -531,12 +662,12 @@ impl<'de> Visitor<'de> for ValueCheck<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<AnyValue>()?.is_some() {}
         Ok(self.check(Found::Array))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry::<AnyValue, AnyValue>()?.is_some() {}
         Ok(self.check(Found::Object))
     }
 }
@@ -658,6 +789,44 @@ mod tests {
         // A good event does not carry a bad one in with it.
         let mixed = refused(br#"[{"id":1,"at":"2026-01-01T00:00:00Z"},{"id":2,"at":"soon"}]"#);
         assert!(mixed.starts_with("event 1: "), "{mixed}");
+    }
+
+    #[test]
+    fn a_schema_settled_by_reading_refuses_what_the_decoder_refuses() {
+        let flat = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        assert!(settled_by_reading(&flat) && !settled_by_reading(&schema()));
+        let check = EventCheck::new(flat, &["id".into()]);
+        let refused = |body: &[u8]| check.check(body).unwrap_err();
+        assert!(
+            check
+                .check(br#"{"id":1,"name":"a","other":[{"x":null}]}"#)
+                .is_ok()
+        );
+        assert_eq!(
+            refused(br#"{"name":"a"}"#),
+            "event 0: field `id` is required"
+        );
+        // The decoder keeps the last of a repeated key.
+        assert_eq!(
+            refused(br#"{"id":1,"id":null}"#),
+            "event 0: field `id` is required"
+        );
+        assert!(check.check(br#"{"id":null,"id":2}"#).is_ok());
+        assert_eq!(
+            refused(br#"{"id":"1"}"#),
+            r#"event 0: field `id` should be Int64, found "1""#
+        );
+        // Undeclared fields are read as text too.
+        for bad_text in [
+            &b"{\"id\":1,\"x\":\"\xff\"}"[..],
+            br#"{"id":1,"x":["\ud800"]}"#,
+        ] {
+            let refusal = refused(bad_text);
+            assert!(refusal.starts_with("event 0: "), "{refusal}");
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl RequestIds {
         block[8..].copy_from_slice(&scope.0);
         let mut block = GenericArray::from(block);
         self.cipher.encrypt_block(&mut block);
-        block.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(block)
     }
 
     /// The offset of the request `id` names, if it was posted in `scope`.
@@ -132,15 +132,8 @@ fn make_key(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.as_bytes();
-    if text.len() != 2 * N {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(text.chunks(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

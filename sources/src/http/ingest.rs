@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::auth::{Authenticator, Client, Refusal, Screened};
 use super::config::HttpSourceConfig;
@@ -697,10 +697,15 @@ fn turn_away(socket: tokio::net::TcpStream, tls: bool) {
 }
 
 /// Whether a connection has requests in progress, and since when it has
-/// been idle.
+/// been idle. A request costs two atomic counts and a clock read: the
+/// connection's timer is looked at only when it fires.
 struct ConnectionClock {
-    state: Mutex<(Instant, usize)>,
-    settled: Notify,
+    opened: Instant,
+    /// Requests in progress.
+    busy: AtomicUsize,
+    /// When the last request was answered (or the connection opened), in
+    /// nanoseconds since `opened`.
+    idle_since: AtomicU64,
 }
 
 /// A request in progress on a connection; dropped once answered.
@@ -709,13 +714,14 @@ struct Busy(Arc<ConnectionClock>);
 impl ConnectionClock {
     fn new() -> ConnectionClock {
         ConnectionClock {
-            state: Mutex::new((Instant::now(), 0)),
-            settled: Notify::new(),
+            opened: Instant::now(),
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
         }
     }
 
     fn request(self: &Arc<Self>) -> Busy {
-        self.state.lock().expect("clock").1 += 1;
+        self.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 
@@ -723,32 +729,28 @@ impl ConnectionClock {
     /// progress, for `deadline`.
     async fn idle_for(&self, deadline: Duration) {
         loop {
-            let (since, busy) = *self.state.lock().expect("clock");
-            if busy > 0 {
-                self.settled.notified().await;
+            if self.busy.load(Ordering::Acquire) > 0 {
+                // A request's body has its own timeout; look again later.
+                tokio::time::sleep(deadline).await;
                 continue;
             }
-            let until = since + deadline;
+            // Read after `busy`, so it is the last answer's time.
+            let idle_since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+            let until = self.opened + idle_since + deadline;
             if Instant::now() >= until {
                 return;
             }
-            tokio::select! {
-                () = tokio::time::sleep_until(until.into()) => {}
-                () = self.settled.notified() => {}
-            }
+            tokio::time::sleep_until(until.into()).await;
         }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().expect("clock");
-        state.1 -= 1;
-        if state.1 == 0 {
-            state.0 = Instant::now();
-        }
-        drop(state);
-        self.0.settled.notify_one();
+        // The time first: once `busy` is 0, `idle_since` is this answer's.
+        let now = self.0.opened.elapsed().as_nanos() as u64;
+        self.0.idle_since.fetch_max(now, Ordering::AcqRel);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
