@@ -14,6 +14,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use flumen::config::{Document, interpolate};
 use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator};
+use flumen_core::testing::free_port;
 
 #[path = "cli/crash.rs"]
 mod crash;
@@ -498,14 +499,6 @@ fn scrape(address: &str) -> HashMap<String, f64> {
             Some((name.to_string(), value.parse().ok()?))
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -148,10 +148,7 @@ fn http_source(
     seconds: u64,
 ) -> Load {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = flumen_core::testing::free_port();
     let config: flumen::sources::HttpSourceConfig = serde_json::from_value(json!({
         "listen": format!("127.0.0.1:{port}"),
         "stream": "events",

@@ -50,11 +50,7 @@ fn broker() -> Option<Broker> {
     let tansu = std::env::var("HOME")
         .map(|h| format!("{h}/.cargo/bin/tansu"))
         .ok()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+    let port = flumen_core::testing::free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu)
         .args([

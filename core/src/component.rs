@@ -73,18 +73,17 @@ pub trait Source: Send + 'static {
     /// nothing after. Checkpoints record it; [`Source::restore`] resumes
     /// from it. A source that cannot say cannot be checkpointed.
     fn position(&self) -> Result<serde_json::Value> {
-        Err(Error::config(
-            "checkpoint",
-            "this source cannot record a read position, so the pipeline cannot be checkpointed",
+        Err(Error::Checkpoint(
+            "this source cannot record a read position, so the pipeline cannot be checkpointed"
+                .into(),
         ))
     }
 
     /// Continues after `position`, which [`Source::position`] returned
     /// (in this process or an earlier one), before the first `next`.
     async fn restore(&mut self, _position: serde_json::Value) -> Result<()> {
-        Err(Error::config(
-            "checkpoint",
-            "this source cannot resume from a checkpoint",
+        Err(Error::Checkpoint(
+            "this source cannot resume from a checkpoint".into(),
         ))
     }
 

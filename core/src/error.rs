@@ -30,6 +30,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A setting names a column its input does not have.
+    #[error("invalid configuration at `{path}`: column `{column}` does not exist; columns: {}", available.join(", "))]
+    UnknownColumn {
+        /// Dotted path of the setting, e.g. `group_by[1]`.
+        path: String,
+        /// The column it names.
+        column: String,
+        /// The columns there are, in order.
+        available: Vec<String>,
+    },
+
     /// The dataflow graph is not well formed: a dangling input, a cycle, an
     /// unknown column, a schema mismatch.
     #[error("invalid pipeline: `{node}`: {}{message}", key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
@@ -52,6 +63,20 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: BoxError,
+    },
+
+    /// A checkpoint cannot be taken or restored: it was taken from another
+    /// pipeline, or a source cannot record where it is in its input.
+    #[error("{0}")]
+    Checkpoint(String),
+
+    /// The checkpoint asked for does not exist, or never completed.
+    #[error("checkpoint {id} does not exist in `{store}`")]
+    NoSuchCheckpoint {
+        /// The checkpoint's number.
+        id: u64,
+        /// Where it was looked for.
+        store: String,
     },
 
     /// A record could not be decoded or evaluated. Such records are meant
@@ -104,6 +129,60 @@ impl Error {
         Error::Config {
             path: path.into(),
             message: message.to_string(),
+        }
+    }
+
+    /// Setting `path` names `column`, which `schema` does not have.
+    pub fn unknown_column(
+        path: impl Into<String>,
+        column: impl Into<String>,
+        schema: &arrow::datatypes::Schema,
+    ) -> Self {
+        Error::UnknownColumn {
+            path: path.into(),
+            column: column.into(),
+            available: schema.fields().iter().map(|f| f.name().clone()).collect(),
+        }
+    }
+
+    /// The setting a configuration error is about and what is wrong with
+    /// it, if it is one (a bad value, or a column that does not exist).
+    pub fn setting(&self) -> Option<(&str, String)> {
+        match self {
+            Error::Config { path, message } => Some((path, message.clone())),
+            Error::UnknownColumn {
+                path,
+                column,
+                available,
+            } => Some((
+                path,
+                format!(
+                    "column `{column}` does not exist; columns: {}",
+                    available.join(", ")
+                ),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The same error about the setting at `prefix.path`, if it is about a
+    /// setting.
+    pub fn under(self, prefix: &str) -> Self {
+        match self {
+            Error::Config { path, message } => Error::Config {
+                path: format!("{prefix}.{path}"),
+                message,
+            },
+            Error::UnknownColumn {
+                path,
+                column,
+                available,
+            } => Error::UnknownColumn {
+                path: format!("{prefix}.{path}"),
+                column,
+                available,
+            },
+            other => other,
         }
     }
 

@@ -66,28 +66,7 @@ impl EventTimeConfig {
 
     /// Checks the column against a schema and returns its index.
     pub fn column_index(&self, schema: &Schema) -> Result<usize> {
-        let (index, field) = schema.column_with_name(&self.column).ok_or_else(|| {
-            let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            Error::config(
-                "event_time.column",
-                format!(
-                    "column `{}` does not exist; columns: {}",
-                    self.column,
-                    names.join(", ")
-                ),
-            )
-        })?;
-        if !is_event_time_type(field.data_type()) {
-            return Err(Error::config(
-                "event_time.column",
-                format!(
-                    "column `{}` is {}, expected a timestamp or integer milliseconds",
-                    self.column,
-                    field.data_type()
-                ),
-            ));
-        }
-        Ok(index)
+        time_column(schema, Some(&self.column), "event_time.column")
     }
 }
 
@@ -106,6 +85,27 @@ pub fn with_event_time(schema: &Schema, column: &str) -> SchemaRef {
     let mut metadata = schema.metadata().clone();
     metadata.insert(EVENT_TIME_KEY.to_string(), column.to_string());
     Arc::new(schema.clone().with_metadata(metadata))
+}
+
+/// The index of the time column an operator reads: the one its setting
+/// `key` names, or else the input's event-time column. Checks that it
+/// exists and holds times.
+pub fn time_column(schema: &Schema, named: Option<&str>, key: &str) -> Result<usize> {
+    let name = named.or_else(|| event_time_column(schema)).ok_or_else(|| {
+        Error::config(
+            key,
+            "the input has no event-time column; name one, or set `event_time` on its source",
+        )
+    })?;
+    let index = crate::schema::column_index(schema, key, name)?;
+    let data_type = schema.field(index).data_type();
+    if !is_event_time_type(data_type) {
+        return Err(Error::config(
+            key,
+            format!("column `{name}` is {data_type}, expected a timestamp or integer milliseconds"),
+        ));
+    }
+    Ok(index)
 }
 
 /// Whether a column of this type can hold event time.

@@ -7,11 +7,13 @@
 //! checks it and plans it into a [`Pipeline`](graph::Pipeline), which
 //! [`run`](graph::Pipeline::run)s one tokio task per node instance.
 
+pub mod catalog;
 pub mod checkpoint;
 pub mod component;
 pub mod dead_letter;
 pub mod error;
 pub mod event_time;
+pub mod file_format;
 pub mod graph;
 pub mod log;
 pub mod message;
@@ -34,6 +36,7 @@ pub mod prelude {
     pub use arrow::record_batch::RecordBatch;
     pub use async_trait::async_trait;
 
+    pub use crate::catalog::{Catalog, ComponentType, SinkConfig, SourceConfig, TransformConfig};
     pub use crate::checkpoint::Snapshot;
     pub use crate::component::{
         Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,

@@ -5,16 +5,24 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use indexmap::IndexMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// The index of `column` in `schema`, which setting `path` names; or the
+/// error listing the columns there are.
+pub fn column_index(schema: &Schema, path: &str, column: &str) -> Result<usize> {
+    schema
+        .index_of(column)
+        .map_err(|_| Error::unknown_column(path, column, schema))
+}
 
 /// Columns and their types, in order, as written in a pipeline file.
 ///
 /// Types are friendly names (`int64`, `string`, `timestamp`, `list<int64>`,
 /// see [`parse_type`]). Every column is nullable, so a record that lacks a
 /// field decodes with a null there.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SchemaSpec {
     /// Column name to type name, in column order.

@@ -355,6 +355,14 @@ pub async fn run_operator(
     Ok(collected.batches())
 }
 
+/// A port on 127.0.0.1 that nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
 /// How many cases each fuzz test runs: `FLUMEN_FUZZ_CASES` if set, else
 /// `default`. The test suite runs a fixed budget; a longer run is
 ///

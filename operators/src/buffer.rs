@@ -104,9 +104,14 @@ fn default_batch_size() -> usize {
     1000
 }
 
-impl BufferConfig {
+impl TransformConfig for BufferConfig {
+    const TYPE: &str = "buffer";
+    const DESCRIPTION: &str =
+        "Holds rows (in memory or a durable log) and lets them out at a steady rate.";
+    type Operator = Buffer;
+
     /// Checks the settings and returns the operator.
-    pub fn build(&self) -> Result<Buffer> {
+    fn build(&self) -> Result<Buffer> {
         let per_second = match (self.rate.events_per_second, self.rate.batches_per_second) {
             (Some(events), None) => (events, true),
             (None, Some(batches)) => (batches, false),

@@ -23,9 +23,13 @@ pub struct SqlConfig {
     pub select: Option<Vec<String>>,
 }
 
-impl SqlConfig {
+impl TransformConfig for SqlConfig {
+    const TYPE: &str = "sql";
+    const DESCRIPTION: &str = "Filters rows and computes columns with SQL expressions.";
+    type Operator = SqlTransform;
+
     /// Checks the settings and returns the transform.
-    pub fn build(&self) -> Result<SqlTransform> {
+    fn build(&self) -> Result<SqlTransform> {
         let mut transform = SqlTransform::new();
         match (&self.filter, &self.select) {
             (None, None) => return Err(Error::config("filter", "set `filter`, `select` or both")),
@@ -52,9 +56,13 @@ pub struct UnnestConfig {
     pub column: String,
 }
 
-impl UnnestConfig {
+impl TransformConfig for UnnestConfig {
+    const TYPE: &str = "unnest";
+    const DESCRIPTION: &str = "One row per element of a list column.";
+    type Operator = Unnest;
+
     /// Returns the transform.
-    pub fn build(&self) -> Result<Unnest> {
+    fn build(&self) -> Result<Unnest> {
         Ok(Unnest::new(&self.column))
     }
 }
@@ -64,9 +72,13 @@ impl UnnestConfig {
 #[serde(deny_unknown_fields)]
 pub struct UnionConfig {}
 
-impl UnionConfig {
+impl TransformConfig for UnionConfig {
+    const TYPE: &str = "union";
+    const DESCRIPTION: &str = "Merges inputs of the same schema.";
+    type Operator = Union;
+
     /// Returns the transform.
-    pub fn build(&self) -> Result<Union> {
+    fn build(&self) -> Result<Union> {
         Ok(Union)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
-use flumen_core::event_time::{event_time_column, is_event_time_type, to_millis};
+use flumen_core::event_time::{time_column, to_millis};
 use flumen_core::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -38,9 +38,13 @@ pub struct DedupeConfig {
     pub time_column: Option<String>,
 }
 
-impl DedupeConfig {
+impl TransformConfig for DedupeConfig {
+    const TYPE: &str = "dedupe";
+    const DESCRIPTION: &str = "Drops rows whose key was seen within a horizon.";
+    type Operator = Dedupe;
+
     /// Checks the settings and returns the operator.
-    pub fn build(&self) -> Result<Dedupe> {
+    fn build(&self) -> Result<Dedupe> {
         if self.keys.is_empty() {
             return Err(Error::config("keys", "lists no columns"));
         }
@@ -67,29 +71,7 @@ impl Dedupe {
         if self.config.time == TimeDomain::Processing {
             return Ok(None);
         }
-        let name = self
-            .config
-            .time_column
-            .as_deref()
-            .or_else(|| event_time_column(input))
-            .ok_or_else(|| {
-                Error::config(
-                    "time_column",
-                    "the input has no event-time column; name one",
-                )
-            })?;
-        let (index, field) = input.column_with_name(name).ok_or_else(|| {
-            Error::config("time_column", format!("column `{name}` does not exist"))
-        })?;
-        if !is_event_time_type(field.data_type()) {
-            return Err(Error::config(
-                "time_column",
-                format!(
-                    "column `{name}` is {}, expected a timestamp",
-                    field.data_type()
-                ),
-            ));
-        }
+        let index = time_column(input, self.config.time_column.as_deref(), "time_column")?;
         Ok(Some(index))
     }
 }

@@ -22,3 +22,18 @@ pub use self::top_n::{TopN, TopNConfig};
 pub use self::transform::{MapBatches, SqlTransform, Unnest};
 pub use self::union::Union;
 pub use self::window::{WindowAggregate, WindowConfig, WindowKind, WindowTop};
+
+use flumen_core::catalog::ComponentType;
+
+/// The transforms pipeline files can name, one line each.
+pub const COMPONENTS: &[ComponentType] = &[
+    ComponentType::transform::<SqlConfig>(),
+    ComponentType::transform::<UnnestConfig>(),
+    ComponentType::transform::<UnionConfig>(),
+    ComponentType::transform::<WindowConfig>(),
+    ComponentType::transform::<TopNConfig>(),
+    ComponentType::transform::<JoinConfig>(),
+    ComponentType::transform::<DedupeConfig>(),
+    ComponentType::transform::<BufferConfig>(),
+    ComponentType::transform::<RouteConfig>(),
+];

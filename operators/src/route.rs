@@ -26,9 +26,13 @@ pub struct RouteConfig {
     pub routes: IndexMap<String, String>,
 }
 
-impl RouteConfig {
+impl TransformConfig for RouteConfig {
+    const TYPE: &str = "route";
+    const DESCRIPTION: &str = "Sends rows to named outputs by SQL conditions.";
+    type Operator = Route;
+
     /// Checks the settings and returns the operator.
-    pub fn build(&self) -> Result<Route> {
+    fn build(&self) -> Result<Route> {
         if self.routes.is_empty() {
             return Err(Error::config("routes", "names no outputs"));
         }

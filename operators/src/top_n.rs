@@ -18,8 +18,9 @@ use arrow::compute::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow::row::{RowConverter, SortField};
-use flumen_core::event_time::{event_time_column, to_millis, with_event_time};
+use flumen_core::event_time::{event_time_column, time_column, to_millis, with_event_time};
 use flumen_core::prelude::*;
+use flumen_core::schema::column_index;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -71,9 +72,13 @@ fn yes() -> bool {
     true
 }
 
-impl TopNConfig {
+impl TransformConfig for TopNConfig {
+    const TYPE: &str = "top_n";
+    const DESCRIPTION: &str = "Keeps the top n rows of each window (and key).";
+    type Operator = TopN;
+
     /// Checks the settings and returns the operator.
-    pub fn build(&self) -> Result<TopN> {
+    fn build(&self) -> Result<TopN> {
         if self.n == 0 {
             return Err(Error::config("n", "must be at least 1"));
         }
@@ -152,18 +157,7 @@ struct Plan {
 
 impl TopN {
     fn plan(&self, input: &SchemaRef) -> Result<Plan> {
-        let column = |name: &str, key: String| {
-            input.index_of(name).map_err(|_| {
-                let names: Vec<&str> = input.fields().iter().map(|f| f.name().as_str()).collect();
-                Error::config(
-                    key,
-                    format!(
-                        "column `{name}` does not exist; columns: {}",
-                        names.join(", ")
-                    ),
-                )
-            })
-        };
+        let column = |name: &str, key: String| column_index(input, &key, name);
         let order = self
             .config
             .order_by
@@ -184,18 +178,7 @@ impl TopN {
             .collect::<Result<Vec<_>>>()?;
         let (windows, schema) = match self.windows {
             Some((size, slide)) => {
-                let name = self
-                    .config
-                    .time_column
-                    .as_deref()
-                    .or_else(|| event_time_column(input))
-                    .ok_or_else(|| {
-                        Error::config(
-                            "time_column",
-                            "the input has no event-time column; name one",
-                        )
-                    })?;
-                let time = column(name, "time_column".into())?;
+                let time = time_column(input, self.config.time_column.as_deref(), "time_column")?;
                 let field = |name: &str| {
                     Field::new(
                         name,

@@ -20,3 +20,17 @@ pub use self::http::{HttpSink, HttpSinkConfig};
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
 pub use self::parquet::{ParquetSink, ParquetSinkConfig};
 pub use self::stdout::{StdoutConfig, StdoutFormat, StdoutSink};
+
+use flumen_core::catalog::ComponentType;
+
+/// The sinks pipeline files can name, one line each.
+pub const COMPONENTS: &[ComponentType] = &[
+    ComponentType::sink::<StdoutConfig>(),
+    ComponentType::sink::<BlackholeConfig>(),
+    ComponentType::sink::<FileSinkConfig>(),
+    ComponentType::sink::<ParquetSinkConfig>(),
+    #[cfg(feature = "kafka")]
+    ComponentType::sink::<KafkaSinkConfig>(),
+    #[cfg(feature = "http")]
+    ComponentType::sink::<HttpSinkConfig>(),
+];

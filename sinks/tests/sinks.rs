@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use flumen_core::prelude::{GraphBuilder, RunOptions, SinkFactory};
+use flumen_core::prelude::{GraphBuilder, RunOptions, SinkConfig, SinkFactory};
 use flumen_core::testing::MemorySource;
 use flumen_sinks::{BlackholeConfig, FileSinkConfig, TextFormat};
 

@@ -5,19 +5,17 @@
 //! closest valid name. See `docs/pipeline-files.md` for the format and
 //! `docs/reference.md` for every component's keys.
 
-mod builtin;
 mod error;
 #[cfg(test)]
 mod fuzz;
 mod pipeline;
 mod registry;
 mod schema;
+mod unknown;
 mod yaml;
 
 pub use self::error::{ConfigError, did_you_mean};
-pub use self::pipeline::{Component, LoadedPipeline, PartitioningConfig, common_keys};
-pub use self::registry::{
-    BuildError, ComponentConfig, ComponentType, Registry, Section, operator, sink, source,
-};
+pub use self::pipeline::{CommonKeys, Component, LoadedPipeline, PartitioningConfig, common_keys};
+pub use self::registry::{BuildError, Catalog, ComponentType, Registry, Section};
 pub use self::schema::{pipeline_schema, reference_markdown};
 pub use self::yaml::{Document, Position, interpolate};

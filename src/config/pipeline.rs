@@ -33,6 +33,7 @@ use serde_json::Value;
 
 use super::error::{ConfigError, did_you_mean};
 use super::registry::{BuildError, Registry, Section};
+use super::unknown::KnownNames;
 use super::yaml::{Document, interpolate};
 
 /// How the rows of each input are split between a component's instances.
@@ -61,14 +62,104 @@ impl From<PartitioningConfig> for Partitioning {
     }
 }
 
-/// The keys every component of a section has, besides its own.
-pub fn common_keys(section: Section) -> &'static [&'static str] {
-    match section {
-        Section::Sources => &["type", "parallelism", "event_time", "on_error"],
-        Section::Transforms | Section::Sinks => {
-            &["type", "inputs", "parallelism", "partitioning", "on_error"]
+/// The keys every component has, besides `type` and its own. Sources
+/// have no `inputs` or `partitioning`; only sources have `event_time`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommonKeys {
+    /// Names of the components this one reads (`name`, or `name.output`
+    /// for a named output).
+    #[serde(default, deserialize_with = "one_or_more")]
+    #[schemars(length(min = 1))]
+    pub inputs: Vec<String>,
+
+    /// How many instances of the component run in parallel.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub parallelism: usize,
+
+    /// How the rows of each input are split between this component's
+    /// instances. Default: forward when the parallelism matches,
+    /// round_robin otherwise.
+    #[serde(default)]
+    pub partitioning: Option<PartitioningConfig>,
+
+    /// Where the events' time comes from, for watermarks and event-time
+    /// windows.
+    #[serde(default)]
+    pub event_time: Option<EventTimeConfig>,
+
+    /// What the component does with a record it cannot handle (a line
+    /// that does not decode, a row an expression fails on, a batch a sink
+    /// rejects): `dead_letter` sends it to the `dead_letter` sink, `drop`
+    /// counts it, `fail` stops the pipeline.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `inputs: name` or `inputs: [a, b]`.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a name or a list of names")]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    Ok(match OneOrMore::deserialize(d)? {
+        OneOrMore::One(name) => vec![name],
+        OneOrMore::More(names) => names,
+    })
+}
+
+impl CommonKeys {
+    /// The common keys a component of `section` may set.
+    pub fn keys(section: Section) -> &'static [&'static str] {
+        match section {
+            Section::Sources => &["parallelism", "event_time", "on_error"],
+            Section::Transforms | Section::Sinks => {
+                &["inputs", "parallelism", "partitioning", "on_error"]
+            }
         }
     }
+
+    /// Every common key, of any section: the struct's fields.
+    pub fn all_keys() -> &'static [String] {
+        static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            let schema = schemars::schema_for!(CommonKeys);
+            schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|properties| properties.keys().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Why a component of `section` may not set common key `key`, if it
+    /// may not.
+    fn misplaced(section: Section, key: &str) -> Option<&'static str> {
+        match (section, key) {
+            (Section::Sources, "inputs") => Some("sources have no inputs"),
+            (Section::Sources, "partitioning") => Some(
+                "sources have no inputs to partition; set `partitioning` on the components that read them",
+            ),
+            (Section::Transforms | Section::Sinks, "event_time") => {
+                Some("event time is set on sources")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The keys every component of a section has, besides its own.
+pub fn common_keys(section: Section) -> Vec<&'static str> {
+    let mut keys = vec!["type"];
+    keys.extend_from_slice(CommonKeys::keys(section));
+    keys
 }
 
 /// One component as the file declares it.
@@ -214,8 +305,7 @@ impl FileParser<'_> {
             Value::Null => Value::Object(Default::default()),
             other => other.clone(),
         };
-        let config: CheckpointConfig = serde_json::from_value(value)
-            .map_err(|e| self.error("checkpoint", Target::Value, e.to_string()))?;
+        let config: CheckpointConfig = self.typed("checkpoint", &value)?;
         if config.keep == 0 {
             return Err(self.error("checkpoint.keep", Target::Value, "must be at least 1"));
         }
@@ -344,128 +434,95 @@ impl FileParser<'_> {
             }
         };
 
-        let inputs = match (section, settings.remove("inputs")) {
-            (Section::Sources, None) => Vec::new(),
-            (Section::Sources, Some(_)) => {
-                return Err(self.error(
-                    format!("{path}.inputs"),
+        // The keys every component has, checked as one struct; the rest
+        // are the component's own.
+        let mut common = serde_json::Map::new();
+        for key in CommonKeys::all_keys() {
+            if let Some(value) = settings.remove(key) {
+                if let Some(why) = CommonKeys::misplaced(section, key) {
+                    return Err(self.error(format!("{path}.{key}"), Target::Key, why));
+                }
+                common.insert(key.clone(), value);
+            }
+        }
+        if section != Section::Sources && !common.contains_key("inputs") {
+            let misspelled = settings
+                .keys()
+                .find(|k| did_you_mean(k, ["inputs"]).is_some());
+            return Err(self
+                .error(
+                    &path,
                     Target::Key,
-                    "sources have no inputs",
+                    format!(
+                        "missing `inputs`: the names of the components this {} reads",
+                        section.singular()
+                    ),
+                )
+                .maybe_help(
+                    misspelled.map(|k| format!("did you mean `inputs` rather than `{k}`?")),
                 ));
-            }
-            (_, None) => {
-                let misspelled = settings
-                    .keys()
-                    .find(|k| did_you_mean(k, ["inputs"]).is_some());
-                return Err(self
-                    .error(
-                        &path,
-                        Target::Key,
-                        format!(
-                            "missing `inputs`: the names of the components this {} reads",
-                            section.singular()
-                        ),
-                    )
-                    .maybe_help(
-                        misspelled.map(|k| format!("did you mean `inputs` rather than `{k}`?")),
-                    ));
-            }
-            (_, Some(Value::String(one))) => vec![one],
-            (_, Some(value)) => self.typed::<Vec<String>>(&format!("{path}.inputs"), &value)?,
-        };
-        if section != Section::Sources && inputs.is_empty() {
+        }
+        let keys: CommonKeys = self.typed(&path, &Value::Object(common))?;
+        if section != Section::Sources && keys.inputs.is_empty() {
             return Err(self.error(format!("{path}.inputs"), Target::Value, "lists no inputs"));
         }
-        let parallelism = match settings.remove("parallelism") {
-            None => 1,
-            Some(value) => match self.typed::<usize>(&format!("{path}.parallelism"), &value)? {
-                0 => {
-                    return Err(self.error(
-                        format!("{path}.parallelism"),
-                        Target::Value,
-                        "must be at least 1",
-                    ));
-                }
-                n => n,
-            },
-        };
-        let partitioning = match (section, settings.remove("partitioning")) {
-            (_, None) => None,
-            (Section::Sources, Some(_)) => {
-                return Err(self.error(
-                    format!("{path}.partitioning"),
-                    Target::Key,
-                    "sources have no inputs to partition; set `partitioning` on the components that read them",
-                ));
-            }
-            (_, Some(value)) => Some(
-                self.typed::<PartitioningConfig>(&format!("{path}.partitioning"), &value)?
-                    .into(),
-            ),
-        };
-        let event_time = match (section, settings.remove("event_time")) {
-            (_, None) => None,
-            (Section::Sources, Some(value)) => {
-                Some(self.typed::<EventTimeConfig>(&format!("{path}.event_time"), &value)?)
-            }
-            (_, Some(_)) => {
-                return Err(self.error(
-                    format!("{path}.event_time"),
-                    Target::Key,
-                    "event time is set on sources",
-                ));
-            }
-        };
-        let on_error = match settings.remove("on_error") {
-            None => OnError::default(),
-            Some(value) => self.typed::<OnError>(&format!("{path}.on_error"), &value)?,
-        };
+        if keys.parallelism == 0 {
+            return Err(self.error(
+                format!("{path}.parallelism"),
+                Target::Value,
+                "must be at least 1",
+            ));
+        }
         Ok(Component {
             section,
             name: name.to_string(),
             type_name,
-            inputs,
-            parallelism,
-            partitioning,
-            event_time,
-            on_error,
+            inputs: keys.inputs,
+            parallelism: keys.parallelism,
+            partitioning: keys.partitioning.map(Partitioning::from),
+            event_time: keys.event_time,
+            on_error: keys.on_error,
             settings: Value::Object(settings),
         })
     }
 
-    /// Deserializes one of the common keys.
-    fn typed<T: serde::de::DeserializeOwned>(
+    /// Deserializes settings at `path` as `T`, first naming any key or
+    /// name `T` does not have.
+    fn typed<T: serde::de::DeserializeOwned + JsonSchema>(
         &self,
         path: &str,
         value: &Value,
     ) -> Result<T, ConfigError> {
+        self.check_names(&KnownNames::of::<T>(), value, path, &[])?;
         serde_path_to_error::deserialize(value).map_err(|e| {
-            let inner = e.path().to_string();
-            let full = if inner == "." {
-                path.to_string()
-            } else {
-                format!("{path}.{inner}")
-            };
-            self.settings_error(&full, &e.into_inner().to_string(), &[])
+            let full = join_path(path, &e.path().to_string());
+            self.error(full, Target::Value, e.into_inner().to_string())
         })
     }
 
-    /// An error from deserializing settings, with a suggestion for a
-    /// misspelled key or value.
-    fn settings_error(&self, path: &str, message: &str, extra_keys: &[&str]) -> ConfigError {
-        let unknown =
-            message.starts_with("unknown field") || message.starts_with("unknown variant");
-        let help = unknown
-            .then(|| suggest_from_serde_message(message, extra_keys))
-            .flatten();
-        let (path, target) = match (message.starts_with("unknown field"), first_quoted(message)) {
-            (true, Some(field)) if !path.ends_with(field) => {
-                (format!("{path}.{field}"), Target::Key)
+    /// The first key or name in `value` (at `path`) that `known` does not
+    /// have, with the closest it does; `extra_keys` are also allowed at
+    /// the top.
+    fn check_names(
+        &self,
+        known: &KnownNames,
+        value: &Value,
+        path: &str,
+        extra_keys: &[&str],
+    ) -> Result<(), ConfigError> {
+        match known.first_unknown(value, extra_keys) {
+            None => Ok(()),
+            Some(unknown) => {
+                let target = if unknown.is_key {
+                    Target::Key
+                } else {
+                    Target::Value
+                };
+                Err(self
+                    .error(join_path(path, &unknown.path), target, unknown.message)
+                    .maybe_help(unknown.help))
             }
-            (true, _) => (path.to_string(), Target::Key),
-            _ => (path.to_string(), Target::Value),
-        };
-        self.error(path, target, message).maybe_help(help)
+        }
     }
 
     fn build(
@@ -506,20 +563,15 @@ impl FileParser<'_> {
                     .error(input_path, Target::Value, message)
                     .maybe_help(did_you_mean(node, readable.iter().copied())));
             }
+            let known = KnownNames::from_generator(|g| component_type.schema(g).to_value());
+            self.check_names(&known, &component.settings, &path, &common_keys(section))?;
             let node = component_type
-                .build(&component.settings)
+                .build(&component.settings, registry)
                 .map_err(|e| match e {
                     BuildError::Invalid {
                         path: inner,
                         message,
-                    } => {
-                        let full = if inner == "." {
-                            path.clone()
-                        } else {
-                            format!("{path}.{inner}")
-                        };
-                        self.settings_error(&full, &message, common_keys(section))
-                    }
+                    } => self.error(join_path(&path, &inner), Target::Value, message),
                     BuildError::Rejected(error) => self.core_error(components, error),
                 })?;
             let inputs = component.inputs.iter().map(|from| Input {
@@ -583,16 +635,14 @@ impl FileParser<'_> {
                 )
                 .maybe_help(did_you_mean(&type_name, names.iter().copied())));
         };
-        match sink_type.build(&Value::Object(settings)) {
+        let settings = Value::Object(settings);
+        let known = KnownNames::from_generator(|g| sink_type.schema(g).to_value());
+        self.check_names(&known, &settings, "dead_letter", &["type"])?;
+        match sink_type.build(&settings, registry) {
             Ok(NodeKind::Sink(sink)) => Ok(Some(sink)),
             Ok(_) => Err(self.error("dead_letter.type", Target::Value, "is not a sink type")),
             Err(BuildError::Invalid { path, message }) => {
-                let full = if path == "." {
-                    "dead_letter".to_string()
-                } else {
-                    format!("dead_letter.{path}")
-                };
-                Err(self.settings_error(&full, &message, &["type"]))
+                Err(self.error(join_path("dead_letter", &path), Target::Value, message))
             }
             Err(BuildError::Rejected(error)) => {
                 Err(self.error("dead_letter", Target::Value, error.to_string()))
@@ -633,6 +683,9 @@ impl FileParser<'_> {
     /// component (and key) it is about.
     fn core_error(&self, components: &[Component], error: flumen_core::Error) -> ConfigError {
         use flumen_core::Error;
+        if let Some((path, message)) = error.setting() {
+            return self.error(path, Target::Value, message);
+        }
         match error {
             Error::Graph { node, key, message } => {
                 let base = components
@@ -645,27 +698,18 @@ impl FileParser<'_> {
                     None => self.error(base, Target::Key, format!("`{node}` {message}")),
                 }
             }
-            Error::Config { path, message } => self.error(path, Target::Value, message),
             other => ConfigError::new(other.to_string()).in_file(self.file, ""),
         }
     }
 }
 
-/// The `did you mean` for serde's "unknown field `x`, expected one of `a`,
-/// `b`" (or "unknown variant"), also considering `extra` names.
-fn suggest_from_serde_message(message: &str, extra: &[&str]) -> Option<String> {
-    let word = first_quoted(message)?;
-    let expected = message.split_once("expected")?.1;
-    let candidates: Vec<&str> = expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .chain(extra.iter().copied())
-        .filter(|c| *c != "type")
-        .collect();
-    did_you_mean(word, candidates)
-}
-
-fn first_quoted(message: &str) -> Option<&str> {
-    message.split('`').nth(1)
+/// `path` and a path inside it (`.` for itself, as serde_path_to_error
+/// writes the top).
+fn join_path(path: &str, inner: &str) -> String {
+    match inner {
+        "." | "" => path.to_string(),
+        _ if path.is_empty() => inner.to_string(),
+        _ if inner.starts_with('[') => format!("{path}{inner}"),
+        _ => format!("{path}.{inner}"),
+    }
 }

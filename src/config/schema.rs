@@ -5,50 +5,28 @@ use schemars::SchemaGenerator;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::pipeline::PartitioningConfig;
+use super::pipeline::CommonKeys;
 use super::registry::{Registry, Section};
-use flumen_core::event_time::EventTimeConfig;
 
+/// The schemas of the keys every component of `section` has, derived
+/// from [`CommonKeys`].
 fn common_properties(section: Section, generator: &mut SchemaGenerator) -> Map<String, Value> {
-    let mut properties = Map::new();
-    if section != Section::Sources {
-        properties.insert(
-            "inputs".into(),
-            json!({
-                "description": "Names of the components this one reads (`name`, or `name.output` for a named output).",
-                "type": "array",
-                "items": { "type": "string" },
-                "minItems": 1
-            }),
-        );
-        let mut partitioning = generator.subschema_for::<PartitioningConfig>().to_value();
-        partitioning["description"] = "How the rows of each input are split between this component's instances. Default: forward when the parallelism matches, round_robin otherwise.".into();
-        properties.insert("partitioning".into(), partitioning);
-    }
-    properties.insert(
-        "parallelism".into(),
-        json!({
-            "description": "How many instances of the component run in parallel.",
-            "type": "integer",
-            "minimum": 1,
-            "default": 1
-        }),
-    );
-    properties.insert(
-        "on_error".into(),
-        json!({
-            "description": "What the component does with a record it cannot handle (a line that does not decode, a row an expression fails on, a batch a sink rejects): `dead_letter` sends it to the `dead_letter` sink, `drop` counts it, `fail` stops the pipeline.",
-            "enum": ["dead_letter", "fail", "drop"],
-            "default": "dead_letter"
-        }),
-    );
-    if section == Section::Sources {
-        let mut event_time = generator.subschema_for::<EventTimeConfig>().to_value();
-        event_time["description"] =
-            "Where the events' time comes from, for watermarks and event-time windows.".into();
-        properties.insert("event_time".into(), event_time);
-    }
-    properties
+    let schema = generator.subschema_for::<CommonKeys>();
+    let definition = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|reference| reference.rsplit('/').next())
+        .and_then(|name| generator.definitions().get(name))
+        .cloned()
+        .unwrap_or_else(|| schema.to_value());
+    let properties = definition["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    CommonKeys::keys(section)
+        .iter()
+        .filter_map(|key| Some((key.to_string(), properties.get(*key)?.clone())))
+        .collect()
 }
 
 /// The JSON Schema of a pipeline file with the types in `registry`.
@@ -205,6 +183,15 @@ fn push_rows(
     let default = match property.get("default").or(resolved.get("default")) {
         _ if required => "required".to_string(),
         Some(Value::Null) | None => String::new(),
+        // Settings whose keys are all unset by default: nothing to show.
+        Some(Value::Object(keys))
+            if !keys.is_empty()
+                && keys
+                    .values()
+                    .all(|v| v.is_null() || v == &Value::Object(Map::new())) =>
+        {
+            String::new()
+        }
         Some(value) => format!("`{value}`"),
     };
     let description = property

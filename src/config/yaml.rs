@@ -269,15 +269,16 @@ fn parent_path(path: &str) -> Option<&str> {
     Some(&path[..cut])
 }
 
-/// The YAML library's message, without the location it also reports
-/// separately.
+/// The YAML library's message, without the location and snippet it also
+/// gives (the file's error reports them its own way).
 fn yaml_message(error: &serde_saphyr::Error) -> String {
-    let text = error.to_string();
-    let first = text.lines().next().unwrap_or_default();
-    match first.rfind(" at line ") {
-        Some(cut) => first[..cut].to_string(),
-        None => first.to_string(),
-    }
+    use serde_saphyr::MessageFormatter;
+    let message = serde_saphyr::DefaultMessageFormatter.format_message(error.without_snippet());
+    // Printed to a terminal: no control characters from the input.
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[cfg(test)]

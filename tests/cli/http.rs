@@ -12,20 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use flumen_core::testing::free_port;
+
 use super::crash::{Random, committed};
 use super::flumen;
 
 pub(super) const TOKEN: &str = "s3cret-token";
 const FLOOD_TOKEN: &str = "flood-token";
 pub(super) const HMAC_SECRET: &str = "webhook-secret";
-
-pub(super) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An HTTP source into a file sink, checkpointed every 100 ms.
 pub(super) fn pipeline(dir: &Path, port: u16, extra: &str) -> PathBuf {

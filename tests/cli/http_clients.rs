@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use flumen_core::testing::free_port;
+
 use super::flumen;
 use super::http::{
-    HMAC_SECRET, TOKEN, free_port, gzip, ids, now, pipeline, ready, settle, signed, spawn,
-    until_done, url,
+    HMAC_SECRET, TOKEN, gzip, ids, now, pipeline, ready, settle, signed, spawn, until_done, url,
 };
 
 /// Runs `flumen run FILE` with its open-file limit lowered to `files`;

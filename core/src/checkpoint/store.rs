@@ -226,12 +226,13 @@ impl CheckpointStore {
 
     /// Reads checkpoint `id` with all its state.
     pub async fn load(&self, id: u64) -> Result<Loaded> {
-        let manifest = self.manifest(id).await?.ok_or_else(|| {
-            Error::config(
-                "from-checkpoint",
-                format!("checkpoint {id} does not exist in `{}`", self.display),
-            )
-        })?;
+        let manifest = self
+            .manifest(id)
+            .await?
+            .ok_or_else(|| Error::NoSuchCheckpoint {
+                id,
+                store: self.display.clone(),
+            })?;
         let folder = self.folder(id);
         let mut snapshots = HashMap::new();
         for (node, record) in &manifest.nodes {
@@ -291,7 +292,7 @@ impl CheckpointStore {
                 Ok(loaded) if accept(&loaded)? => return Ok(Some(loaded)),
                 Ok(_) => {}
                 // No manifest: the checkpoint never completed.
-                Err(Error::Config { .. }) => {}
+                Err(Error::NoSuchCheckpoint { .. }) => {}
                 Err(error) => {
                     tracing::warn!(%error, "checkpoint {id} is unusable; trying the one before it")
                 }

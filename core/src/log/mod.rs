@@ -39,7 +39,10 @@
 //! checksums is moved to `quarantine/` and reported, and the records of the
 //! other segments are still read.
 
+mod inspect;
+mod keeper;
 pub mod segment;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -50,13 +53,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crossbeam_utils::CachePadded;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use self::segment::{Damage, Frame};
 use crate::error::{Error, Result};
 
+pub use self::inspect::{Inspection, SegmentReport, inspect};
+pub use self::keeper::SPARES;
+use self::keeper::{Closing, Keeper, ZEROING_FILE, sync_current, sync_dir, write_spare};
 pub use self::segment::Damage as SegmentDamage;
+use self::writer::Writer;
 
 /// When appended records are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
@@ -192,7 +200,9 @@ impl Drop for Threads {
 struct Shared {
     dir: PathBuf,
     options: LogOptions,
-    state: Mutex<State>,
+    /// Segments and room: taken by readers, releases and the keeper.
+    /// Padded apart from `queue`, which every append takes.
+    state: CachePadded<Mutex<State>>,
     /// The offset after the last durable record.
     end: watch::Sender<u64>,
     /// Signalled when a release frees room.
@@ -203,7 +213,7 @@ struct Shared {
     /// Whether the writer wrote to it since the syncer last synced.
     unsynced: AtomicBool,
     /// Appends waiting for the writer.
-    queue: Mutex<Queue>,
+    queue: CachePadded<Mutex<Queue>>,
     /// Wakes the writer when it waits for appends (or the log closes).
     queued: Condvar,
 }
@@ -410,13 +420,13 @@ impl DurableLog {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             options,
-            state: Mutex::new(state),
+            state: CachePadded::new(Mutex::new(state)),
             end: end_tx,
             room: Notify::new(),
             quarantined,
             current: Mutex::new(None),
             unsynced: AtomicBool::new(false),
-            queue: Mutex::new(Queue {
+            queue: CachePadded::new(Mutex::new(Queue {
                 bytes: Vec::new(),
                 frames: Vec::new(),
                 next: end,
@@ -424,7 +434,7 @@ impl DurableLog {
                 failed: None,
                 writer_idle: false,
                 closed: false,
-            }),
+            })),
             queued: Condvar::new(),
         });
         let new_log = {
@@ -767,566 +777,6 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
         std::fs::rename(&temporary, path)
     };
     write().map_err(|e| failure(format!("{}: {e}", path.display())))
-}
-
-/// The writer thread: takes what has queued up, writes it, syncs once,
-/// tells all.
-struct Writer {
-    shared: Arc<Shared>,
-    /// The segment being written (shared with the syncer thread): its
-    /// base, file and size.
-    base: u64,
-    file: Arc<File>,
-    size: u64,
-    /// The offset of the next record written.
-    next: u64,
-}
-
-impl Writer {
-    fn new(shared: Arc<Shared>, end: u64) -> Result<Writer> {
-        // Continue the newest segment if it is the one that ends at `end`,
-        // else start a new one at `end`.
-        let newest = {
-            let state = shared.state.lock().expect("log state");
-            state
-                .segments
-                .iter()
-                .next_back()
-                .filter(|(base, index)| index.end(**base) == end)
-                .map(|(base, index)| (*base, index.path.clone(), index.records_end()))
-        };
-        let segment_failure = |path: &Path, e: std::io::Error| {
-            failure(format!("buffer segment {}: {e}", path.display()))
-        };
-        let (base, path, file, size) = match newest {
-            // Opening cut off whatever followed its records, but zeros
-            // written ahead.
-            Some((base, path, records_end)) => {
-                let continued = || {
-                    let mut file = OpenOptions::new().write(true).open(&path)?;
-                    if file.metadata()?.len() == 0 {
-                        // Created, and the process died before its start
-                        // was written.
-                        file.write_all(segment::MAGIC)?;
-                    } else {
-                        file.seek(SeekFrom::Start(records_end))?;
-                    }
-                    Ok(file)
-                };
-                let file = continued().map_err(|e| segment_failure(&path, e))?;
-                (base, path, file, records_end)
-            }
-            None => {
-                let path = shared.dir.join(segment::file_name(end));
-                let file = start_segment(&shared, &path).map_err(|e| segment_failure(&path, e))?;
-                (end, path, file, segment::MAGIC.len() as u64)
-            }
-        };
-        {
-            let mut state = shared.state.lock().expect("log state");
-            state.segments.entry(base).or_insert(SegmentIndex {
-                path,
-                frames: Vec::new(),
-            });
-        }
-        sync_dir(&shared.dir);
-        let file = Arc::new(file);
-        *shared.current.lock().expect("current segment") = Some(file.clone());
-        Ok(Writer {
-            shared,
-            base,
-            file,
-            size,
-            next: end,
-        })
-    }
-
-    fn run(mut self) {
-        let mut stopped = WriterStopped {
-            shared: self.shared.clone(),
-            writing: None,
-        };
-        // Two sets of buffers: appends fill one while the writer writes
-        // the other.
-        let (mut bytes, mut frames) = (Vec::new(), Vec::new());
-        loop {
-            let (group, first, failed) = {
-                let mut queue = self.shared.queue.lock().expect("log queue");
-                while queue.frames.is_empty() && !queue.closed {
-                    queue.writer_idle = true;
-                    queue = self.shared.queued.wait(queue).expect("log queue");
-                }
-                if queue.frames.is_empty() {
-                    break;
-                }
-                std::mem::swap(&mut queue.bytes, &mut bytes);
-                std::mem::swap(&mut queue.frames, &mut frames);
-                let first = queue.next - frames.len() as u64;
-                (
-                    std::mem::take(&mut queue.group),
-                    first,
-                    queue.failed.clone(),
-                )
-            };
-            stopped.writing = Some(group.clone());
-            let done = match failed {
-                // Queued before the failure, and not written since.
-                Some(message) => Err(message),
-                None => self
-                    .write_group(&bytes, &frames, first)
-                    .map_err(|e| self.shared.fail(format!("buffer write: {e}"))),
-            };
-            group.finish(done);
-            stopped.writing = None;
-            bytes.clear();
-            frames.clear();
-            // A burst's buffer is not kept for good.
-            if bytes.capacity() > KEPT_QUEUE_BYTES {
-                bytes = Vec::new();
-            }
-        }
-        drop(stopped);
-        let _ = self.sync();
-    }
-
-    /// Writes a group of queued records (`bytes`, framed as `frames` say,
-    /// the first being record `first`) and makes them durable.
-    fn write_group(&mut self, bytes: &[u8], frames: &[Frame], first: u64) -> std::io::Result<()> {
-        let mut written: Vec<(u64, Frame)> = Vec::with_capacity(frames.len());
-        // Where the bytes not yet written to a segment start.
-        let mut unwritten = 0;
-        for (offset, queued) in (first..).zip(frames) {
-            self.next = offset;
-            if self.size >= self.shared.options.segment_bytes {
-                let at = queued.position as usize;
-                (&*self.file).write_all(&bytes[unwritten..at])?;
-                unwritten = at;
-                // Readers may read what is written to the closed segment
-                // once it is synced, not before.
-                self.roll()?;
-                self.publish(&mut written);
-            }
-            written.push((
-                self.base,
-                Frame {
-                    position: self.size,
-                    ..*queued
-                },
-            ));
-            self.size += queued.size();
-        }
-        (&*self.file).write_all(&bytes[unwritten..])?;
-        self.next = first + frames.len() as u64;
-        match self.shared.options.fsync {
-            FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval => self.shared.unsynced.store(true, Ordering::Release),
-            FsyncPolicy::Never => {}
-        }
-        self.publish(&mut written);
-        Ok(())
-    }
-
-    /// Indexes written frames and moves the end past them.
-    fn publish(&self, written: &mut Vec<(u64, Frame)>) {
-        if written.is_empty() {
-            return;
-        }
-        {
-            let mut state = self.shared.state.lock().expect("log state");
-            for (base, frame) in written.drain(..) {
-                if let Some(index) = state.segments.get_mut(&base) {
-                    index.frames.push(frame);
-                }
-            }
-        }
-        self.shared.end.send_replace(self.next);
-    }
-
-    fn sync(&mut self) -> std::io::Result<()> {
-        if self.shared.options.fsync != FsyncPolicy::Never {
-            self.file.sync_data()?;
-        }
-        Ok(())
-    }
-
-    /// Closes the current segment and starts one at the next offset.
-    fn roll(&mut self) -> std::io::Result<()> {
-        self.sync()?;
-        let path = self.shared.dir.join(segment::file_name(self.next));
-        let file = start_segment(&self.shared, &path)?;
-        // The new name must be on disk before any record in it is
-        // acknowledged.
-        sync_dir(&self.shared.dir);
-        let file = Arc::new(file);
-        *self.shared.current.lock().expect("current segment") = Some(file.clone());
-        self.file = file;
-        self.base = self.next;
-        self.size = segment::MAGIC.len() as u64;
-        let mut state = self.shared.state.lock().expect("log state");
-        state.segments.insert(
-            self.base,
-            SegmentIndex {
-                path,
-                frames: Vec::new(),
-            },
-        );
-        Ok(())
-    }
-}
-
-/// Creates the segment file `path`, writing over a spare if there is one,
-/// and writes its start.
-fn start_segment(shared: &Shared, path: &Path) -> std::io::Result<File> {
-    let spare = shared.state.lock().expect("log state").spares.pop();
-    if let Some(spare) = spare
-        && let Err(e) = std::fs::rename(&spare, path)
-    {
-        tracing::warn!(spare = %spare.display(), "could not reuse a spare segment: {e}");
-    }
-    // A spare's old records are written over, not cut off: they are what
-    // keeps the file's blocks allocated.
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(path)?;
-    file.write_all(segment::MAGIC)?;
-    Ok(file)
-}
-
-/// Fails the appends still waiting when the writer stops, whether it
-/// stopped because the log closed (there are none then) or panicked, so
-/// that no append waits forever.
-struct WriterStopped {
-    shared: Arc<Shared>,
-    /// The group being written.
-    writing: Option<Arc<Group>>,
-}
-
-impl Drop for WriterStopped {
-    fn drop(&mut self) {
-        let message = "the buffer's writer stopped".to_string();
-        if let Some(group) = self.writing.take() {
-            group.finish(Err(message.clone()));
-        }
-        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.failed.get_or_insert(message.clone());
-        queue.group.finish(Err(message));
-    }
-}
-
-/// The keeper thread: records the released offset on disk every
-/// `SYNC_INTERVAL` if it moved (a reader may release after every read),
-/// then keeps the segments released as spares or deletes them (deleting a
-/// large file can take milliseconds, which no append should wait for).
-struct Keeper {
-    shared: Arc<Shared>,
-    released_on_disk: u64,
-    /// The segment being written when a spare was last written ahead.
-    spare_tried_for: Option<u64>,
-}
-
-/// Where a spare segment is written before it is complete.
-const ZEROING_FILE: &str = "spare.zeroing";
-
-/// How much of a spare segment is written (and synced) at a time.
-const ZEROING_STEP: usize = 1 << 20;
-
-impl Keeper {
-    fn keep(&mut self) {
-        let (released, to_delete) = {
-            let mut state = self.shared.state.lock().expect("log state");
-            (state.released, std::mem::take(&mut state.to_delete))
-        };
-        if released != self.released_on_disk {
-            match write_atomically(
-                &self.shared.dir.join(RELEASED_FILE),
-                released.to_string().as_bytes(),
-            ) {
-                Ok(()) => self.released_on_disk = released,
-                // Tried again next time; until then a restart reads from
-                // the offset on disk, a little earlier.
-                Err(e) => {
-                    tracing::warn!("could not record the released offset: {e}");
-                    let mut state = self.shared.state.lock().expect("log state");
-                    state.to_delete.extend(to_delete);
-                    return;
-                }
-            }
-        }
-        // Kept or deleted once the offset past them is on disk. (A
-        // segment a crash leaves behind is released already, and goes the
-        // same way at the next release after a restart.)
-        for path in to_delete {
-            if let Err(e) = self.keep_as_spare_or_delete(path) {
-                tracing::warn!("could not keep or delete a released segment: {e}");
-            }
-        }
-        self.write_spare_ahead();
-    }
-
-    /// Writes a spare segment of zeros, once the segment being written is
-    /// half full and there is no spare for the next: the next segment's
-    /// blocks are then allocated and written before any record goes in,
-    /// so that the syncs of its records write only them, not the file
-    /// system's record of a growing file (a fifth of each sync's time on a
-    /// virtual disk). A fresh log so gets what a log that has released
-    /// segments gets from reusing them.
-    fn write_spare_ahead(&mut self) {
-        if !self.shared.options.preallocate {
-            return;
-        }
-        let current = {
-            let state = self.shared.state.lock().expect("log state");
-            if !state.spares.is_empty() {
-                return;
-            }
-            match state.segments.iter().next_back() {
-                Some((base, index))
-                    if index.records_end() >= self.shared.options.segment_bytes / 2 =>
-                {
-                    *base
-                }
-                _ => return,
-            }
-        };
-        // One try per segment: a disk too full for a spare is not made
-        // fuller by a retry every tick.
-        if self.spare_tried_for == Some(current) || self.closing() {
-            return;
-        }
-        self.spare_tried_for = Some(current);
-        match write_spare(&self.shared, || self.closing()) {
-            Ok(Some(spare)) => self
-                .shared
-                .state
-                .lock()
-                .expect("log state")
-                .spares
-                .push(spare),
-            Ok(None) => {}
-            Err(e) => tracing::warn!("could not write a spare segment ahead: {e}"),
-        }
-    }
-
-    fn closing(&self) -> bool {
-        self.shared.queue.lock().expect("log queue").closed
-    }
-
-    /// Keeps a released segment to be written over when the writer next
-    /// needs a segment, unless `SPARES` are kept already.
-    fn keep_as_spare_or_delete(&self, path: PathBuf) -> std::io::Result<()> {
-        let spares = self.shared.state.lock().expect("log state").spares.len();
-        let spare =
-            segment::base_of(&path).map(|base| self.shared.dir.join(segment::spare_name(base)));
-        match spare {
-            Some(spare) if spares < SPARES => {
-                std::fs::rename(&path, &spare)?;
-                self.shared
-                    .state
-                    .lock()
-                    .expect("log state")
-                    .spares
-                    .push(spare);
-                Ok(())
-            }
-            _ => delete_gradually(&path),
-        }
-    }
-}
-
-/// Writes a spare segment: `segment_bytes` of zeros, synced every
-/// `ZEROING_STEP` so that no append's sync waits behind the whole of it.
-/// Returns its path, or `None` if `stop` said to stop first.
-fn write_spare(shared: &Shared, stop: impl Fn() -> bool) -> std::io::Result<Option<PathBuf>> {
-    let temporary = shared.dir.join(ZEROING_FILE);
-    let write = || {
-        let mut file = File::create(&temporary)?;
-        let zeros = vec![0u8; ZEROING_STEP];
-        let mut left = shared.options.segment_bytes;
-        while left > 0 {
-            if stop() {
-                return Ok(false);
-            }
-            let step = left.min(ZEROING_STEP as u64);
-            file.write_all(&zeros[..step as usize])?;
-            file.sync_data()?;
-            left -= step;
-        }
-        Ok(true)
-    };
-    let written = write();
-    if !matches!(written, Ok(true)) {
-        let _ = std::fs::remove_file(&temporary);
-        return written.map(|_| None);
-    }
-    let spare = (0u64..)
-        .map(|n| shared.dir.join(format!("zeroed-{n}.spare")))
-        .find(|path| !path.exists())
-        .expect("a free name");
-    std::fs::rename(&temporary, &spare)?;
-    Ok(Some(spare))
-}
-
-/// Beyond this, the writer's buffer for a group is freed once written,
-/// not kept for the next one.
-const KEPT_QUEUE_BYTES: usize = 8 << 20;
-
-/// How many released segments are kept to be written over. One is enough
-/// for a steady stream; a second covers a release that comes late.
-pub const SPARES: usize = 2;
-
-/// `fsync: interval`'s sync, on the syncer thread: the segment being
-/// written, if written to since the last time.
-fn sync_current(shared: &Shared) {
-    if !shared.unsynced.swap(false, Ordering::AcqRel) {
-        return;
-    }
-    let current = shared.current.lock().expect("current segment").clone();
-    if let Some(file) = current
-        && let Err(e) = file.sync_data()
-    {
-        shared.fail(format!("buffer sync: {e}"));
-    }
-}
-
-/// Tells the log's ticking threads to stop.
-#[derive(Default)]
-struct Closing {
-    closed: Mutex<bool>,
-    wake: std::sync::Condvar,
-}
-
-impl Closing {
-    /// Runs `tick` every `SYNC_INTERVAL` on a thread of its own, and once
-    /// more when the log closes.
-    fn tick_on_thread(
-        self: &Arc<Self>,
-        name: &str,
-        mut tick: impl FnMut() + Send + 'static,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let closing = self.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                while !closing.wait(SYNC_INTERVAL) {
-                    tick();
-                }
-                tick();
-            })
-    }
-
-    /// Waits up to `timeout`; returns whether the log is closing.
-    fn wait(&self, timeout: Duration) -> bool {
-        let closed = self.closed.lock().expect("closing");
-        let (closed, _) = self
-            .wake
-            .wait_timeout_while(closed, timeout, |closed| !*closed)
-            .expect("closing");
-        *closed
-    }
-
-    fn close(&self) {
-        *self.closed.lock().expect("closing") = true;
-        self.wake.notify_all();
-    }
-}
-
-/// Deletes a file a few megabytes at a time. Freeing a whole segment's
-/// blocks at once keeps the disk busy for many milliseconds, and every
-/// append's sync would wait behind it.
-fn delete_gradually(path: &Path) -> std::io::Result<()> {
-    const STEP: u64 = 4 << 20;
-    let file = OpenOptions::new().write(true).open(path)?;
-    let mut length = file.metadata()?.len();
-    while length > STEP {
-        length -= STEP;
-        file.set_len(length)?;
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    drop(file);
-    std::fs::remove_file(path)
-}
-
-/// Makes a new file's directory entry durable.
-fn sync_dir(dir: &Path) {
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
-}
-
-/// What `flumen buffer inspect` shows: the log's segments as found on
-/// disk, without changing anything.
-#[derive(Debug)]
-pub struct Inspection {
-    /// Every segment, oldest first.
-    pub segments: Vec<SegmentReport>,
-    /// Offsets below this were released.
-    pub released: u64,
-    /// Segments already moved to `quarantine/`.
-    pub quarantined: Vec<PathBuf>,
-    /// Released segments kept to be written over.
-    pub spares: usize,
-}
-
-/// One segment as found on disk.
-#[derive(Debug)]
-pub struct SegmentReport {
-    /// The segment file.
-    pub path: PathBuf,
-    /// The offset of its first record.
-    pub base: u64,
-    /// Good records in it.
-    pub records: u64,
-    /// Events in those.
-    pub events: u64,
-    /// The bytes its records take (a reused segment's file may be
-    /// larger).
-    pub bytes: u64,
-    /// Append time of its first record (ms since the epoch).
-    pub oldest: Option<u64>,
-    /// Append time of its last good record.
-    pub newest: Option<u64>,
-    /// What is wrong with it, if anything.
-    pub damage: Option<Damage>,
-}
-
-/// Reads the log in `dir` through, changing nothing.
-pub fn inspect(dir: &Path) -> Result<Inspection> {
-    let io = |e: std::io::Error| failure(format!("buffer {}: {e}", dir.display()));
-    if !dir.is_dir() {
-        return Err(failure(format!("{} is not a directory", dir.display())));
-    }
-    let released = std::fs::read_to_string(dir.join(RELEASED_FILE))
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let mut segments = Vec::new();
-    let listed = segment::list(dir).map_err(io)?;
-    for (i, (base, path)) in listed.iter().enumerate() {
-        let next_base = listed.get(i + 1).map(|(b, _)| *b);
-        let mut scan = segment::scan(path, *base).map_err(io)?;
-        let damage = scan.damage(*base, next_base);
-        segments.push(SegmentReport {
-            base: *base,
-            records: scan.frames.len() as u64,
-            events: scan.frames.iter().map(|f| u64::from(f.events)).sum(),
-            bytes: scan.valid_bytes,
-            oldest: scan.frames.first().map(|f| f.appended_at),
-            newest: scan.frames.last().map(|f| f.appended_at),
-            damage,
-            path: path.clone(),
-        });
-    }
-    let quarantined = segment::list(&dir.join("quarantine"))
-        .map(|list| list.into_iter().map(|(_, path)| path).collect())
-        .unwrap_or_default();
-    Ok(Inspection {
-        segments,
-        released,
-        quarantined,
-        spares: segment::spares(dir).map_or(0, |spares| spares.len()),
-    })
 }
 
 #[cfg(test)]

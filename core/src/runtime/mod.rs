@@ -30,7 +30,7 @@ use crate::checkpoint::{
 use crate::component::InstanceInfo;
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
-use crate::graph::{NodeKind, Pipeline};
+use crate::graph::{NodeKind, Plan};
 use crate::message::Message;
 use crate::partition::Partitioning;
 
@@ -129,7 +129,32 @@ impl RunReport {
     }
 }
 
+/// A checked, planned graph, ready to [`run`](Pipeline::run), with the
+/// live counters and the stop signals of its run. Reads as its [`Plan`].
+#[derive(Debug)]
+pub struct Pipeline {
+    plan: Plan,
+    pub(crate) stats: Arc<[Arc<NodeStats>]>,
+    pub(crate) signals: Signals,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = Plan;
+
+    fn deref(&self) -> &Plan {
+        &self.plan
+    }
+}
+
 impl Pipeline {
+    pub(crate) fn new(plan: Plan) -> Pipeline {
+        Pipeline {
+            stats: plan.nodes.iter().map(|_| Arc::default()).collect(),
+            signals: Signals::default(),
+            plan,
+        }
+    }
+
     /// A handle to stop the pipeline once it runs.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
@@ -336,12 +361,9 @@ impl Pipeline {
     fn check_fits(&self, loaded: &Loaded) -> Result<()> {
         let id = loaded.manifest.id;
         let mismatch = |message: String| {
-            Error::config(
-                "checkpoint",
-                format!(
-                    "checkpoint {id} does not fit this pipeline: {message}; start with --fresh, or restore into the pipeline it was taken from"
-                ),
-            )
+            Error::Checkpoint(format!(
+                "checkpoint {id} does not fit this pipeline: {message}; start with --fresh, or restore into the pipeline it was taken from"
+            ))
         };
         for node in &self.nodes {
             let Some(record) = loaded.manifest.nodes.get(&node.name) else {

@@ -272,13 +272,7 @@ impl Operator for IntervalJoin {
         _ctx: &mut Context,
         out: &mut Collector,
     ) -> Result<()> {
-        let time = if input == 0 {
-            self.plan.left_time
-        } else {
-            self.plan.right_time
-        }
-        .expect("timed join");
-        let times = to_millis(batch.column(time))?;
+        let (time, times) = self.plan.times(input, &batch)?;
         let horizon = self.horizon();
         let on_time = BooleanArray::from(
             times

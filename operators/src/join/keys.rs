@@ -8,25 +8,14 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use flumen_core::prelude::*;
+use flumen_core::schema::column_index;
 
 /// Resolves key column names of one side.
 pub(crate) fn key_indices(schema: &Schema, names: &[String], key: &str) -> Result<Vec<usize>> {
     names
         .iter()
         .enumerate()
-        .map(|(i, name)| {
-            schema.index_of(name).map_err(|_| {
-                let columns: Vec<&str> =
-                    schema.fields().iter().map(|f| f.name().as_str()).collect();
-                Error::config(
-                    format!("{key}[{i}]"),
-                    format!(
-                        "column `{name}` does not exist; columns: {}",
-                        columns.join(", ")
-                    ),
-                )
-            })
-        })
+        .map(|(i, name)| column_index(schema, &format!("{key}[{i}]"), name))
         .collect()
 }
 

@@ -1,6 +1,7 @@
 //! Lookup (enrichment) join: each row meets the rows of a table with equal
-//! keys. The table is read from a file (any format and store the file
-//! source reads), shared by every instance, and re-read on an interval.
+//! keys. The table is read from a file by the catalog's `file` source (any
+//! format and store it reads), shared by every instance, and re-read on an
+//! interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use flumen_core::catalog::{BuildError, Section};
+use flumen_core::graph::NodeKind;
 use flumen_core::prelude::*;
-use flumen_sources::FileSource;
 use tokio::sync::{OnceCell, watch};
 
 use super::keys::{KeyEncoder, KeyTable};
@@ -23,7 +25,7 @@ struct Loaded {
 
 /// A table read from a file, kept fresh in the background once first used.
 pub(crate) struct LookupTable {
-    source: FileSource,
+    source: Arc<dyn SourceFactory>,
     refresh: Option<Duration>,
     current: OnceCell<watch::Receiver<Arc<Loaded>>>,
 }
@@ -37,17 +39,28 @@ impl std::fmt::Debug for LookupTable {
 }
 
 impl LookupTable {
-    pub(crate) fn new(config: &LookupTableConfig) -> Result<Self> {
+    pub(crate) fn new(config: &LookupTableConfig, catalog: &dyn Catalog) -> Result<Self> {
         if config.refresh_interval.is_some_and(|i| i.is_zero()) {
             return Err(Error::config(
                 "table.refresh_interval",
                 "must be more than 0s",
             ));
         }
-        let source = config.file().build().map_err(|e| match e {
-            Error::Config { path, message } => Error::config(format!("table.{path}"), message),
-            other => other,
+        let file = catalog.component(Section::Sources, "file").ok_or_else(|| {
+            Error::config(
+                "table",
+                "a lookup join reads its table with the `file` source: build the join with \
+                 `build_in` and a catalog that has it (a pipeline file's registry does)",
+            )
         })?;
+        let source = match file.build(&config.file_settings()?, catalog) {
+            Ok(NodeKind::Source(source)) => source,
+            Ok(_) => return Err(Error::Internal("`file` is not a source".into())),
+            Err(BuildError::Invalid { path, message }) => {
+                return Err(Error::config(format!("table.{path}"), message));
+            }
+            Err(BuildError::Rejected(error)) => return Err(error.under("table")),
+        };
         Ok(LookupTable {
             source,
             refresh: config.refresh_interval,
@@ -60,7 +73,7 @@ impl LookupTable {
     }
 
     /// Reads the whole table and indexes it by `keys`.
-    async fn read(source: &FileSource, keys: &[usize]) -> Result<Loaded> {
+    async fn read(source: &dyn SourceFactory, keys: &[usize]) -> Result<Loaded> {
         let mut reader = source.create(InstanceInfo::SINGLE)?;
         let mut batches = Vec::new();
         loop {
@@ -82,14 +95,14 @@ impl LookupTable {
         let receiver = self
             .current
             .get_or_try_init(|| async {
-                let loaded = Arc::new(Self::read(&self.source, keys).await?);
+                let loaded = Arc::new(Self::read(self.source.as_ref(), keys).await?);
                 let (sender, receiver) = watch::channel(loaded);
                 if let Some(interval) = self.refresh {
                     let (source, keys) = (self.source.clone(), keys.to_vec());
                     tokio::spawn(async move {
                         loop {
                             tokio::time::sleep(interval).await;
-                            match Self::read(&source, &keys).await {
+                            match Self::read(source.as_ref(), &keys).await {
                                 // Nobody reads the table any more: stop.
                                 Ok(loaded) => {
                                     if sender.send(Arc::new(loaded)).is_err() {

@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use flumen_core::event_time::{event_time_column, is_event_time_type, with_event_time};
+use flumen_core::event_time::{event_time_column, time_column, with_event_time};
+use flumen_core::file_format::{CsvOptions, FileFormat};
 use flumen_core::prelude::*;
 use flumen_core::schema::SchemaSpec;
 use flumen_core::storage::StorageOptions;
-use flumen_sources::FileSourceConfig;
-use flumen_sources::file::{CsvOptions, FileFormat};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -92,16 +91,29 @@ pub struct LookupTableConfig {
 }
 
 impl LookupTableConfig {
-    /// The file source that reads the table.
-    pub(crate) fn file(&self) -> FileSourceConfig {
-        FileSourceConfig {
-            path: self.path.clone(),
-            format: self.format,
-            schema: self.schema.clone(),
-            batch_size: 8192,
-            csv: self.csv.clone(),
-            storage: self.storage.clone(),
+    /// The settings of the `file` source that reads the table.
+    pub(crate) fn file_settings(&self) -> Result<serde_json::Value> {
+        /// The file source's keys the table has.
+        #[derive(serde::Serialize)]
+        struct FileSettings<'a> {
+            path: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            format: Option<FileFormat>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            schema: &'a Option<SchemaSpec>,
+            batch_size: usize,
+            csv: &'a CsvOptions,
+            storage: &'a StorageOptions,
         }
+        serde_json::to_value(FileSettings {
+            path: &self.path,
+            format: self.format,
+            schema: &self.schema,
+            batch_size: 8192,
+            csv: &self.csv,
+            storage: &self.storage,
+        })
+        .map_err(|e| Error::Internal(format!("a lookup table's settings: {e}")))
     }
 }
 
@@ -190,9 +202,23 @@ pub struct Join {
     lateness: i64,
 }
 
-impl JoinConfig {
-    /// Checks the settings and returns the operator.
-    pub fn build(&self) -> Result<Join> {
+impl TransformConfig for JoinConfig {
+    const TYPE: &str = "join";
+    const DESCRIPTION: &str =
+        "Joins two streams within a window or a time interval, or a stream with a table.";
+    type Operator = Join;
+
+    /// Checks the settings and returns the operator. A lookup join's
+    /// table is read by the `file` source, which only
+    /// [`build_in`](TransformConfig::build_in) has.
+    fn build(&self) -> Result<Join> {
+        const NONE: &[ComponentType] = &[];
+        self.build_in(&NONE)
+    }
+
+    /// Checks the settings and returns the operator; a lookup join's table
+    /// is read by the catalog's `file` source.
+    fn build_in(&self, catalog: &dyn Catalog) -> Result<Join> {
         let modes = [
             self.window.is_some(),
             self.interval.is_some(),
@@ -236,7 +262,7 @@ impl JoinConfig {
             }
             [false, false, true] => {
                 let table = self.table.as_ref().expect("checked");
-                Mode::Lookup(Arc::new(LookupTable::new(table)?))
+                Mode::Lookup(Arc::new(LookupTable::new(table, catalog)?))
             }
             _ => {
                 return Err(Error::config(
@@ -280,26 +306,24 @@ pub(crate) struct JoinPlan {
     pub(crate) schema: SchemaRef,
 }
 
-fn time_column(schema: &Schema, named: Option<&str>, key: &str) -> Result<usize> {
-    let name = named.or_else(|| event_time_column(schema)).ok_or_else(|| {
-        Error::config(
-            key,
-            "the input has no event-time column; name one, or set `event_time` on its source",
-        )
-    })?;
-    let (index, field) = schema
-        .column_with_name(name)
-        .ok_or_else(|| Error::config(key, format!("column `{name}` does not exist")))?;
-    if !is_event_time_type(field.data_type()) {
-        return Err(Error::config(
-            key,
-            format!(
-                "column `{name}` is {}, expected a timestamp",
-                field.data_type()
-            ),
-        ));
+impl JoinPlan {
+    /// The time column of input `input` (0 left, 1 right) of a timed
+    /// join, and its times in `batch` as milliseconds.
+    pub(crate) fn times(
+        &self,
+        input: usize,
+        batch: &RecordBatch,
+    ) -> Result<(usize, arrow::array::Int64Array)> {
+        let column = match input {
+            0 => self.left_time,
+            _ => self.right_time,
+        }
+        .ok_or_else(|| Error::Internal("a timed join without a time column".into()))?;
+        Ok((
+            column,
+            flumen_core::event_time::to_millis(batch.column(column))?,
+        ))
     }
-    Ok(index)
 }
 
 impl Join {

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use arrow::array::{ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::record_batch::RecordBatch;
-use flumen_core::event_time::to_millis;
 use flumen_core::prelude::*;
 
 use super::keys::{KeyEncoder, KeyTable};
@@ -93,13 +92,7 @@ impl Operator for WindowJoin {
         _ctx: &mut Context,
         out: &mut Collector,
     ) -> Result<()> {
-        let time = if input == 0 {
-            self.plan.left_time
-        } else {
-            self.plan.right_time
-        }
-        .expect("timed join");
-        let times = to_millis(batch.column(time))?;
+        let (_, times) = self.plan.times(input, &batch)?;
         let mut late = Vec::new();
         let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (row, time) in times.iter().enumerate() {

@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use flumen_core::prelude::*;
+use flumen_core::schema::column_index;
 
 /// Turns each row into one row per element of a list column (a flat-map):
 /// the list column becomes its element, the other columns repeat. Rows
@@ -29,9 +30,8 @@ impl Unnest {
     }
 
     fn plan(&self, input: &SchemaRef) -> Result<(usize, SchemaRef)> {
-        let (index, field) = input.column_with_name(&self.column).ok_or_else(|| {
-            Error::config("column", format!("column `{}` does not exist", self.column))
-        })?;
+        let index = column_index(input, "column", &self.column)?;
+        let field = input.field(index);
         let item = match field.data_type() {
             DataType::List(item) | DataType::LargeList(item) => item,
             other => {

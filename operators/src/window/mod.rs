@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use flumen_core::event_time::{event_time_column, is_event_time_type, with_event_time};
+use flumen_core::event_time::{time_column, with_event_time};
 use flumen_core::prelude::*;
+use flumen_core::schema::column_index;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -128,9 +129,13 @@ fn yes() -> bool {
     true
 }
 
-impl WindowConfig {
+impl TransformConfig for WindowConfig {
+    const TYPE: &str = "window";
+    const DESCRIPTION: &str = "Aggregates rows per tumbling, hopping or session window and key.";
+    type Operator = WindowAggregate;
+
     /// Checks the settings and returns the operator.
-    pub fn build(&self) -> Result<WindowAggregate> {
+    fn build(&self) -> Result<WindowAggregate> {
         let lateness = i64::try_from(self.allowed_lateness.as_millis())
             .map_err(|_| Error::config("allowed_lateness", "is too long"))?;
         let shape = match &self.window {
@@ -202,55 +207,18 @@ impl WindowAggregate {
     fn plan(&self, input: &SchemaRef) -> Result<Plan> {
         let time = match self.config.time {
             TimeDomain::Processing => RowTime::Arrival,
-            TimeDomain::Event => {
-                let column = self
-                    .config
-                    .time_column
-                    .as_deref()
-                    .or_else(|| event_time_column(input))
-                    .ok_or_else(|| {
-                        Error::config(
-                            "time_column",
-                            "the input has no event-time column; name one, or set `event_time` on its source",
-                        )
-                    })?;
-                let (index, field) = input.column_with_name(column).ok_or_else(|| {
-                    Error::config(
-                        "time_column",
-                        format!(
-                            "column `{column}` does not exist; columns: {}",
-                            column_names(input)
-                        ),
-                    )
-                })?;
-                if !is_event_time_type(field.data_type()) {
-                    return Err(Error::config(
-                        "time_column",
-                        format!(
-                            "column `{column}` is {}, expected a timestamp or integer milliseconds",
-                            field.data_type()
-                        ),
-                    ));
-                }
-                RowTime::Column(index)
-            }
+            TimeDomain::Event => RowTime::Column(time_column(
+                input,
+                self.config.time_column.as_deref(),
+                "time_column",
+            )?),
         };
         let keys = self
             .config
             .group_by
             .iter()
             .enumerate()
-            .map(|(i, name)| {
-                input.index_of(name).map_err(|_| {
-                    Error::config(
-                        format!("group_by[{i}]"),
-                        format!(
-                            "column `{name}` does not exist; columns: {}",
-                            column_names(input)
-                        ),
-                    )
-                })
-            })
+            .map(|(i, name)| column_index(input, &format!("group_by[{i}]"), name))
             .collect::<Result<Vec<_>>>()?;
         let key_schema = key_schema(input, &keys);
         let aggregates = Arc::new(Aggregates::plan(
@@ -337,15 +305,6 @@ impl WindowAggregate {
             with_ties: top.with_ties,
         }))
     }
-}
-
-fn column_names(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn duplicate_name(schema: &Schema) -> Option<String> {

@@ -260,7 +260,9 @@ async fn lookup_joins_match_datafusion() {
         graph
             .operator(
                 "enrich",
-                lookup(&path, kind, None).build().unwrap(),
+                lookup(&path, kind, None)
+                    .build_in(&flumen_sources::COMPONENTS)
+                    .unwrap(),
                 ["events"],
             )
             .parallelism(2);
@@ -291,7 +293,7 @@ async fn the_lookup_table_is_read_again_on_its_interval() {
     graph.operator(
         "enrich",
         lookup(&path, JoinType::Inner, Some(Duration::from_millis(1)))
-            .build()
+            .build_in(&flumen_sources::COMPONENTS)
             .unwrap(),
         ["events"],
     );

@@ -9,9 +9,13 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct BlackholeConfig {}
 
-impl BlackholeConfig {
+impl SinkConfig for BlackholeConfig {
+    const TYPE: &str = "blackhole";
+    const DESCRIPTION: &str = "Discards rows (counting them).";
+    type Sink = BlackholeSink;
+
     /// Returns the sink.
-    pub fn build(&self) -> Result<BlackholeSink> {
+    fn build(&self) -> Result<BlackholeSink> {
         Ok(BlackholeSink)
     }
 }

@@ -36,9 +36,15 @@ impl FileSinkConfig {
             format: TextFormat::Json,
         }
     }
+}
+
+impl SinkConfig for FileSinkConfig {
+    const TYPE: &str = "file";
+    const DESCRIPTION: &str = "Writes rows to a local file as JSON lines or CSV.";
+    type Sink = FileSink;
 
     /// Checks the settings and returns the sink.
-    pub fn build(&self) -> Result<FileSink> {
+    fn build(&self) -> Result<FileSink> {
         if self.path.as_os_str().is_empty() {
             return Err(Error::config("path", "must not be empty"));
         }

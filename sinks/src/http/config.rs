@@ -136,9 +136,14 @@ fn default_open_for() -> Duration {
     Duration::from_secs(10)
 }
 
-impl HttpSinkConfig {
+impl SinkConfig for HttpSinkConfig {
+    const TYPE: &str = "http";
+    const DESCRIPTION: &str =
+        "POSTs batches of rows to a URL, with retries, backoff and a circuit breaker.";
+    type Sink = HttpSink;
+
     /// Checks the settings and returns the sink.
-    pub fn build(&self) -> Result<HttpSink> {
+    fn build(&self) -> Result<HttpSink> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| Error::config("url", format!("`{}`: {e}", self.url)))?;
         if !["http", "https"].contains(&url.scheme()) {

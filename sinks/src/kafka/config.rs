@@ -6,8 +6,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use flumen_clients::kafka::KafkaSecurity;
 use flumen_core::prelude::*;
-use flumen_sources::kafka::KafkaSecurity;
 
 use super::sink::KafkaSink;
 
@@ -182,19 +182,9 @@ impl KafkaSinkConfig {
         self
     }
 
-    /// Checks the settings and returns the sink.
-    pub fn build(&self) -> Result<KafkaSink> {
-        if self.topic.trim().is_empty() {
-            return Err(Error::config("topic", "is empty; name the topic to write"));
-        }
-        // Fail on a bad property now rather than at the first write.
-        self.client_config()?;
-        KafkaSink::new(self.clone())
-    }
-
     pub(super) fn client_config(&self) -> Result<rdkafka::ClientConfig> {
         let mut client =
-            flumen_sources::kafka::client_config(&self.brokers, &self.security, &IndexMap::new())?;
+            flumen_clients::kafka::client_config(&self.brokers, &self.security, &IndexMap::new())?;
         client
             .set("enable.idempotence", "true")
             .set("compression.codec", self.compression.codec())
@@ -204,7 +194,24 @@ impl KafkaSinkConfig {
         }
         client
             .create_native_config()
-            .map_err(flumen_sources::kafka::kafka_error)?;
+            .map_err(flumen_clients::kafka::kafka_error)?;
         Ok(client)
+    }
+}
+
+impl SinkConfig for KafkaSinkConfig {
+    const TYPE: &str = "kafka";
+    const DESCRIPTION: &str =
+        "Writes rows to a Kafka topic, at least once or exactly once with transactions.";
+    type Sink = KafkaSink;
+
+    /// Checks the settings and returns the sink.
+    fn build(&self) -> Result<KafkaSink> {
+        if self.topic.trim().is_empty() {
+            return Err(Error::config("topic", "is empty; name the topic to write"));
+        }
+        // Fail on a bad property now rather than at the first write.
+        self.client_config()?;
+        KafkaSink::new(self.clone())
     }
 }

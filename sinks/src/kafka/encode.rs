@@ -5,7 +5,9 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 
+use flumen_clients::kafka::avro_schema_file;
 use flumen_core::prelude::*;
+use flumen_core::schema::column_index;
 use flumen_core::writable::split_writable;
 
 use super::config::{KafkaSinkConfig, KafkaValueFormat};
@@ -56,18 +58,7 @@ pub(super) struct RowEncoder {
 
 impl RowEncoder {
     pub(super) fn new(config: &KafkaSinkConfig, schema: &SchemaRef) -> Result<Self> {
-        let column = |key: &str, name: &str| {
-            schema.index_of(name).map_err(|_| {
-                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                Error::config(
-                    key,
-                    format!(
-                        "column `{name}` does not exist; columns: {}",
-                        names.join(", ")
-                    ),
-                )
-            })
-        };
+        let column = |key: &str, name: &str| column_index(schema, key, name);
         let key = config
             .key
             .as_deref()
@@ -92,15 +83,8 @@ impl RowEncoder {
                 let options = config.avro.as_ref().ok_or_else(|| {
                     Error::config("avro.schema_file", "format avro needs a schema file")
                 })?;
-                let text = std::fs::read_to_string(&options.schema_file).map_err(|e| {
-                    Error::config(
-                        "avro.schema_file",
-                        format!("cannot read `{}`: {e}", options.schema_file.display()),
-                    )
-                })?;
-                Some(Arc::new(apache_avro::Schema::parse_str(&text).map_err(
-                    |e| Error::config("avro.schema_file", format!("not an Avro schema: {e}")),
-                )?))
+                let schema = avro_schema_file("avro.schema_file", &options.schema_file)?;
+                Some(Arc::new(schema))
             }
             _ => None,
         };

@@ -11,8 +11,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::json;
 
+use flumen_clients::kafka::kafka_error;
 use flumen_core::prelude::*;
-use flumen_sources::kafka::kafka_error;
 
 use super::config::{Delivery, KafkaSinkConfig};
 use super::encode::RowEncoder;
@@ -81,7 +81,7 @@ struct DeliveryReports {
 
 impl ClientContext for DeliveryReports {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        flumen_sources::kafka::LoggingContext.log(level, fac, log_message);
+        flumen_clients::kafka::log(level, fac, log_message);
     }
 }
 

@@ -123,9 +123,15 @@ impl ParquetSinkConfig {
             _ => true,
         }
     }
+}
+
+impl SinkConfig for ParquetSinkConfig {
+    const TYPE: &str = "parquet";
+    const DESCRIPTION: &str = "Writes rows as Parquet files to a directory or object store, partitioned Hive-style, committed with checkpoints.";
+    type Sink = ParquetSink;
 
     /// Checks the settings and returns the sink.
-    pub fn build(&self) -> Result<ParquetSink> {
+    fn build(&self) -> Result<ParquetSink> {
         let positive = |key: &str, value: u64| {
             if value == 0 {
                 Err(Error::config(key, "must be more than zero"))

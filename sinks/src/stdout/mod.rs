@@ -36,9 +36,13 @@ pub struct StdoutConfig {
     pub limit: Option<u64>,
 }
 
-impl StdoutConfig {
+impl SinkConfig for StdoutConfig {
+    const TYPE: &str = "stdout";
+    const DESCRIPTION: &str = "Prints rows to standard output.";
+    type Sink = StdoutSink;
+
     /// Checks the settings and returns the sink.
-    pub fn build(&self) -> Result<StdoutSink> {
+    fn build(&self) -> Result<StdoutSink> {
         Ok(StdoutSink {
             config: self.clone(),
         })

@@ -8,62 +8,11 @@ use arrow::datatypes::SchemaRef;
 use flumen_core::prelude::*;
 use flumen_core::schema::SchemaSpec;
 use flumen_core::storage::{self, StorageOptions};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::source::FileSource;
 
-/// The encoding of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FileFormat {
-    /// One JSON object per line (NDJSON).
-    Json,
-    /// Comma-separated values.
-    Csv,
-    /// Apache Parquet.
-    Parquet,
-}
-
-impl FileFormat {
-    /// Guesses the format from a file name's extension.
-    pub fn from_extension(path: &str) -> Option<FileFormat> {
-        let extension = path.rsplit('.').next()?.to_ascii_lowercase();
-        match extension.as_str() {
-            "json" | "jsonl" | "ndjson" => Some(FileFormat::Json),
-            "csv" => Some(FileFormat::Csv),
-            "parquet" => Some(FileFormat::Parquet),
-            _ => None,
-        }
-    }
-}
-
-/// Options for CSV files.
-#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CsvOptions {
-    /// Whether the first line names the columns (and is skipped).
-    #[serde(default = "yes")]
-    pub header: bool,
-    /// The field separator, one ASCII character.
-    #[serde(default = "comma")]
-    pub delimiter: char,
-}
-
-fn yes() -> bool {
-    true
-}
-fn comma() -> char {
-    ','
-}
-
-impl Default for CsvOptions {
-    fn default() -> Self {
-        CsvOptions {
-            header: true,
-            delimiter: ',',
-        }
-    }
-}
+pub use flumen_core::file_format::{CsvOptions, FileFormat};
 
 /// Reads one file of records, then ends.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -127,35 +76,6 @@ impl FileSourceConfig {
         self
     }
 
-    /// Checks the settings and resolves the schema (reading the start of a
-    /// local file if none is declared).
-    pub fn build(&self) -> Result<FileSource> {
-        let location = storage::resolve(&self.path, &self.storage, "path")?;
-        let format = match self.format {
-            Some(format) => format,
-            None => FileFormat::from_extension(&self.path).ok_or_else(|| {
-                Error::config(
-                    "format",
-                    format!("cannot tell the format of `{}` from its extension; set format: json, csv or parquet", self.path),
-                )
-            })?,
-        };
-        if self.batch_size == 0 {
-            return Err(Error::config("batch_size", "must be at least 1"));
-        }
-        if !self.csv.delimiter.is_ascii() {
-            return Err(Error::config(
-                "csv.delimiter",
-                "must be one ASCII character",
-            ));
-        }
-        let schema = match &self.schema {
-            Some(spec) => spec.to_schema("schema")?,
-            None => self.infer_schema(format)?,
-        };
-        Ok(FileSource::new(self.clone(), location, format, schema))
-    }
-
     fn infer_schema(&self, format: FileFormat) -> Result<SchemaRef> {
         let path = local_path(&self.path).ok_or_else(|| {
             Error::config(
@@ -217,6 +137,41 @@ impl FileSourceConfig {
             ));
         }
         Ok(Arc::new(inferred))
+    }
+}
+
+impl SourceConfig for FileSourceConfig {
+    const TYPE: &str = "file";
+    const DESCRIPTION: &str = "Reads a JSON lines, CSV or Parquet file.";
+    type Source = FileSource;
+
+    /// Checks the settings and resolves the schema (reading the start of a
+    /// local file if none is declared).
+    fn build(&self) -> Result<FileSource> {
+        let location = storage::resolve(&self.path, &self.storage, "path")?;
+        let format = match self.format {
+            Some(format) => format,
+            None => FileFormat::from_extension(&self.path).ok_or_else(|| {
+                Error::config(
+                    "format",
+                    format!("cannot tell the format of `{}` from its extension; set format: json, csv or parquet", self.path),
+                )
+            })?,
+        };
+        if self.batch_size == 0 {
+            return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        if !self.csv.delimiter.is_ascii() {
+            return Err(Error::config(
+                "csv.delimiter",
+                "must be one ASCII character",
+            ));
+        }
+        let schema = match &self.schema {
+            Some(spec) => spec.to_schema("schema")?,
+            None => self.infer_schema(format)?,
+        };
+        Ok(FileSource::new(self.clone(), location, format, schema))
     }
 }
 

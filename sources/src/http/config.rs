@@ -120,7 +120,7 @@ impl TlsConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::config("tls", e))?
+            .map_err(|e| Error::Internal(format!("TLS protocol versions: {e}")))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| {
@@ -248,8 +248,24 @@ fn default_max_connections() -> usize {
 }
 
 impl HttpSourceConfig {
+    pub(crate) fn log_options(&self) -> LogOptions {
+        LogOptions {
+            segment_bytes: self.buffer.segment_bytes,
+            fsync: self.buffer.fsync,
+            max_bytes: self.buffer.max_bytes,
+            max_events: self.buffer.max_events.unwrap_or(u64::MAX),
+            preallocate: self.buffer.preallocate,
+        }
+    }
+}
+
+impl SourceConfig for HttpSourceConfig {
+    const TYPE: &str = "http";
+    const DESCRIPTION: &str = "Accepts events over HTTP into a durable buffer (202 once synced); read at the pipeline's pace.";
+    type Source = HttpSource;
+
     /// Checks the settings and returns the source.
-    pub fn build(&self) -> Result<HttpSource> {
+    fn build(&self) -> Result<HttpSource> {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             Error::config(
                 "listen",
@@ -317,15 +333,5 @@ impl HttpSourceConfig {
             tls.acceptor()?;
         }
         Ok(HttpSource::new(self.clone(), listen, schema))
-    }
-
-    pub(crate) fn log_options(&self) -> LogOptions {
-        LogOptions {
-            segment_bytes: self.buffer.segment_bytes,
-            fsync: self.buffer.fsync,
-            max_bytes: self.buffer.max_bytes,
-            max_events: self.buffer.max_events.unwrap_or(u64::MAX),
-            preallocate: self.buffer.preallocate,
-        }
     }
 }

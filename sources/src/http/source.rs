@@ -286,7 +286,13 @@ impl Source for HttpIngest {
             .and_then(|l| l.set_nonblocking(true).map(|_| l))
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|e| {
-                Error::config("listen", format!("cannot listen on {}: {e}", self.listen))
+                // Another process holds the port, or it needs privileges:
+                // the outside world, not the settings, may be what changes.
+                Error::connector(
+                    "http",
+                    false,
+                    format!("cannot listen on {}: {e}", self.listen),
+                )
             })?;
         tracing::info!(
             address = %self.listen,

@@ -9,10 +9,10 @@ use serde::Deserialize;
 use flumen_core::prelude::*;
 use flumen_core::schema::SchemaSpec;
 
-use super::client::KafkaSecurity;
 use super::decode::{self, Format};
 use super::source::KafkaSource;
 use crate::file::CsvOptions;
+use flumen_clients::kafka::KafkaSecurity;
 
 /// Reads topics as a member of a Kafka consumer group. Instances (in this
 /// process and in other `flumen run` processes with the same `group`)
@@ -214,10 +214,17 @@ impl KafkaSourceConfig {
         self.properties.insert(key.into(), value.into());
         self
     }
+}
+
+impl SourceConfig for KafkaSourceConfig {
+    const TYPE: &str = "kafka";
+    const DESCRIPTION: &str =
+        "Reads Kafka topics as a consumer group member; offsets committed with checkpoints.";
+    type Source = KafkaSource;
 
     /// Checks the settings, resolves the schema (reading a sample of the
     /// topics if it must be inferred) and returns the source.
-    pub fn build(&self) -> Result<KafkaSource> {
+    fn build(&self) -> Result<KafkaSource> {
         if self.topics.is_empty() {
             return Err(Error::config("topics", "is empty; name at least one topic"));
         }
@@ -239,7 +246,7 @@ impl KafkaSourceConfig {
                 "must be one ASCII character",
             ));
         }
-        super::client::client_config(&self.brokers, &self.security, &self.properties)?;
+        flumen_clients::kafka::client_config(&self.brokers, &self.security, &self.properties)?;
         let format = decode::Format::from_config(self)?;
         let values = match (&self.schema, &format) {
             (Some(spec), _) => spec.to_schema("schema")?,

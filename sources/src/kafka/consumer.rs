@@ -142,7 +142,7 @@ impl GroupContext {
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        super::client::log(level, fac, log_message);
+        flumen_clients::kafka::log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -12,8 +12,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use flumen_core::prelude::*;
 
-use super::client::{self, kafka_error};
 use super::config::{KafkaFormat, KafkaSourceConfig};
+use flumen_clients::kafka::{avro_schema_file, client_config, kafka_error};
 
 /// The longest piece of a rejected message kept in its dead-letter record.
 const MAX_REJECTED_BYTES: usize = 64 << 10;
@@ -49,21 +49,7 @@ impl Format {
                         "format avro needs the writer's schema file",
                     )
                 })?;
-                let text = std::fs::read_to_string(&options.schema_file).map_err(|e| {
-                    Error::config(
-                        "avro.schema_file",
-                        format!("cannot read `{}`: {e}", options.schema_file.display()),
-                    )
-                })?;
-                let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
-                    Error::config(
-                        "avro.schema_file",
-                        format!(
-                            "`{}` is not an Avro schema: {e}",
-                            options.schema_file.display()
-                        ),
-                    )
-                })?;
+                let schema = avro_schema_file("avro.schema_file", &options.schema_file)?;
                 Format::Avro {
                     schema: Arc::new(schema),
                     confluent_header: options.confluent_header,
@@ -437,7 +423,7 @@ pub(crate) fn infer_schema(config: &KafkaSourceConfig, format: &Format) -> Resul
             "cannot be inferred for topic patterns; declare it",
         ));
     }
-    let mut client = client::client_config(&config.brokers, &config.security, &config.properties)?;
+    let mut client = client_config(&config.brokers, &config.security, &config.properties)?;
     client
         .set("group.id", format!("{}-schema-sample", config.group))
         .set("enable.auto.commit", "false");

@@ -6,19 +6,16 @@
 //! rebalance that takes partitions away first waits for a checkpoint that
 //! covers everything read from them.
 
-mod client;
 mod config;
 mod consumer;
 mod decode;
+mod position;
 mod source;
 #[cfg(test)]
 mod tests;
 
-pub use self::client::{KafkaSecurity, LoggingContext, SecurityProtocol};
 pub use self::config::{
     AvroOptions, KafkaFormat, KafkaSourceConfig, MetadataColumns, StartFrom, StopAt,
 };
 pub use self::source::KafkaSource;
-
-#[doc(hidden)]
-pub use self::client::{client_config, kafka_error};
+pub use flumen_clients::kafka::{KafkaSecurity, SecurityProtocol};

@@ -9,17 +9,17 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMilli
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use flumen_core::component::SplitChange;
 use flumen_core::event_time::EventTimeConfig;
 use flumen_core::prelude::*;
 
-use super::client::{client_config, kafka_error};
 use super::config::{KafkaSourceConfig, StartFrom};
 use super::consumer::{Chunk, Event, GroupContext, PollSettings, TopicPartition, poll_loop};
 use super::decode::{Format, ValueDecoder, shown};
+use super::position::{end_offsets, position_from_json, position_to_json};
+use flumen_clients::kafka::{client_config, kafka_error};
 
 /// A source reading Kafka topics as a consumer group member. Built from a
 /// [`KafkaSourceConfig`].
@@ -659,86 +659,6 @@ impl KafkaInstance {
         );
         Ok(done)
     }
-}
-
-/// The high watermark of every partition of `topics`.
-fn end_offsets(
-    consumer: &BaseConsumer<GroupContext>,
-    topics: &[String],
-) -> Result<BTreeMap<TopicPartition, i64>> {
-    let timeout = Duration::from_secs(30);
-    let mut ends = BTreeMap::new();
-    for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka_error)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(Error::connector(
-                "kafka",
-                false,
-                format!("topic `{topic}` does not exist or has no partitions"),
-            ));
-        }
-        for partition in partitions {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .map_err(kafka_error)?;
-            ends.insert((Arc::from(topic.as_str()), partition), high);
-        }
-    }
-    Ok(ends)
-}
-
-/// Offsets as recorded in a checkpoint, with the member that read them.
-fn position_to_json(member: &str, offsets: &[(TopicPartition, i64)]) -> serde_json::Value {
-    let list: Vec<_> = offsets
-        .iter()
-        .map(|((topic, partition), offset)| {
-            json!({ "topic": topic.as_ref(), "partition": partition, "offset": offset })
-        })
-        .collect();
-    json!({ "member": member, "offsets": list })
-}
-
-/// A restored position: its member (absent for an empty one) and offsets.
-type Position = (Option<String>, Vec<(TopicPartition, i64)>);
-
-fn position_from_json(position: &serde_json::Value) -> Result<Position> {
-    if position.is_null() {
-        return Ok((None, Vec::new()));
-    }
-    let member = position
-        .get("member")
-        .and_then(|m| m.as_str())
-        .map(String::from);
-    let invalid = || Error::internal(format!("not a Kafka source position: {position}"));
-    let list = position
-        .get("offsets")
-        .and_then(serde_json::Value::as_array)
-        .ok_or_else(invalid)?;
-    list.iter()
-        .map(|entry| {
-            let topic = entry
-                .get("topic")
-                .and_then(|t| t.as_str())
-                .ok_or_else(invalid)?;
-            let partition = entry
-                .get("partition")
-                .and_then(|p| p.as_i64())
-                .ok_or_else(invalid)?;
-            let offset = entry
-                .get("offset")
-                .and_then(|o| o.as_i64())
-                .ok_or_else(invalid)?;
-            Ok(((Arc::from(topic), partition as i32), offset))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(|offsets| (member, offsets))
 }
 
 #[async_trait]

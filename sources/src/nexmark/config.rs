@@ -129,9 +129,15 @@ impl NexmarkConfig {
         self.kind = kind;
         self
     }
+}
+
+impl SourceConfig for NexmarkConfig {
+    const TYPE: &str = "nexmark";
+    const DESCRIPTION: &str = "Nexmark auction events: persons, auctions or bids.";
+    type Source = NexmarkSource;
 
     /// Checks the settings and returns the source.
-    pub fn build(&self) -> Result<NexmarkSource> {
+    fn build(&self) -> Result<NexmarkSource> {
         let positive = |key: &str, value: u64| {
             if value == 0 {
                 Err(Error::config(key, "must be at least 1"))

@@ -1,8 +1,11 @@
-//! Connection settings shared by the Kafka source and sink.
+//! What the Kafka source and sink share: connection and security
+//! settings, librdkafka's errors and logs, and Avro schema files.
+
+use std::path::Path;
 
 use indexmap::IndexMap;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::{ClientContext, error::KafkaError};
+use rdkafka::error::KafkaError;
 use serde::Deserialize;
 
 use flumen_core::prelude::*;
@@ -133,21 +136,8 @@ pub fn kafka_error(error: KafkaError) -> Error {
     Error::connector("kafka", retryable, error)
 }
 
-/// librdkafka's log and error callbacks, into `tracing`.
-#[derive(Debug, Default, Clone)]
-pub struct LoggingContext;
-
-impl ClientContext for LoggingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "flumen::kafka", %error, reason, "kafka client error");
-    }
-}
-
-pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+/// One librdkafka log line, into `tracing`.
+pub fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -158,4 +148,17 @@ pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
         RDKafkaLogLevel::Warning => tracing::warn!(target: "flumen::kafka", facility, "{message}"),
         _ => tracing::debug!(target: "flumen::kafka", facility, "{message}"),
     }
+}
+
+/// The Avro schema in `path` (`.avsc`, JSON), named by `key` when it
+/// cannot be read or parsed.
+pub fn avro_schema_file(key: &str, path: &Path) -> Result<apache_avro::Schema> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(key, format!("cannot read `{}`: {e}", path.display())))?;
+    apache_avro::Schema::parse_str(&text).map_err(|e| {
+        Error::config(
+            key,
+            format!("`{}` is not an Avro schema: {e}", path.display()),
+        )
+    })
 }

@@ -1,377 +1,19 @@
-//! Building a dataflow graph in code, and checking it before it runs.
-//!
-//! Nodes refer to their inputs by name (`"bids"`, or `"router.legacy"` for
-//! a named output), so a graph can be declared in any order, as a pipeline
-//! file does. [`GraphBuilder::build`] resolves the names, rejects cycles
-//! and dangling inputs, computes every edge's schema and checks columns,
-//! and returns a [`Pipeline`] ready to run.
-//!
-//! ```
-//! use flumen_core::prelude::*;
-//! use flumen_core::testing::{CollectSink, MemorySource};
-//! # use std::sync::Arc;
-//! # use arrow::array::Int64Array;
-//! # use arrow::datatypes::{DataType, Field, Schema};
-//!
-//! # fn main() -> Result<()> {
-//! let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-//! let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])?;
-//! let (sink, collected) = CollectSink::new();
-//!
-//! let mut graph = GraphBuilder::new();
-//! graph.source("numbers", MemorySource::new(schema, vec![batch]));
-//! graph.sink("out", sink, ["numbers"]);
-//! let pipeline = graph.build()?;
-//! # let _ = (pipeline, collected);
-//! # Ok(())
-//! # }
-//! ```
+//! Planning: resolving names, ordering nodes, asking each factory for its
+//! output schema, and checking partitioning, event time and reachability.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt;
-use std::sync::Arc;
-
-use arrow::datatypes::SchemaRef;
-
-use crate::component::{OperatorFactory, SinkFactory, SourceFactory};
-use crate::dead_letter::OnError;
-use crate::error::{Error, Result};
-use crate::event_time::{EventTimeConfig, with_event_time};
-use crate::partition::Partitioning;
-use crate::runtime::{NodeStats, Signals};
-
-/// A reference to an upstream output, with the partitioning of the edge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Input {
-    /// `node`, or `node.output` for a named output.
-    pub from: String,
-    /// How rows are split between the consumer's instances. `None` picks
-    /// forward when both sides have the same parallelism, round-robin
-    /// otherwise.
-    pub partitioning: Option<Partitioning>,
-}
-
-impl Input {
-    /// An input with the default partitioning.
-    pub fn new(from: impl Into<String>) -> Self {
-        Input {
-            from: from.into(),
-            partitioning: None,
-        }
-    }
-
-    /// Instance *i* feeds instance *i*.
-    pub fn forward(from: impl Into<String>) -> Self {
-        Input::new(from).with(Partitioning::Forward)
-    }
-
-    /// Rows with equal `keys` go to the same instance.
-    pub fn hash<K: Into<String>>(
-        from: impl Into<String>,
-        keys: impl IntoIterator<Item = K>,
-    ) -> Self {
-        Input::new(from).with(Partitioning::Hash(
-            keys.into_iter().map(Into::into).collect(),
-        ))
-    }
-
-    /// Every instance receives every batch.
-    pub fn broadcast(from: impl Into<String>) -> Self {
-        Input::new(from).with(Partitioning::Broadcast)
-    }
-
-    /// Batches go to the instances in turn.
-    pub fn round_robin(from: impl Into<String>) -> Self {
-        Input::new(from).with(Partitioning::RoundRobin)
-    }
-
-    fn with(mut self, partitioning: Partitioning) -> Self {
-        self.partitioning = Some(partitioning);
-        self
-    }
-}
-
-impl From<&str> for Input {
-    fn from(from: &str) -> Self {
-        Input::new(from)
-    }
-}
-
-impl From<String> for Input {
-    fn from(from: String) -> Self {
-        Input::new(from)
-    }
-}
-
-impl From<&String> for Input {
-    fn from(from: &String) -> Self {
-        Input::new(from.clone())
-    }
-}
-
-/// What a node is, with the factory that creates its instances.
-#[derive(Clone)]
-pub enum NodeKind {
-    /// Produces data.
-    Source(Arc<dyn SourceFactory>),
-    /// Transforms data.
-    Operator(Arc<dyn OperatorFactory>),
-    /// Writes data out.
-    Sink(Arc<dyn SinkFactory>),
-}
-
-impl NodeKind {
-    /// `source`, `operator` or `sink`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            NodeKind::Source(_) => "source",
-            NodeKind::Operator(_) => "operator",
-            NodeKind::Sink(_) => "sink",
-        }
-    }
-}
-
-impl fmt::Debug for NodeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-#[derive(Debug)]
-struct NodeDecl {
-    name: String,
-    kind: NodeKind,
-    component_type: Option<String>,
-    inputs: Vec<Input>,
-    parallelism: usize,
-    event_time: Option<EventTimeConfig>,
-    on_error: OnError,
-}
-
-/// Declares the nodes of a graph. See the [module documentation](self).
-#[derive(Debug, Default)]
-pub struct GraphBuilder {
-    nodes: Vec<NodeDecl>,
-    dead_letter: Option<DeadLetterSink>,
-}
-
-/// Settings of a node just added to a [`GraphBuilder`].
-#[derive(Debug)]
-pub struct NodeBuilder<'a>(&'a mut NodeDecl);
-
-impl NodeBuilder<'_> {
-    /// Runs the node as this many parallel instances (default 1).
-    pub fn parallelism(self, parallelism: usize) -> Self {
-        self.0.parallelism = parallelism;
-        self
-    }
-
-    /// What the node does with a record it cannot handle (default: send
-    /// it to the dead-letter sink).
-    pub fn on_error(self, on_error: OnError) -> Self {
-        self.0.on_error = on_error;
-        self
-    }
-
-    /// Sets where a source's event time comes from (sources only).
-    pub fn event_time(self, event_time: EventTimeConfig) -> Self {
-        self.0.event_time = Some(event_time);
-        self
-    }
-
-    /// Names the component type, as a pipeline file does (`nexmark`,
-    /// `filter`), for graph rendering and errors.
-    pub fn component_type(self, component_type: impl Into<String>) -> Self {
-        self.0.component_type = Some(component_type.into());
-        self
-    }
-}
-
-impl GraphBuilder {
-    /// An empty graph.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a source.
-    pub fn source(
-        &mut self,
-        name: impl Into<String>,
-        factory: impl SourceFactory,
-    ) -> NodeBuilder<'_> {
-        self.add(name.into(), NodeKind::Source(Arc::new(factory)), Vec::new())
-    }
-
-    /// Adds an operator reading `inputs`.
-    pub fn operator<I: Into<Input>>(
-        &mut self,
-        name: impl Into<String>,
-        factory: impl OperatorFactory,
-        inputs: impl IntoIterator<Item = I>,
-    ) -> NodeBuilder<'_> {
-        let inputs = inputs.into_iter().map(Into::into).collect();
-        self.add(name.into(), NodeKind::Operator(Arc::new(factory)), inputs)
-    }
-
-    /// Adds a sink reading `inputs` (several inputs are unioned; their
-    /// schemas must match).
-    pub fn sink<I: Into<Input>>(
-        &mut self,
-        name: impl Into<String>,
-        factory: impl SinkFactory,
-        inputs: impl IntoIterator<Item = I>,
-    ) -> NodeBuilder<'_> {
-        let inputs = inputs.into_iter().map(Into::into).collect();
-        self.add(name.into(), NodeKind::Sink(Arc::new(factory)), inputs)
-    }
-
-    /// Adds a node of any kind.
-    pub fn node(
-        &mut self,
-        name: impl Into<String>,
-        kind: NodeKind,
-        inputs: Vec<Input>,
-    ) -> NodeBuilder<'_> {
-        self.add(name.into(), kind, inputs)
-    }
-
-    fn add(&mut self, name: String, kind: NodeKind, inputs: Vec<Input>) -> NodeBuilder<'_> {
-        self.nodes.push(NodeDecl {
-            name,
-            kind,
-            component_type: None,
-            inputs,
-            parallelism: 1,
-            event_time: None,
-            on_error: OnError::default(),
-        });
-        NodeBuilder(self.nodes.last_mut().expect("just pushed"))
-    }
-
-    /// Where records that components reject go (see [`dead_letter`]): a
-    /// sink of [`dead_letter::schema`]. Without one, dead-lettered records
-    /// are logged and counted.
-    ///
-    /// [`dead_letter`]: crate::dead_letter
-    pub fn dead_letter_sink(&mut self, factory: impl SinkFactory) -> &mut Self {
-        self.dead_letter_sink_shared(Arc::new(factory))
-    }
-
-    /// [`GraphBuilder::dead_letter_sink`] with a shared factory.
-    pub fn dead_letter_sink_shared(&mut self, factory: Arc<dyn SinkFactory>) -> &mut Self {
-        self.dead_letter = Some(DeadLetterSink(factory));
-        self
-    }
-
-    /// Checks the graph and plans it: see [`Pipeline`].
-    pub fn build(self) -> Result<Pipeline> {
-        if let Some(DeadLetterSink(sink)) = &self.dead_letter {
-            sink.check_input(&crate::dead_letter::schema())
-                .map_err(|e| e.in_node("dead_letter"))?;
-        }
-        let mut pipeline = Planner::new(self.nodes)?.plan()?;
-        pipeline.dead_letter = self.dead_letter;
-        Ok(pipeline)
-    }
-}
-
-/// One output of a node.
-#[derive(Debug, Clone)]
-pub struct OutputPort {
-    /// `None` for the main output, the name for a named output.
-    pub name: Option<String>,
-    /// Schema of every batch on this output.
-    pub schema: SchemaRef,
-}
-
-/// A resolved edge into a node.
-#[derive(Debug, Clone)]
-pub struct Edge {
-    /// Index of the upstream node in [`Pipeline::nodes`].
-    pub from: usize,
-    /// Which output of the upstream node: 0 is the main one.
-    pub port: usize,
-    /// How rows are split, never left to default here.
-    pub partitioning: Partitioning,
-    /// Column indices of hash keys (empty unless hash-partitioned).
-    pub key_columns: Vec<usize>,
-}
-
-/// A checked node of a [`Pipeline`].
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// Unique name.
-    pub name: String,
-    /// The component type given at build time (`nexmark`, `filter`), if any.
-    pub component_type: Option<String>,
-    /// What the node is.
-    pub kind: NodeKind,
-    /// How many instances run.
-    pub parallelism: usize,
-    /// Edges in, in declaration order.
-    pub inputs: Vec<Edge>,
-    /// Outputs: the main one first, then named ones. Empty for sinks.
-    pub outputs: Vec<OutputPort>,
-    /// For sources: event-time settings and the column's index.
-    pub event_time: Option<(EventTimeConfig, usize)>,
-    /// What the node does with a record it cannot handle.
-    pub on_error: OnError,
-}
-
-impl Node {
-    /// The schema of the node's input (for sinks and single-input
-    /// operators) or main output.
-    pub fn input_schemas<'a>(&self, nodes: &'a [Node]) -> Vec<&'a SchemaRef> {
-        self.inputs
-            .iter()
-            .map(|e| &nodes[e.from].outputs[e.port].schema)
-            .collect()
-    }
-}
-
-/// A checked, planned graph, ready to [`run`](Pipeline::run). Nodes are in
-/// topological order: every node comes after its inputs.
-#[derive(Debug)]
-pub struct Pipeline {
-    pub(crate) nodes: Vec<Node>,
-    pub(crate) stats: Arc<[Arc<NodeStats>]>,
-    pub(crate) signals: Signals,
-    pub(crate) dead_letter: Option<DeadLetterSink>,
-}
-
-/// The sink dead-lettered records go to.
-#[derive(Clone)]
-pub(crate) struct DeadLetterSink(pub(crate) Arc<dyn SinkFactory>);
-
-impl fmt::Debug for DeadLetterSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DeadLetterSink")
-    }
-}
-
-impl Pipeline {
-    /// The nodes, inputs before the nodes that read them.
-    pub fn nodes(&self) -> &[Node] {
-        &self.nodes
-    }
-
-    /// Looks a node up by name.
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.name == name)
-    }
-}
+use super::*;
 
 /// For each input of a node: the declaration it reads and the named output,
 /// if not the main one.
-type Upstream = Vec<(usize, Option<String>)>;
+pub(super) type Upstream = Vec<(usize, Option<String>)>;
 
-struct Planner {
+pub(super) struct Planner {
     decls: Vec<NodeDecl>,
     by_name: HashMap<String, usize>,
 }
 
 impl Planner {
-    fn new(decls: Vec<NodeDecl>) -> Result<Self> {
+    pub(super) fn new(decls: Vec<NodeDecl>) -> Result<Self> {
         let mut by_name = HashMap::new();
         for (i, decl) in decls.iter().enumerate() {
             check_name(&decl.name)?;
@@ -385,7 +27,7 @@ impl Planner {
         Ok(Planner { decls, by_name })
     }
 
-    fn plan(self) -> Result<Pipeline> {
+    pub(super) fn plan(self) -> Result<Plan> {
         let upstream = self.resolve_upstream()?;
         let order = self.topological_order(&upstream)?;
 
@@ -397,10 +39,8 @@ impl Planner {
             nodes.push(node);
         }
         check_reaches_sink(&nodes)?;
-        Ok(Pipeline {
-            stats: nodes.iter().map(|_| Arc::default()).collect(),
+        Ok(Plan {
             nodes,
-            signals: Signals::default(),
             dead_letter: None,
         })
     }
@@ -670,20 +310,22 @@ impl Planner {
 
 /// Attributes an error raised while checking node `name` to the node,
 /// keeping the setting it is about.
-fn in_node(name: &str, err: Error) -> Error {
+pub(super) fn in_node(name: &str, err: Error) -> Error {
+    if let Some((path, message)) = err.setting() {
+        return Error::graph_at(name, path, message);
+    }
     match err {
         Error::Graph { key, message, .. } => Error::Graph {
             node: name.to_string(),
             key,
             message,
         },
-        Error::Config { path, message } => Error::graph_at(name, path, message),
         Error::DataFusion(e) => Error::graph(name, e.strip_backtrace()),
         other => Error::graph(name, other),
     }
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name
             .chars()
@@ -697,7 +339,7 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_max_parallelism(decl: &NodeDecl, max: Option<usize>) -> Result<()> {
+pub(super) fn check_max_parallelism(decl: &NodeDecl, max: Option<usize>) -> Result<()> {
     match max {
         Some(max) if decl.parallelism > max => Err(Error::graph_at(
             &decl.name,
@@ -713,7 +355,7 @@ fn check_max_parallelism(decl: &NodeDecl, max: Option<usize>) -> Result<()> {
 
 /// The partitioning of an edge: as given, else the one the reader needs
 /// (`required` keys), else forward or round-robin.
-fn resolve_partitioning(
+pub(super) fn resolve_partitioning(
     input: &Input,
     from_parallelism: usize,
     parallelism: usize,
@@ -759,7 +401,7 @@ fn resolve_partitioning(
     }
 }
 
-fn key_indices(from: &str, keys: &[String], schema: &SchemaRef) -> Result<Vec<usize>> {
+pub(super) fn key_indices(from: &str, keys: &[String], schema: &SchemaRef) -> Result<Vec<usize>> {
     keys.iter()
         .map(|key| {
             schema.index_of(key).map_err(|_| {
@@ -776,7 +418,7 @@ fn key_indices(from: &str, keys: &[String], schema: &SchemaRef) -> Result<Vec<us
         .collect()
 }
 
-fn check_same_schemas(decl: &NodeDecl, schemas: &[SchemaRef]) -> Result<()> {
+pub(super) fn check_same_schemas(decl: &NodeDecl, schemas: &[SchemaRef]) -> Result<()> {
     let first = &schemas[0];
     for (input, schema) in decl.inputs.iter().zip(schemas).skip(1) {
         if !first
@@ -803,17 +445,7 @@ fn check_same_schemas(decl: &NodeDecl, schemas: &[SchemaRef]) -> Result<()> {
     Ok(())
 }
 
-/// `name: Type, ...`, for error messages.
-pub fn describe_schema(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn check_reaches_sink(nodes: &[Node]) -> Result<()> {
+pub(super) fn check_reaches_sink(nodes: &[Node]) -> Result<()> {
     // Nodes are in topological order, so walking backwards sees every
     // reader before the nodes it reads.
     let mut reaches = vec![false; nodes.len()];

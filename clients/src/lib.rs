@@ -1,0 +1,9 @@
+//! Flumen's clients of outside systems: what a system's source and sink
+//! share (connection and security settings, error mapping, schemas), in
+//! one module per system, each behind the feature of the same name.
+//!
+//! Sources, operators and sinks depend on `flumen-core` and on this crate,
+//! never on each other.
+
+#[cfg(feature = "kafka")]
+pub mod kafka;
