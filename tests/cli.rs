@@ -121,6 +121,28 @@ fn unknown_component_type_suggests_the_closest() {
 }
 
 #[test]
+fn a_yaml_syntax_error_is_reported_once_at_its_line() {
+    let stderr = config_error("sources:\n  bids:\n    type: nexmark\n  events: [1, 2\nsinks:\n");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert_contains(&stderr, &["pipeline.yaml:5:6", " 5 | sinks:"]);
+}
+
+#[test]
+fn a_misspelled_column_names_the_columns_there_are() {
+    let stderr = config_error(&format!(
+        "{BIDS}transforms:\n  w:\n    type: window\n    inputs: [bids]\n    window: {{ tumble: 1s }}\n    group_by: [auctoin]\n    aggregates: [\"count(*) AS n\"]\nsinks:\n  out:\n    type: blackhole\n    inputs: [w]\n"
+    ));
+    assert_contains(
+        &stderr,
+        &[
+            "column `auctoin` does not exist; columns: auction, bidder, price",
+            "(at `transforms.w.group_by[0]`)",
+        ],
+    );
+}
+
+#[test]
 fn undefined_input_lists_what_is_defined() {
     let stderr = config_error(&format!(
         "{BIDS}  persons:\n    type: nexmark\n    kind: person\n    events: 1000\ntransforms:\n  enrich:\n    type: union\n    inputs: [persons, bidz]\nsinks:\n  out:\n    type: blackhole\n    inputs: [enrich]\n"
