@@ -272,26 +272,13 @@ impl Operator for IntervalJoin {
         _ctx: &mut Context,
         out: &mut Collector,
     ) -> Result<()> {
-        let (time, times) = self.plan.times(input, &batch)?;
         let horizon = self.horizon();
-        let on_time = BooleanArray::from(
-            times
-                .iter()
-                .map(|t| Some(t.is_some_and(|t| t >= horizon)))
-                .collect::<Vec<_>>(),
-        );
-        let (batch, times) = if on_time.true_count() == batch.num_rows() {
-            (batch, times)
-        } else {
-            let late = arrow::compute::not(&on_time)?;
-            out.emit_to(1 + input, filter_record_batch(&batch, &late)?);
-            let kept = filter_record_batch(&batch, &on_time)?;
-            let times = to_millis(kept.column(time))?;
-            (kept, times)
-        };
-        if batch.num_rows() == 0 {
+        let on_time = self
+            .plan
+            .on_time_rows(input, batch, out, |time| time >= horizon)?;
+        let Some((batch, times)) = on_time else {
             return Ok(());
-        }
+        };
         let matched = self.probe(input, &batch, &times, out)?;
         self.sides[input].add(batch, times, matched)
     }

@@ -324,6 +324,43 @@ impl JoinPlan {
             flumen_core::event_time::to_millis(batch.column(column))?,
         ))
     }
+
+    /// The rows of `batch` (from input `input`) whose time is `on_time`,
+    /// with their times; the others, late or without a time, go to output
+    /// `1 + input`. `None` when no row is on time.
+    pub(crate) fn on_time_rows(
+        &self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Collector,
+        on_time: impl Fn(i64) -> bool,
+    ) -> Result<Option<(RecordBatch, arrow::array::Int64Array)>> {
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let (column, times) = self.times(input, &batch)?;
+        let keep = arrow::array::BooleanArray::from(
+            times
+                .iter()
+                .map(|t| Some(t.is_some_and(&on_time)))
+                .collect::<Vec<_>>(),
+        );
+        if keep.true_count() == batch.num_rows() {
+            return Ok(Some((batch, times)));
+        }
+        // Outputs 1 and 2: the left's and the right's late rows.
+        let late = arrow::compute::not(&keep)?;
+        out.emit_to(
+            1 + input,
+            arrow::compute::filter_record_batch(&batch, &late)?,
+        );
+        let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
+        if kept.num_rows() == 0 {
+            return Ok(None);
+        }
+        let times = flumen_core::event_time::to_millis(kept.column(column))?;
+        Ok(Some((kept, times)))
+    }
 }
 
 impl Join {

@@ -92,33 +92,24 @@ impl Operator for WindowJoin {
         _ctx: &mut Context,
         out: &mut Collector,
     ) -> Result<()> {
-        let (_, times) = self.plan.times(input, &batch)?;
-        let mut late = Vec::new();
+        // A row is late when its last window is closed: earlier ones
+        // close first.
+        let last_window = |time: i64| time.div_euclid(self.slide) * self.slide;
+        let on_time = self
+            .plan
+            .on_time_rows(input, batch, out, |time| !self.closed(last_window(time)))?;
+        let Some((batch, times)) = on_time else {
+            return Ok(());
+        };
         let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (row, time) in times.iter().enumerate() {
-            let Some(time) = time else {
-                late.push(row as u32);
-                continue;
-            };
-            let last = time.div_euclid(self.slide) * self.slide;
-            let mut placed = false;
+        for (row, &time) in times.values().iter().enumerate() {
+            let last = last_window(time);
             for k in 0..self.size / self.slide {
                 let start = last - k * self.slide;
                 if !self.closed(start) {
                     by_window.entry(start).or_default().push(row as u32);
-                    placed = true;
                 }
             }
-            if !placed {
-                late.push(row as u32);
-            }
-        }
-        if !late.is_empty() {
-            // Outputs 1 and 2: the left's and the right's late rows.
-            out.emit_to(
-                1 + input,
-                take_record_batch(&batch, &UInt32Array::from(late))?,
-            );
         }
         for (start, rows) in by_window {
             let rows = if rows.len() == batch.num_rows() {
