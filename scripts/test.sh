@@ -16,6 +16,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "formatting"
 cargo fmt --all -- --check
 
+step "one build of the dependencies for the binary, examples and benches"
+scripts/same-features.sh
+
 step "lints"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 

@@ -166,6 +166,13 @@ pub trait SourceFactory: Send + Sync + 'static {
         None
     }
 
+    /// Whether the source's first records can be read without a network
+    /// (a local file, a generator), so that `flumen validate` checks its
+    /// declared schema against a sample of the data ([`crate::sample`]).
+    fn samples_locally(&self) -> bool {
+        false
+    }
+
     /// How many events a bounded source will produce in all, when known up
     /// front. Used for progress reporting only.
     fn expected_events(&self) -> Option<u64> {

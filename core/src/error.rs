@@ -165,6 +165,15 @@ impl Error {
         }
     }
 
+    /// The column a message of an [`Error::UnknownColumn`] (as
+    /// [`Error::setting`] words it) names.
+    pub fn missing_column(message: &str) -> Option<&str> {
+        message
+            .strip_prefix("column `")?
+            .split_once("` does not exist")
+            .map(|(column, _)| column)
+    }
+
     /// The same error about the setting at `prefix.path`, if it is about a
     /// setting.
     pub fn under(self, prefix: &str) -> Self {

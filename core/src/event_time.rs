@@ -100,9 +100,20 @@ pub fn time_column(schema: &Schema, named: Option<&str>, key: &str) -> Result<us
     let index = crate::schema::column_index(schema, key, name)?;
     let data_type = schema.field(index).data_type();
     if !is_event_time_type(data_type) {
+        let declared = crate::schema::type_name(data_type);
+        let hint = match data_type {
+            // Times written as text are read as times when declared so.
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => format!(
+                "; declare it `{name}: timestamp` in its source's `schema` to read text such as \
+                 `2026-01-31T12:00:00Z` as a time"
+            ),
+            _ => String::new(),
+        };
         return Err(Error::config(
             key,
-            format!("column `{name}` is {data_type}, expected a timestamp or integer milliseconds"),
+            format!(
+                "column `{name}` is {declared}, expected a timestamp or integer milliseconds{hint}"
+            ),
         ));
     }
     Ok(index)

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod component;
+pub mod console;
 pub mod dead_letter;
 pub mod error;
 pub mod event_time;
@@ -19,9 +20,9 @@ pub mod log;
 pub mod message;
 pub mod partition;
 pub mod runtime;
+pub mod sample;
 pub mod schema;
 pub mod storage;
-#[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod watermark;
 pub mod writable;

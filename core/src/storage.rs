@@ -89,6 +89,21 @@ pub fn resolve(location: &str, options: &StorageOptions, key: &str) -> Result<Lo
             let absolute = std::path::absolute(location).map_err(|e| {
                 Error::config(key, format!("`{location}` is not a usable path: {e}"))
             })?;
+            // Object store paths have no `..`: resolve them by their names
+            // (`a/b/../c` is `a/c`).
+            let absolute =
+                absolute
+                    .components()
+                    .fold(std::path::PathBuf::new(), |mut path, component| {
+                        match component {
+                            std::path::Component::ParentDir => {
+                                path.pop();
+                            }
+                            std::path::Component::CurDir => {}
+                            other => path.push(other),
+                        }
+                        path
+                    });
             Url::from_file_path(&absolute)
                 .map_err(|()| Error::config(key, format!("`{location}` is not a usable path")))?
         }

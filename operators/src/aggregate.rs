@@ -25,6 +25,8 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::prelude::SessionContext;
 use flumen_core::prelude::*;
 
+use crate::planning::planning_error;
+
 /// One planned aggregate.
 #[derive(Debug, Clone)]
 struct AggregateSpec {
@@ -68,9 +70,8 @@ impl Aggregates {
         let mut specs = Vec::with_capacity(sqls.len());
         for (i, sql) in sqls.iter().enumerate() {
             let at = format!("{key}[{i}]");
-            let invalid = |e: datafusion::error::DataFusionError| {
-                Error::config(&at, format!("`{sql}`: {}", e.strip_backtrace()))
-            };
+            let invalid =
+                |e: datafusion::error::DataFusionError| planning_error(&at, sql, None, input, e);
             let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(invalid)?;
             // The outermost alias names the column (`count(*)` itself comes
             // back wrapped in an alias of its own).
@@ -90,7 +91,9 @@ impl Aggregates {
                     ),
                 ));
             }
-            let inner = simplifier.coerce(inner, &df_schema).map_err(invalid)?;
+            let inner = simplifier
+                .coerce(inner.clone(), &df_schema)
+                .map_err(|e| planning_error(&at, sql, Some(&inner), input, e))?;
             let lowered = LoweredAggregateBuilder::new(
                 &inner,
                 &df_schema,

@@ -59,6 +59,7 @@ pub struct BufferConfig {
     /// Keep waiting rows in a durable log in this directory. Default: in
     /// memory (in checkpoints, if the run takes them).
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub dir: Option<PathBuf>,
 
     /// Most bytes of waiting rows.

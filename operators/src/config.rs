@@ -32,7 +32,12 @@ impl TransformConfig for SqlConfig {
     fn build(&self) -> Result<SqlTransform> {
         let mut transform = SqlTransform::new();
         match (&self.filter, &self.select) {
-            (None, None) => return Err(Error::config("filter", "set `filter`, `select` or both")),
+            (None, None) => {
+                return Err(Error::config(
+                    "",
+                    "sets neither `filter` nor `select`; set one or both",
+                ));
+            }
             (_, Some(select)) if select.is_empty() => {
                 return Err(Error::config("select", "lists no columns"));
             }

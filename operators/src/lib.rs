@@ -7,6 +7,7 @@ pub mod buffer;
 mod config;
 pub mod dedupe;
 pub mod join;
+mod planning;
 pub mod route;
 pub mod top_n;
 pub mod transform;

@@ -16,13 +16,38 @@ pub enum GraphFormat {
     Svg,
 }
 
+/// What the edges are labelled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeLabels {
+    /// The partitioning (and the named output, if any).
+    Partitioning,
+    /// That, and the columns and types the edge carries.
+    WithSchemas,
+}
+
 /// Renders the pipeline's graph.
-pub fn render(loaded: &LoadedPipeline, format: GraphFormat) -> Result<String, String> {
+pub fn render(
+    loaded: &LoadedPipeline,
+    format: GraphFormat,
+    labels: EdgeLabels,
+) -> Result<String, String> {
     match format {
-        GraphFormat::Mermaid => Ok(mermaid(loaded)),
-        GraphFormat::Dot => Ok(dot(loaded)),
-        GraphFormat::Svg => svg(&dot(loaded)),
+        GraphFormat::Mermaid => Ok(mermaid(loaded, labels)),
+        GraphFormat::Dot => Ok(dot(loaded, labels, Shapes::Graphviz)),
+        GraphFormat::Svg => svg(&dot(loaded, labels, Shapes::LayoutRs)),
     }
+}
+
+/// The columns of a schema, one `name: type` per line.
+pub fn columns(schema: &arrow::datatypes::Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let name = flumen_core::schema::type_name(f.data_type());
+            format!("{}: {name}", f.name())
+        })
+        .collect()
 }
 
 /// `bids` / `nexmark ×2`.
@@ -40,16 +65,20 @@ fn caption(node: &Node) -> (String, String) {
 }
 
 /// Each edge as (from, to, label): the partitioning, and the named output
-/// if it is not the main one.
-fn edges(loaded: &LoadedPipeline) -> Vec<(&str, &str, String)> {
+/// if it is not the main one; with schemas, the columns on further lines.
+fn edges(loaded: &LoadedPipeline, labels: EdgeLabels) -> Vec<(&str, &str, Vec<String>)> {
     let nodes = loaded.pipeline.nodes();
     let mut edges = Vec::new();
     for node in nodes {
         for edge in &node.inputs {
             let from = &nodes[edge.from];
-            let mut label = edge.partitioning.to_string();
-            if let Some(port) = &from.outputs[edge.port].name {
-                label = format!("{port}: {label}");
+            let output = &from.outputs[edge.port];
+            let mut label = vec![edge.partitioning.to_string()];
+            if let Some(port) = &output.name {
+                label[0] = format!("{port}: {}", label[0]);
+            }
+            if labels == EdgeLabels::WithSchemas {
+                label.extend(columns(&output.schema));
             }
             edges.push((from.name.as_str(), node.name.as_str(), label));
         }
@@ -57,7 +86,7 @@ fn edges(loaded: &LoadedPipeline) -> Vec<(&str, &str, String)> {
     edges
 }
 
-fn mermaid(loaded: &LoadedPipeline) -> String {
+fn mermaid(loaded: &LoadedPipeline, labels: EdgeLabels) -> String {
     let mut out = String::from("flowchart LR\n");
     for node in loaded.pipeline.nodes() {
         let (name, kind) = caption(node);
@@ -69,7 +98,8 @@ fn mermaid(loaded: &LoadedPipeline) -> String {
         };
         writeln!(out, "    {}{shape}", mermaid_id(&name)).expect("writing to a string");
     }
-    for (from, to, label) in edges(loaded) {
+    for (from, to, label) in edges(loaded, labels) {
+        let label = label.join("<br/>");
         writeln!(
             out,
             "    {} -->|\"{label}\"| {}",
@@ -86,24 +116,40 @@ fn mermaid_id(name: &str) -> String {
     name.replace('-', "_")
 }
 
-fn dot(loaded: &LoadedPipeline) -> String {
+/// Which shapes a DOT graph is drawn with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shapes {
+    /// Graphviz's: sources rounded, operators boxes, sinks cylinders.
+    Graphviz,
+    /// What layout-rs draws (it has no cylinder): sources rounded, sinks
+    /// square and shaded.
+    LayoutRs,
+}
+
+fn dot(loaded: &LoadedPipeline, labels: EdgeLabels, shapes: Shapes) -> String {
     let mut out = String::from("digraph pipeline {\n    rankdir=LR;\n");
     for node in loaded.pipeline.nodes() {
         let (name, kind) = caption(node);
-        let shape = match node.kind {
-            NodeKind::Source(_) => "Mrecord",
-            NodeKind::Operator(_) => "box",
-            NodeKind::Sink(_) => "Mrecord",
+        let (attributes, label) = match (&node.kind, shapes) {
+            (NodeKind::Source(_), Shapes::Graphviz) => {
+                ("shape=box, style=rounded", format!("{name}\\n{kind}"))
+            }
+            // layout-rs rounds the corners of records only, which draw
+            // their fields side by side.
+            (NodeKind::Source(_), Shapes::LayoutRs) => {
+                ("shape=Mrecord", format!("{name} | {kind}"))
+            }
+            (NodeKind::Operator(_), _) => ("shape=box", format!("{name}\\n{kind}")),
+            (NodeKind::Sink(_), Shapes::Graphviz) => ("shape=cylinder", format!("{name}\\n{kind}")),
+            (NodeKind::Sink(_), Shapes::LayoutRs) => {
+                ("shape=box, style=filled", format!("{name}\\n{kind}"))
+            }
         };
-        let label = match node.kind {
-            // Records draw their fields side by side.
-            NodeKind::Source(_) | NodeKind::Sink(_) => format!("{name} | {kind}"),
-            NodeKind::Operator(_) => format!("{name}\\n{kind}"),
-        };
-        writeln!(out, "    \"{name}\" [label=\"{label}\", shape={shape}];")
+        writeln!(out, "    \"{name}\" [label=\"{label}\", {attributes}];")
             .expect("writing to a string");
     }
-    for (from, to, label) in edges(loaded) {
+    for (from, to, label) in edges(loaded, labels) {
+        let label = label.join("\\n");
         writeln!(out, "    \"{from}\" -> \"{to}\" [label=\"{label}\"];")
             .expect("writing to a string");
     }

@@ -20,5 +20,7 @@ pub fn install(address: SocketAddr) -> Result<(), String> {
             BATCH_SECONDS_BUCKETS,
         )
         .and_then(|builder| builder.install())
-        .map_err(|e| format!("cannot serve metrics on {address}: {e}"))
+        .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+    flumen_core::runtime::metrics::describe();
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! The command line: `flumen run | validate | graph | config | checkpoints |
-//! buffer | sql`.
+//! buffer | sql | completions`.
 //!
 //! Exit codes: 0 success, 1 the pipeline failed while running (or a
 //! `flumen sql` query failed), 2 the command or the pipeline file is wrong.
@@ -12,6 +12,7 @@ mod metrics;
 mod progress;
 mod run;
 mod sql;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use flumen::config::{ConfigError, LoadedPipeline, Registry, pipeline_schema, reference_markdown};
 
-use self::graph::GraphFormat;
+use self::graph::{EdgeLabels, GraphFormat};
 use self::logging::LogFormat;
 
 /// High-throughput stream processing on Arrow record batches.
@@ -45,11 +46,9 @@ enum Command {
     /// SIGTERM (which drain: what was read is written).
     Run(run::RunArgs),
     /// Check a pipeline file without running it: everything that needs no
-    /// network.
-    Validate {
-        /// The pipeline file.
-        file: PathBuf,
-    },
+    /// network, including a sample of each local input against its
+    /// declared schema.
+    Validate(validate::ValidateArgs),
     /// Draw a pipeline's dataflow: components, types, parallelism and
     /// partitioning.
     Graph {
@@ -58,6 +57,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
+        /// Label each edge with the columns and types it carries.
+        #[arg(long)]
+        schemas: bool,
         /// Write here instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -74,6 +76,12 @@ enum Command {
     /// Query the Parquet files that sinks write, with SQL (read-only):
     /// tables given by location or by a pipeline file's `parquet` sinks.
     Sql(sql::SqlArgs),
+    /// Print a shell completion script: `flumen completions bash >
+    /// ~/.local/share/bash-completion/completions/flumen`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,37 +116,44 @@ pub fn main() -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
-    match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(1)
+    let (message, code) = match dispatch(cli.command, cli.log_format) {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => (message, 2),
+        Err(Failure::Runtime(message)) => (message, 1),
+    };
+    match cli.log_format {
+        LogFormat::Pretty => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            logging::print_json("ERROR", &message, serde_json::json!({ "exit_code": code }))
         }
     }
+    ExitCode::from(code)
 }
 
-fn dispatch(command: Command) -> Result<(), Failure> {
+fn dispatch(command: Command, log_format: LogFormat) -> Result<(), Failure> {
     let registry = Registry::builtin();
     match command {
-        Command::Run(args) => run::run(args, &registry),
-        Command::Validate { file } => {
-            let loaded = LoadedPipeline::load(&file, &registry)?;
-            let nodes = loaded.pipeline.nodes().len();
-            eprintln!("{}: ok ({nodes} components)", file.display());
-            Ok(())
-        }
+        Command::Run(args) => run::run(args, &registry, log_format),
+        Command::Validate(args) => validate::run(args, &registry),
         Command::Graph {
             file,
             format,
+            schemas,
             output,
         } => {
             let loaded = LoadedPipeline::load(&file, &registry)?;
-            let rendered = graph::render(&loaded, format).map_err(Failure::Runtime)?;
+            let labels = match schemas {
+                true => EdgeLabels::WithSchemas,
+                false => EdgeLabels::Partitioning,
+            };
+            let rendered = graph::render(&loaded, format, labels).map_err(Failure::Runtime)?;
             write_output(output, &rendered)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flumen", &mut script);
+            write_output(None, &String::from_utf8_lossy(&script))
         }
         Command::Checkpoints(command) => checkpoints::run(command),
         Command::Buffer(command) => buffer::run(command),

@@ -75,6 +75,8 @@ pub fn start(pipeline: &Pipeline, mode: ProgressMode) -> Progress {
         }
         .with_style(style);
         bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(5));
+        let shown = bar.clone();
+        flumen_core::console::set_display(move |write| shown.suspend(write));
         let updated = bar.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(200));

@@ -4,11 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flumen::config::{LoadedPipeline, Registry};
+use flumen::config::{DeadLetterOutput, LoadedPipeline, Registry};
+use flumen_core::Error;
 use flumen_core::checkpoint::{CheckpointSettings, CheckpointStore, StartFrom};
+use flumen_core::dead_letter::OnError;
 use flumen_core::prelude::{RunOptions, RunReport};
+use flumen_core::runtime::NodeReport;
+use serde_json::json;
 
 use super::Failure;
+use super::logging::{self, LogFormat};
 use super::progress::{self, ProgressMode};
 
 /// Options of `flumen run`.
@@ -48,27 +53,7 @@ pub struct RunArgs {
     fresh: bool,
 }
 
-/// The checkpoint store of a pipeline file: the `store` it names, or
-/// `.flumen/<pipeline>/checkpoints` beside it.
-pub fn checkpoint_store_of(file: &std::path::Path, store: Option<&str>) -> String {
-    match store {
-        Some(store) => store.to_string(),
-        None => {
-            let stem = file
-                .file_stem()
-                .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy());
-            let directory = file.parent().unwrap_or(std::path::Path::new(""));
-            directory
-                .join(".flumen")
-                .join(stem.as_ref())
-                .join("checkpoints")
-                .to_string_lossy()
-                .into_owned()
-        }
-    }
-}
-
-pub fn run(args: RunArgs, registry: &Registry) -> Result<(), Failure> {
+pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<(), Failure> {
     let loaded = LoadedPipeline::load(&args.file, registry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,13 +64,27 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), Failure> {
             super::metrics::install(address).map_err(Failure::Runtime)?;
             tracing::info!("serving metrics at http://{address}/metrics");
         }
-        let pipeline = loaded.pipeline;
+        let LoadedPipeline {
+            pipeline,
+            checkpoint,
+            dead_letters,
+            ..
+        } = loaded;
+        let dropping: Vec<String> = pipeline
+            .nodes()
+            .iter()
+            .filter(|n| n.on_error == OnError::Drop)
+            .map(|n| n.name.clone())
+            .collect();
         let progress = progress::start(&pipeline, args.progress);
         tracing::info!(pipeline = %args.file.display(), "running");
-        let checkpoints = match &loaded.checkpoint {
+        let checkpoints = match &checkpoint {
             Some(config) => {
-                let location = checkpoint_store_of(&args.file, config.store.as_deref());
-                let store = CheckpointStore::open(&location, &config.storage)
+                let location = config
+                    .store
+                    .as_deref()
+                    .expect("the loader resolves the store");
+                let store = CheckpointStore::open(location, &config.storage)
                     .map_err(|e| Failure::Usage(e.to_string()))?;
                 let start = match (args.fresh, args.from_checkpoint) {
                     (true, _) => StartFrom::Fresh,
@@ -114,8 +113,33 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), Failure> {
         };
         let result = pipeline.run_with(options).await;
         progress.finish();
-        let report = result.map_err(|e| Failure::Runtime(e.to_string()))?;
-        eprintln!("{}", summary(&report));
+        let report = result.map_err(|e| match e {
+            // The checkpoint asked for is not there: the command is wrong.
+            e @ Error::NoSuchCheckpoint { .. } => Failure::Usage(e.to_string()),
+            e => Failure::Runtime(e.to_string()),
+        })?;
+        let summary = Summary {
+            report: &report,
+            dead_letters: &dead_letters,
+            dropping: &dropping,
+        };
+        if let Some(id) = summary.finished_before() {
+            let message = format!(
+                "this pipeline finished at checkpoint {id}; run with --fresh to start over"
+            );
+            match log_format {
+                LogFormat::Pretty => eprintln!("{message}"),
+                LogFormat::Json => logging::print_json("WARN", &message, json!({})),
+            }
+        }
+        if report.rejected() > 0 {
+            tracing::warn!(
+                rejected = report.rejected(),
+                dead_letters = %dead_letters,
+                "records were rejected"
+            );
+        }
+        summary.print(log_format);
         if let Some(linger) = args.metrics_linger {
             tracing::info!(
                 "serving final metrics for {}",
@@ -126,32 +150,120 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), Failure> {
                 _ = interrupted() => {}
             }
         }
+        if summary.all_rejected() {
+            return Err(Failure::Runtime(format!(
+                "every record was rejected: {} went to {dead_letters}",
+                report.rejected()
+            )));
+        }
         Ok(())
     })
 }
 
-/// `finished in 1.23s; in: bids=92000; out: big=4521, all=92000`.
-fn summary(report: &RunReport) -> String {
-    let list = |kind: &str, count: fn(&flumen_core::runtime::NodeReport) -> u64| {
-        report
+/// What a run did, for the line printed at its end.
+struct Summary<'a> {
+    report: &'a RunReport,
+    dead_letters: &'a DeadLetterOutput,
+    /// Components whose `on_error` is `drop`.
+    dropping: &'a [String],
+}
+
+impl Summary<'_> {
+    /// The finished checkpoint of an earlier run, if this run restored it
+    /// and so had nothing left to read.
+    fn finished_before(&self) -> Option<u64> {
+        let restored = self.report.restored?;
+        let read: u64 = self.nodes("source").map(|n| n.rows_out).sum();
+        (restored.finished && read == 0 && !self.report.drained).then_some(restored.id)
+    }
+
+    /// Whether records were rejected and none reached a sink.
+    fn all_rejected(&self) -> bool {
+        let written: u64 = self.nodes("sink").map(|n| n.rows_out).sum();
+        self.report.rejected() > 0 && written == 0
+    }
+
+    fn nodes(&self, kind: &'static str) -> impl Iterator<Item = &NodeReport> {
+        self.report.nodes.iter().filter(move |n| n.kind == kind)
+    }
+
+    /// `finished in 1.23s; in: bids=92000; out: big=4521, all=92000;
+    /// rejected: 3 (bids=3) → .flumen/p/dead_letters`.
+    fn line(&self) -> String {
+        let list = |kind, count: fn(&NodeReport) -> u64| {
+            self.nodes(kind)
+                .map(|n| format!("{}={}", n.name, count(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let how = if self.report.drained {
+            "drained after interrupt"
+        } else {
+            "finished"
+        };
+        let mut line = format!(
+            "{how} in {:.2}s; in: {}; out: {}; rejected: {}",
+            self.report.duration.as_secs_f64(),
+            list("source", |n| n.rows_out),
+            list("sink", |n| n.rows_out),
+            self.report.rejected(),
+        );
+        let rejecting: Vec<String> = self
+            .report
             .nodes
             .iter()
-            .filter(|n| n.kind == kind)
-            .map(|n| format!("{}={}", n.name, count(n)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let how = if report.drained {
-        "drained after interrupt"
-    } else {
-        "finished"
-    };
-    format!(
-        "{how} in {:.2}s; in: {}; out: {}",
-        report.duration.as_secs_f64(),
-        list("source", |n| n.rows_out),
-        list("sink", |n| n.rows_out),
-    )
+            .filter(|n| n.rejected > 0)
+            .map(|n| match self.dropping.contains(&n.name) {
+                true => format!("{}={} dropped", n.name, n.rejected),
+                false => format!("{}={}", n.name, n.rejected),
+            })
+            .collect();
+        if !rejecting.is_empty() {
+            line.push_str(&format!(" ({})", rejecting.join(", ")));
+            let kept = self
+                .report
+                .nodes
+                .iter()
+                .any(|n| n.rejected > 0 && !self.dropping.contains(&n.name));
+            if kept {
+                line.push_str(&format!(" → {}", self.dead_letters));
+            }
+        }
+        line
+    }
+
+    fn print(&self, format: LogFormat) {
+        match format {
+            LogFormat::Pretty => eprintln!("{}", self.line()),
+            LogFormat::Json => {
+                let counts = |kind, count: fn(&NodeReport) -> u64| {
+                    self.nodes(kind)
+                        .map(|n| (n.name.clone(), json!(count(n))))
+                        .collect::<serde_json::Map<_, _>>()
+                };
+                let rejected: serde_json::Map<_, _> = self
+                    .report
+                    .nodes
+                    .iter()
+                    .filter(|n| n.rejected > 0)
+                    .map(|n| (n.name.clone(), json!(n.rejected)))
+                    .collect();
+                logging::print_json(
+                    "INFO",
+                    &self.line(),
+                    json!({
+                        "outcome": if self.report.drained { "drained" } else { "finished" },
+                        "duration_secs": self.report.duration.as_secs_f64(),
+                        "in": counts("source", |n| n.rows_out),
+                        "out": counts("sink", |n| n.rows_out),
+                        "rejected": self.report.rejected(),
+                        "rejected_by": rejected,
+                        "dead_letters": self.dead_letters.to_string(),
+                    }),
+                );
+            }
+        }
+    }
 }
 
 async fn interrupted() {

@@ -15,7 +15,9 @@ mod unknown;
 mod yaml;
 
 pub use self::error::{ConfigError, did_you_mean};
-pub use self::pipeline::{CommonKeys, Component, LoadedPipeline, PartitioningConfig, common_keys};
+pub use self::pipeline::{
+    CommonKeys, Component, DeadLetterOutput, LoadedPipeline, PartitioningConfig, common_keys,
+};
 pub use self::registry::{BuildError, Catalog, ComponentType, Registry, Section};
 pub use self::schema::{pipeline_schema, reference_markdown};
 pub use self::yaml::{Document, Position, interpolate};

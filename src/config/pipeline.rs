@@ -18,15 +18,17 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flumen_core::checkpoint::CheckpointConfig;
 use flumen_core::dead_letter::OnError;
 use flumen_core::event_time::EventTimeConfig;
 use std::sync::Arc;
 
+use flumen_core::catalog::SinkConfig;
 use flumen_core::graph::{GraphBuilder, Input, NodeKind, Pipeline};
 use flumen_core::partition::Partitioning;
+use flumen_sinks::file::FileSinkConfig;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -91,8 +93,9 @@ pub struct CommonKeys {
 
     /// What the component does with a record it cannot handle (a line
     /// that does not decode, a row an expression fails on, a batch a sink
-    /// rejects): `dead_letter` sends it to the `dead_letter` sink, `drop`
-    /// counts it, `fail` stops the pipeline.
+    /// rejects): `dead_letter` sends it to the dead letters (the
+    /// `dead_letter` sink, or files in `.flumen/<pipeline>/dead_letters`),
+    /// `drop` counts it, `fail` stops the pipeline.
     #[serde(default)]
     pub on_error: OnError,
 }
@@ -199,14 +202,63 @@ impl Component {
 }
 
 /// A checked pipeline file, with its built graph.
+///
+/// Relative paths in the file (inputs, outputs, buffers, the checkpoint
+/// store, TLS and schema files) are resolved from the directory the file
+/// is in, so a pipeline reads and writes the same files whichever
+/// directory it is run from.
 #[derive(Debug)]
 pub struct LoadedPipeline {
-    /// The components, in file order.
+    /// The components, in file order, with their paths resolved.
     pub components: Vec<Component>,
     /// The graph, ready to run.
     pub pipeline: Pipeline,
-    /// The `checkpoint` section, if the file has one.
+    /// The `checkpoint` section, if the file has one, with its `store`
+    /// resolved (default: `checkpoints` in the state directory).
     pub checkpoint: Option<CheckpointConfig>,
+    /// Where the pipeline keeps what it needs between runs:
+    /// `.flumen/<pipeline>` beside the file.
+    pub state_dir: PathBuf,
+    /// Where rejected records go.
+    pub dead_letters: DeadLetterOutput,
+    /// The file as read, to point errors found later at their lines.
+    source: FileText,
+}
+
+/// A pipeline file's name, text, and parsed document.
+#[derive(Debug)]
+struct FileText {
+    file: String,
+    text: String,
+    interpolated: String,
+    document: Document,
+}
+
+/// Where a pipeline's rejected records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterOutput {
+    /// The file's `dead_letter` section: a sink of this type.
+    Configured {
+        /// The sink's type.
+        type_name: String,
+    },
+    /// No `dead_letter` section: JSON lines files in this directory (the
+    /// state directory's `dead_letters`), so that nothing is lost.
+    Default {
+        /// The directory.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for DeadLetterOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterOutput::Configured { type_name } => {
+                write!(f, "the `dead_letter` sink ({type_name})")
+            }
+            DeadLetterOutput::Default { path } => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 impl LoadedPipeline {
@@ -218,32 +270,72 @@ impl LoadedPipeline {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(format!("cannot read pipeline file `{file}`: {e}")))?;
         let env: HashMap<String, String> = std::env::vars().collect();
-        Self::parse(&file, &text, &env, registry)
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse_in(&file, base, &text, &env, registry)
     }
 
-    /// Checks pipeline file text; `file` names it in errors.
+    /// Checks pipeline file text; `file` names it in errors. Relative
+    /// paths stay relative to the working directory.
     pub fn parse(
         file: &str,
         text: &str,
         env: &HashMap<String, String>,
         registry: &Registry,
     ) -> Result<LoadedPipeline, ConfigError> {
+        Self::parse_in(file, Path::new(""), text, env, registry)
+    }
+
+    /// Checks pipeline file text, resolving relative paths from `base`.
+    fn parse_in(
+        file: &str,
+        base: &Path,
+        text: &str,
+        env: &HashMap<String, String>,
+        registry: &Registry,
+    ) -> Result<LoadedPipeline, ConfigError> {
         let interpolated = interpolate(text, env).map_err(|e| e.in_file(file, text))?;
         let document = Document::parse(&interpolated).map_err(|e| e.in_file(file, text))?;
+        let stem = Path::new(file)
+            .file_stem()
+            .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy());
+        let state_dir = base.join(".flumen").join(stem.as_ref());
         let parser = FileParser {
             file,
             text,
             interpolated: &interpolated,
             document: &document,
+            base,
         };
-        let components = parser.components()?;
-        let checkpoint = parser.checkpoint()?;
-        let pipeline = parser.build(&components, registry)?;
+        let mut components = parser.components()?;
+        parser.resolve_paths(&mut components, registry);
+        let checkpoint = parser.checkpoint(&state_dir)?;
+        let (pipeline, dead_letters) = parser.build(&components, registry, &state_dir)?;
         Ok(LoadedPipeline {
             components,
             pipeline,
             checkpoint,
+            state_dir,
+            dead_letters,
+            source: FileText {
+                file: file.to_string(),
+                text: text.to_string(),
+                interpolated,
+                document,
+            },
         })
+    }
+
+    /// An error about the setting at `path` (`sources.tweets.schema`),
+    /// pointing at where the file sets it.
+    pub fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let parser = FileParser {
+            file: &self.source.file,
+            text: &self.source.text,
+            interpolated: &self.source.interpolated,
+            document: &self.source.document,
+            base: Path::new(""),
+        };
+        parser.error(path, Target::Value, message)
     }
 
     /// The component called `name`.
@@ -264,6 +356,8 @@ struct FileParser<'a> {
     text: &'a str,
     interpolated: &'a str,
     document: &'a Document,
+    /// Relative paths are resolved from here: the file's directory.
+    base: &'a Path,
 }
 
 impl FileParser<'_> {
@@ -295,8 +389,8 @@ impl FileParser<'_> {
         self.locate(ConfigError::new(message).at(path), target)
     }
 
-    /// The `checkpoint` section.
-    fn checkpoint(&self) -> Result<Option<CheckpointConfig>, ConfigError> {
+    /// The `checkpoint` section, its store resolved.
+    fn checkpoint(&self, state_dir: &Path) -> Result<Option<CheckpointConfig>, ConfigError> {
         let Some(value) = self.document.value.get("checkpoint") else {
             return Ok(None);
         };
@@ -305,7 +399,13 @@ impl FileParser<'_> {
             Value::Null => Value::Object(Default::default()),
             other => other.clone(),
         };
-        let config: CheckpointConfig = self.typed("checkpoint", &value)?;
+        let mut value = value;
+        KnownNames::of::<CheckpointConfig>().resolve_paths(&mut value, self.base);
+        let mut config: CheckpointConfig = self.typed("checkpoint", &value)?;
+        if config.store.is_none() {
+            let default = state_dir.join("checkpoints");
+            config.store = Some(default.to_string_lossy().into_owned());
+        }
         if config.keep == 0 {
             return Err(self.error("checkpoint.keep", Target::Value, "must be at least 1"));
         }
@@ -525,11 +625,24 @@ impl FileParser<'_> {
         }
     }
 
+    /// Resolves the relative paths in each component's settings from the
+    /// file's directory: the settings' schema marks which strings are
+    /// paths.
+    fn resolve_paths(&self, components: &mut [Component], registry: &Registry) {
+        for component in components {
+            if let Some(component_type) = registry.get(component.section, &component.type_name) {
+                let known = KnownNames::from_generator(|g| component_type.schema(g).to_value());
+                known.resolve_paths(&mut component.settings, self.base);
+            }
+        }
+    }
+
     fn build(
         &self,
         components: &[Component],
         registry: &Registry,
-    ) -> Result<Pipeline, ConfigError> {
+        state_dir: &Path,
+    ) -> Result<(Pipeline, DeadLetterOutput), ConfigError> {
         let readable: BTreeSet<&str> = components
             .iter()
             .filter(|c| c.section != Section::Sinks)
@@ -572,7 +685,19 @@ impl FileParser<'_> {
                         path: inner,
                         message,
                     } => self.error(join_path(&path, &inner), Target::Value, message),
-                    BuildError::Rejected(error) => self.core_error(components, error),
+                    // A setting of this component: the path is inside it.
+                    BuildError::Rejected(error) => match error.setting() {
+                        // About the component as a whole: name it.
+                        Some(("", message)) => self.error(
+                            &path,
+                            Target::Value,
+                            format!("`{}` {message}", component.name),
+                        ),
+                        Some((inner, message)) => {
+                            self.error(join_path(&path, inner), Target::Value, message)
+                        }
+                        None => self.core_error(components, error),
+                    },
                 })?;
             let inputs = component.inputs.iter().map(|from| Input {
                 from: from.clone(),
@@ -588,20 +713,32 @@ impl FileParser<'_> {
             }
             let _ = added;
         }
-        if let Some(sink) = self.dead_letter_sink(registry)? {
-            graph.dead_letter_sink_shared(sink);
-        }
-        graph.build().map_err(|e| self.core_error(components, e))
+        let (sink, output) = self.dead_letter_sink(registry, state_dir)?;
+        graph.dead_letter_sink_shared(sink);
+        let pipeline = graph.build().map_err(|e| self.core_error(components, e))?;
+        Ok((pipeline, output))
     }
 
-    /// The `dead_letter` section: a sink (its `type` and settings) that
-    /// receives every component's rejected records.
+    /// The sink that receives every component's rejected records: the
+    /// `dead_letter` section's (its `type` and settings), or JSON lines
+    /// files in the state directory.
     fn dead_letter_sink(
         &self,
         registry: &Registry,
-    ) -> Result<Option<Arc<dyn flumen_core::component::SinkFactory>>, ConfigError> {
+        state_dir: &Path,
+    ) -> Result<
+        (
+            Arc<dyn flumen_core::component::SinkFactory>,
+            DeadLetterOutput,
+        ),
+        ConfigError,
+    > {
         let Some(value) = self.document.value.get("dead_letter") else {
-            return Ok(None);
+            let path = state_dir.join("dead_letters");
+            let sink = FileSinkConfig::new(&path)
+                .build()
+                .map_err(|e| ConfigError::new(e.to_string()))?;
+            return Ok((Arc::new(sink), DeadLetterOutput::Default { path }));
         };
         let Value::Object(map) = value else {
             return Err(self.error(
@@ -635,11 +772,13 @@ impl FileParser<'_> {
                 )
                 .maybe_help(did_you_mean(&type_name, names.iter().copied())));
         };
-        let settings = Value::Object(settings);
+        let mut settings = Value::Object(settings);
         let known = KnownNames::from_generator(|g| sink_type.schema(g).to_value());
         self.check_names(&known, &settings, "dead_letter", &["type"])?;
+        known.resolve_paths(&mut settings, self.base);
+        let output = DeadLetterOutput::Configured { type_name };
         match sink_type.build(&settings, registry) {
-            Ok(NodeKind::Sink(sink)) => Ok(Some(sink)),
+            Ok(NodeKind::Sink(sink)) => Ok((sink, output)),
             Ok(_) => Err(self.error("dead_letter.type", Target::Value, "is not a sink type")),
             Err(BuildError::Invalid { path, message }) => {
                 Err(self.error(join_path("dead_letter", &path), Target::Value, message))
@@ -692,15 +831,55 @@ impl FileParser<'_> {
                     .iter()
                     .find(|c| c.name == node)
                     .map_or(node.clone(), Component::path);
+                let help = Error::missing_column(&message)
+                    .and_then(|column| undeclared(components, &node, column));
                 match key {
-                    Some(key) => self.error(format!("{base}.{key}"), Target::Value, message),
+                    Some(key) => self
+                        .error(format!("{base}.{key}"), Target::Value, message)
+                        .maybe_help(help),
                     // About the component as a whole: name it.
-                    None => self.error(base, Target::Key, format!("`{node}` {message}")),
+                    None => self
+                        .error(base, Target::Key, format!("`{node}` {message}"))
+                        .maybe_help(help),
                 }
             }
             other => ConfigError::new(other.to_string()).in_file(self.file, ""),
         }
     }
+}
+
+/// If `column` is missing from what `node` reads because a source
+/// upstream declares a `schema` without it (a source reads only the
+/// columns it declares), says so, naming the source.
+fn undeclared(components: &[Component], node: &str, column: &str) -> Option<String> {
+    let mut pending = vec![node];
+    let mut seen = BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let component = components.iter().find(|c| c.name == name)?;
+        if component.section == Section::Sources {
+            let declared = component.settings.get("schema").and_then(Value::as_object);
+            if let Some(declared) = declared.filter(|d| !d.contains_key(column)) {
+                let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+                return Some(format!(
+                    "source `{name}` reads only the columns its `schema` declares ({}); add \
+                     `{column}` to `{}.schema` to read it",
+                    names.join(", "),
+                    component.path()
+                ));
+            }
+        }
+        for input in &component.inputs {
+            pending.push(
+                input
+                    .split_once('.')
+                    .map_or(input.as_str(), |(node, _)| node),
+            );
+        }
+    }
+    None
 }
 
 /// `path` and a path inside it (`.` for itself, as serde_path_to_error

@@ -29,8 +29,62 @@ fn common_properties(section: Section, generator: &mut SchemaGenerator) -> Map<S
         .collect()
 }
 
-/// The JSON Schema of a pipeline file with the types in `registry`.
+/// The JSON Schema of a pipeline file with the types in `registry`, as an
+/// editor checks the file as written: wherever a value may be a number,
+/// a boolean or one of some names, it may also be `${VAR}` or
+/// `${VAR:-default}`, substituted when the file is loaded.
 pub fn pipeline_schema(registry: &Registry) -> Value {
+    let mut schema = settings_schema(registry);
+    allow_environment(&mut schema);
+    if let Some(definitions) = schema["$defs"].as_object_mut() {
+        definitions.insert(
+            ENVIRONMENT.into(),
+            json!({
+                "description": "A value from the environment: `${VAR}`, `${VAR:-default}` or `${VAR-default}`, substituted when the file is loaded.",
+                "type": "string",
+                "pattern": "\\$\\{[A-Za-z_][A-Za-z0-9_]*((:?-)[^}]*)?\\}"
+            }),
+        );
+    }
+    schema
+}
+
+/// The definition of a `${VAR}` value.
+const ENVIRONMENT: &str = "Environment";
+
+/// Lets every value that is not free text also be a `${VAR}`.
+fn allow_environment(schema: &mut Value) {
+    let Value::Object(object) = schema else {
+        if let Value::Array(items) = schema {
+            items.iter_mut().for_each(allow_environment);
+        }
+        return;
+    };
+    for (key, child) in object.iter_mut() {
+        // Property names and `required` lists are not schemas, but walking
+        // them changes nothing: only objects with a `type` or `enum` are.
+        if key != "const" {
+            allow_environment(child);
+        }
+    }
+    let not_text = match object.get("type") {
+        Some(Value::String(kind)) => matches!(kind.as_str(), "integer" | "number" | "boolean"),
+        Some(Value::Array(kinds)) => !kinds
+            .iter()
+            .any(|k| k == "string" || k == "object" || k == "array"),
+        _ => false,
+    };
+    if not_text || object.contains_key("enum") {
+        let original = Value::Object(std::mem::take(object));
+        object.insert(
+            "anyOf".into(),
+            json!([original, { "$ref": format!("#/$defs/{ENVIRONMENT}") }]),
+        );
+    }
+}
+
+/// The schema of pipeline files' settings, without `${VAR}`s.
+fn settings_schema(registry: &Registry) -> Value {
     let mut generator = SchemaSettings::draft2020_12().into_generator();
     let mut sections = Map::new();
     for section in Section::ALL {
@@ -87,7 +141,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
     sections.insert(
         "dead_letter".into(),
         json!({
-            "description": "The sink that receives every component's rejected records (with `rejected_at`, `component`, `error`, `record` and `position` columns): any sink type and its settings, without `inputs`.",
+            "description": "The sink that receives every component's rejected records (with `rejected_at`, `component`, `error`, `record` and `position` columns): any sink type and its settings, without `inputs`. Default: JSON lines files in `.flumen/<pipeline>/dead_letters` beside the pipeline file.",
             "type": "object",
             "required": ["type"]
         }),
@@ -107,7 +161,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
 /// The configuration reference in Markdown: every component type with its
 /// keys, types, defaults and descriptions.
 pub fn reference_markdown(registry: &Registry) -> String {
-    let schema = pipeline_schema(registry);
+    let schema = settings_schema(registry);
     let definitions = schema["$defs"].as_object().cloned().unwrap_or_default();
     let mut out = String::from(
         "# Configuration reference\n\n\
@@ -120,8 +174,30 @@ pub fn reference_markdown(registry: &Registry) -> String {
          ## Dead letters\n\n\
          The top-level `dead_letter` section is a sink's settings (its `type` and keys, no \
          `inputs`): it receives every record a component rejects, as rows of `rejected_at`, \
-         `component`, `error`, `record` and `position`. See [dead letters](checkpoints.md#bad-records-and-the-dead-letter-sink).\n",
+         `component`, `error`, `record` and `position`. Without one, they go to JSON lines \
+         files in `.flumen/<pipeline>/dead_letters` beside the pipeline file. See \
+         [dead letters](checkpoints.md#bad-records-and-the-dead-letter-sink).\n\n\
+         ## Paths\n\n\
+         A relative path in a pipeline file (an input, an output, a buffer directory, the \
+         checkpoint store, a TLS or schema file) is resolved from the directory the file is \
+         in, whichever directory `flumen` runs from.\n",
     );
+    out.push_str(
+        "\n## Column types\n\nA `schema` maps column names to these types (any column may \
+         be null):\n\n| type | also written | holds |\n| --- | --- | --- |\n",
+    );
+    for (name, aliases, holds) in flumen_core::schema::TYPES {
+        let aliases: Vec<String> = aliases
+            .split(", ")
+            .filter(|a| !a.is_empty())
+            .map(|a| format!("`{a}`"))
+            .collect();
+        let name = match name.contains(' ') {
+            true => name.to_string(),
+            false => format!("`{name}`"),
+        };
+        out.push_str(&format!("| {name} | {} | {holds} |\n", aliases.join(", ")));
+    }
     out.push_str(
         "\n## Checkpoints\n\nThe top-level `checkpoint` section turns checkpoints on. \
          See [checkpoints](checkpoints.md).\n\n| key | type | default | description |\n| --- | --- | --- | --- |\n",

@@ -2,6 +2,8 @@
 //! from the settings' JSON Schema: the keys an object takes and the names
 //! a choice allows are data there, so the closest one can be suggested.
 
+use std::path::Path;
+
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value};
 
@@ -46,6 +48,44 @@ impl KnownNames {
     /// at the top level, a key may also be one of `extra_keys`.
     pub fn first_unknown(&self, value: &Value, extra_keys: &[&str]) -> Option<Unknown> {
         self.find(&self.schema, value, "", extra_keys)
+    }
+
+    /// Rewrites every relative path in `value` (a string whose schema has
+    /// `format: path`) to lie under `base`. URLs (`s3://…`) and absolute
+    /// paths stay as they are.
+    pub fn resolve_paths(&self, value: &mut Value, base: &Path) {
+        self.resolve_paths_in(&self.schema, value, base);
+    }
+
+    fn resolve_paths_in(&self, schema: &Value, value: &mut Value, base: &Path) {
+        let schema = self.resolve(schema);
+        match value {
+            Value::String(path) if is_path(schema) => {
+                if let Some(resolved) = under(base, path) {
+                    *path = resolved;
+                }
+            }
+            Value::Object(object) => {
+                for variant in self.object_variants(schema) {
+                    let Some(properties) = variant.get("properties") else {
+                        continue;
+                    };
+                    for (key, value) in object.iter_mut() {
+                        if let Some(property) = properties.get(key) {
+                            self.resolve_paths_in(property, value, base);
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for item in items {
+                        self.resolve_paths_in(item_schema, item, base);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
@@ -204,6 +244,29 @@ impl KnownNames {
             .iter()
             .find_map(|key| schema.get(*key).and_then(Value::as_array))
     }
+}
+
+/// Whether the schema marks a string as a file system path (or a URL).
+fn is_path(schema: &Value) -> bool {
+    schema.get("format").and_then(Value::as_str) == Some("path")
+}
+
+/// `path` under `base`, if it is a relative file system path (not a URL,
+/// not absolute, not empty).
+fn under(base: &Path, path: &str) -> Option<String> {
+    let has_scheme = path.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if path.is_empty() || has_scheme || Path::new(path).is_absolute() {
+        return None;
+    }
+    if base.as_os_str().is_empty() {
+        return None;
+    }
+    Some(base.join(path).to_string_lossy().into_owned())
 }
 
 /// Whether a schema without a list of names takes strings.

@@ -115,7 +115,16 @@ impl Document {
     pub fn parse(text: &str) -> Result<Document, ConfigError> {
         let root: Spanned<Node> = serde_saphyr::from_str(text).map_err(|e| {
             let position = e.location().as_ref().and_then(Position::of);
-            ConfigError::new(yaml_message(&e)).at_position(position)
+            // The parser notices an unclosed bracket only on a later line:
+            // point at the bracket.
+            if let Some((bracket, at)) = position.and_then(|p| unclosed_bracket(text, p)) {
+                let close = if bracket == '{' { '}' } else { ']' };
+                return ConfigError::new(format!(
+                    "this `{bracket}` is not closed: expected `{close}` before the end of the line"
+                ))
+                .at_position(Some(at));
+            }
+            ConfigError::new(plain_words(yaml_message(&e))).at_position(position)
         })?;
         let mut document = Document {
             value: Value::Null,
@@ -267,6 +276,59 @@ fn expand(reference: &str, env: &HashMap<String, String>) -> Result<String, Stri
 fn parent_path(path: &str) -> Option<&str> {
     let cut = path.rfind(['.', '['])?;
     Some(&path[..cut])
+}
+
+/// The innermost `{` or `[` still open at `error`, if it was opened on an
+/// earlier line: flow collections in pipeline files fit on one line, and a
+/// parser that meets the next line reports it there. Quotes and comments
+/// are skipped.
+fn unclosed_bracket(text: &str, error: Position) -> Option<(char, Position)> {
+    let mut open: Vec<(char, Position)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index as u64 + 1;
+        if number > error.line {
+            break;
+        }
+        let mut quote = None;
+        let mut previous = ' ';
+        for (column, c) in line.chars().enumerate() {
+            let here = Position {
+                line: number,
+                column: column as u64 + 1,
+            };
+            if number == error.line && here.column >= error.column {
+                break;
+            }
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '{' | '[') => open.push((c, here)),
+                (None, '}' | ']') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    open.pop().filter(|(_, at)| at.line < error.line)
+}
+
+/// The parser's messages about indentation, in a person's words.
+fn plain_words(message: String) -> String {
+    if message.contains("did not find expected key") {
+        return "this line is not indented like the keys around it: keys of one mapping \
+                start in the same column"
+            .into();
+    }
+    if message.contains("mapping values are not allowed in this context") {
+        return "a `key:` where a value was expected: this line is indented too far (or a \
+                value holding `: ` needs quotes)"
+            .into();
+    }
+    message
 }
 
 /// The YAML library's message, without the location and snippet it also

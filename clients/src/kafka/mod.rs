@@ -2,9 +2,11 @@
 //! settings, librdkafka's errors and logs, and Avro schema files.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 
@@ -30,12 +32,15 @@ pub struct KafkaSecurity {
     pub password: Option<String>,
     /// PEM file of the certificate authorities to trust (TLS).
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub ca_location: Option<String>,
     /// PEM file of the client certificate (mutual TLS).
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub certificate_location: Option<String>,
     /// PEM file of the client's private key (mutual TLS).
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub key_location: Option<String>,
     /// Password of the private key, e.g. `${KAFKA_KEY_PASSWORD}`.
     #[serde(default)]
@@ -109,6 +114,85 @@ pub fn client_config(
     // a bad property fails when the pipeline is built, naming it.
     config.create_native_config().map_err(kafka_error)?;
     Ok(config)
+}
+
+/// How long a Kafka source or sink waits for its brokers to answer at
+/// start, by default.
+pub fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Waiting at start for one of a cluster's brokers to answer, logging each
+/// failed attempt (`waiting for brokers 127.0.0.1:9092 (…)`), for at most
+/// a setting's time; then the error names the brokers and the setting.
+pub struct BrokerWait {
+    client: BaseConsumer,
+    brokers: String,
+    within: Duration,
+    setting: String,
+    started: Instant,
+    /// When a failed attempt was last logged: every few seconds is enough.
+    warned: Option<Instant>,
+}
+
+impl BrokerWait {
+    /// Starts waiting for `brokers`, reached with `config`, for at most
+    /// `within`, which `setting` (a key path) sets.
+    pub fn new(
+        config: &ClientConfig,
+        brokers: &str,
+        within: Duration,
+        setting: impl Into<String>,
+    ) -> Result<BrokerWait> {
+        Ok(BrokerWait {
+            client: config.create().map_err(kafka_error)?,
+            brokers: brokers.to_string(),
+            within,
+            setting: setting.into(),
+            started: Instant::now(),
+            warned: None,
+        })
+    }
+
+    /// Asks the brokers once, waiting at most `attempt`: whether one
+    /// answered, or the error once the time allowed has passed. Blocks:
+    /// call it off the async workers, and again while it returns false.
+    pub fn attempt(&mut self, attempt: Duration) -> Result<bool> {
+        let left = self.within.saturating_sub(self.started.elapsed());
+        let error = match self.client.fetch_metadata(None, attempt.min(left)) {
+            Ok(_) => return Ok(true),
+            Err(error) => error,
+        };
+        if self.started.elapsed() >= self.within {
+            return Err(Error::connector(
+                "kafka",
+                false,
+                format!(
+                    "cannot reach the brokers {} within {}s (set by `{}`): {error}",
+                    self.brokers,
+                    self.within.as_secs_f64(),
+                    self.setting
+                ),
+            ));
+        }
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(5))
+        {
+            tracing::warn!("waiting for brokers {} ({error})", self.brokers);
+            self.warned = Some(Instant::now());
+        }
+        Ok(false)
+    }
+
+    /// Waits until a broker answers, or fails. Blocks.
+    pub fn wait(mut self) -> Result<()> {
+        while !self.attempt(Duration::from_secs(2))? {
+            // A refused connection fails at once: do not spin.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
 }
 
 /// A librdkafka error as a Flumen error: retryable unless librdkafka says

@@ -70,6 +70,7 @@ pub struct CheckpointConfig {
     /// (`s3://bucket/prefix`). Default: `.flumen/<pipeline>/checkpoints`
     /// beside the pipeline file.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub store: Option<String>,
 
     /// How many complete checkpoints to keep; older ones are deleted.

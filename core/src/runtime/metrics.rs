@@ -44,6 +44,73 @@ pub const STATE_ROWS: &str = "flumen_operator_state_rows";
 /// `instance`.
 pub const STATE_BYTES: &str = "flumen_operator_state_bytes";
 
+/// Gives every metric its `# HELP` text and unit in the installed
+/// recorder. Call it once, after installing one (without one it does
+/// nothing).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        EVENTS_TOTAL,
+        Unit::Count,
+        "Events (rows) a component received (direction=in) or emitted (direction=out)."
+    );
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Arrow memory of the batches a component received or emitted."
+    );
+    describe_counter!(
+        ERRORS_TOTAL,
+        Unit::Count,
+        "Errors a component met (a failed batch, a retried write)."
+    );
+    describe_counter!(
+        DEAD_LETTERED_TOTAL,
+        Unit::Count,
+        "Records a component could not handle, sent to the dead-letter sink or dropped."
+    );
+    describe_histogram!(
+        BATCH_SECONDS,
+        Unit::Seconds,
+        "Time a component took to handle one batch."
+    );
+    describe_gauge!(
+        QUEUED_BATCHES,
+        Unit::Count,
+        "Batches waiting in a component instance's input channels; at the capacity, it is the bottleneck."
+    );
+    describe_gauge!(
+        CHANNEL_CAPACITY,
+        Unit::Count,
+        "Batches each input channel of a component holds before its senders wait."
+    );
+    describe_gauge!(
+        WATERMARK_DELAY_SECONDS,
+        Unit::Seconds,
+        "Wall-clock time minus the component instance's event-time watermark."
+    );
+    describe_gauge!(
+        SOURCE_LAG_EVENTS,
+        Unit::Count,
+        "Events a source instance knows of but has not read yet (a file's remainder, a broker's consumer lag)."
+    );
+    describe_counter!(
+        SIDE_OUTPUT_EVENTS_TOTAL,
+        Unit::Count,
+        "Rows a component emitted on a named output (late rows, a route)."
+    );
+    describe_gauge!(
+        STATE_ROWS,
+        Unit::Count,
+        "Rows, keys or groups an operator instance retains."
+    );
+    describe_gauge!(
+        STATE_BYTES,
+        Unit::Bytes,
+        "Approximate bytes an operator instance retains."
+    );
+}
+
 /// The metric handles of one node instance, and its share of the node's
 /// live counters.
 pub(crate) struct NodeMetrics {
@@ -173,6 +240,10 @@ impl NodeMetrics {
             self.state_rows.set(size.rows as f64);
             self.state_bytes.set(size.bytes as f64);
         }
+    }
+
+    pub(crate) fn record_rejected(&self, records: u64) {
+        self.stats.add_rejected(records);
     }
 
     pub(crate) fn record_finished(&self) {

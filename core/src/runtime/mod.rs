@@ -104,6 +104,26 @@ pub struct RunReport {
     /// Whether the run was asked to stop early (an interrupt, or
     /// [`ShutdownHandle::drain`]) and drained rather than finished.
     pub drained: bool,
+    /// The checkpoint the run started from, if it restored one.
+    pub restored: Option<RestoredCheckpoint>,
+}
+
+/// The checkpoint a run restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredCheckpoint {
+    /// Its number.
+    pub id: u64,
+    /// Whether it was the final checkpoint of an earlier run: that run's
+    /// sources had all reached their end (or were drained).
+    pub finished: bool,
+}
+
+impl RunReport {
+    /// Records the nodes could not handle: sent to the dead-letter sink,
+    /// or dropped by an `on_error: drop` policy.
+    pub fn rejected(&self) -> u64 {
+        self.nodes.iter().map(|n| n.rejected).sum()
+    }
 }
 
 /// Counters of one node at the end of a run.
@@ -120,6 +140,8 @@ pub struct NodeReport {
     /// Rows (keys, groups) the node retained at the end: zero for an
     /// operator that emitted everything it held.
     pub state_rows: u64,
+    /// Records it could not handle (dead-lettered or dropped).
+    pub rejected: u64,
 }
 
 impl RunReport {
@@ -207,6 +229,10 @@ impl Pipeline {
             }
             None => (None, None),
         };
+        let restored_checkpoint = restored.as_ref().map(|loaded| RestoredCheckpoint {
+            id: loaded.manifest.id,
+            finished: loaded.manifest.finished,
+        });
         let instances =
             self.create_instances(inputs, outputs, capacity, handles, restored, dead_letter_tx)?;
         for (node, task) in instances {
@@ -256,6 +282,7 @@ impl Pipeline {
         }
         Ok(RunReport {
             drained: signals.drain.is_cancelled(),
+            restored: restored_checkpoint,
             duration: started.elapsed(),
             nodes: self
                 .nodes
@@ -267,6 +294,7 @@ impl Pipeline {
                     rows_in: stats.rows_in(),
                     rows_out: stats.rows_out(),
                     state_rows: stats.state_rows(),
+                    rejected: stats.rejected(),
                 })
                 .collect(),
         })

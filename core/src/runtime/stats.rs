@@ -11,6 +11,7 @@ pub struct NodeStats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     instances_finished: AtomicU64,
+    rejected: AtomicU64,
     state_rows: AtomicI64,
     state_bytes: AtomicI64,
 }
@@ -46,6 +47,11 @@ impl NodeStats {
         self.state_bytes.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Records the node could not handle (dead-lettered or dropped).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
     /// How many of the node's instances have finished.
     pub fn instances_finished(&self) -> u64 {
         self.instances_finished.load(Ordering::Relaxed)
@@ -59,6 +65,10 @@ impl NodeStats {
     pub(crate) fn add_out(&self, rows: u64, bytes: u64) {
         self.rows_out.fetch_add(rows, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_rejected(&self, records: u64) {
+        self.rejected.fetch_add(records, Ordering::Relaxed);
     }
 
     pub(crate) fn add_state(&self, rows: i64, bytes: i64) {

@@ -71,21 +71,24 @@ impl TaskEnv {
             return Err(Error::Data(rejected[0].to_string()));
         }
         dead_letters.counter.increment(rejected.len() as u64);
+        self.metrics.record_rejected(rejected.len() as u64);
         let logged = dead_letters
             .logged
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dropped = dead_letters.policy == OnError::Drop || dead_letters.sender.is_none();
-        if dropped && logged < 10 {
+        if logged < 10 {
+            let what = match (dropped, dead_letters.sender.is_some()) {
+                (false, _) => "rejected records, sent to the dead letters",
+                (true, false) if dead_letters.policy == OnError::DeadLetter => {
+                    "dropped records that could not be handled (the pipeline has no dead-letter sink)"
+                }
+                (true, _) => "dropped records that could not be handled",
+            };
             tracing::warn!(
                 node = %self.node,
                 count = rejected.len(),
                 first = %rejected[0],
-                "dropped records that could not be handled{}",
-                if dead_letters.sender.is_none() && dead_letters.policy == OnError::DeadLetter {
-                    " (the pipeline has no dead_letter sink)"
-                } else {
-                    ""
-                }
+                "{what}"
             );
         }
         if let (OnError::DeadLetter, Some(sender)) = (dead_letters.policy, &dead_letters.sender) {

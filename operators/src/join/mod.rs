@@ -63,6 +63,7 @@ pub struct IntervalBounds {
 pub struct LookupTableConfig {
     /// The file holding the table: a local path, or a `file://` or
     /// `s3://bucket/key` URL.
+    #[schemars(extend("format" = "path"))]
     pub path: String,
 
     /// `json` (one object per line), `csv` or `parquet`. Default: from the

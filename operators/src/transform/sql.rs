@@ -19,6 +19,8 @@ use datafusion::prelude::SessionContext;
 use flumen_core::event_time::{event_time_column, with_event_time};
 use flumen_core::prelude::*;
 
+use crate::planning::planning_error;
+
 /// Keeps the rows matching a SQL predicate and/or computes new columns from
 /// SQL expressions.
 ///
@@ -221,13 +223,13 @@ pub(crate) fn evaluate_condition(
 }
 
 fn parse(ctx: &SessionContext, sql: &str, schema: &DFSchema, key: &str) -> Result<Expr> {
+    let invalid = |e, expr| planning_error(key, sql, expr, schema.as_arrow(), e);
     let expr = ctx
         .parse_sql_expr(sql, schema)
-        .map_err(|e| Error::config(key, format!("`{sql}`: {}", e.strip_backtrace())))?;
+        .map_err(|e| invalid(e, None))?;
     // Resolve the type now, so an ill-typed expression fails here rather
     // than on the first batch.
-    expr.get_type(schema)
-        .map_err(|e| Error::config(key, format!("`{sql}`: {}", e.strip_backtrace())))?;
+    expr.get_type(schema).map_err(|e| invalid(e, Some(&expr)))?;
     Ok(expr)
 }
 

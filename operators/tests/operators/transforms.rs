@@ -133,11 +133,10 @@ fn ill_typed_expressions_fail_when_the_graph_is_built() {
     );
 
     let unknown = plan_error(SqlTransform::new().select(["auction", "prize * 2"]));
-    assert!(
-        unknown.starts_with("invalid pipeline: `q`: select[1]: `prize * 2`:"),
-        "{unknown}"
+    assert_eq!(
+        unknown,
+        "invalid pipeline: `q`: select[1]: column `prize` does not exist; columns: auction, price, rate, channel"
     );
-    assert!(unknown.contains("prize"), "{unknown}");
 
     let mistyped = plan_error(SqlTransform::new().filter("channel > 5 AND upper(price) = 'X'"));
     assert!(
@@ -147,7 +146,7 @@ fn ill_typed_expressions_fail_when_the_graph_is_built() {
 
     let syntax = plan_error(SqlTransform::new().filter("price >> AND"));
     assert!(
-        syntax.starts_with("invalid pipeline: `q`: filter: `price >> AND`:"),
+        syntax.starts_with("invalid pipeline: `q`: filter: column `and` does not exist"),
         "{syntax}"
     );
 

@@ -451,7 +451,7 @@ fn window_settings_are_checked_with_their_key() {
             .contains("aggregates[0]: `value + 1` is not an aggregate function")
     );
     bad_key.aggregates = vec!["sum(nope)".into()];
-    assert!(plan_error(bad_key.clone()).contains("aggregates[0]: `sum(nope)`"));
+    assert!(plan_error(bad_key.clone()).contains("aggregates[0]: column `nope` does not exist"));
     bad_key.aggregates = vec!["count(*)".into()];
     bad_key.time_column = Some("when".into());
     assert!(plan_error(bad_key).contains("time_column: column `when` does not exist"));

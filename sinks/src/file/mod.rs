@@ -22,6 +22,7 @@ pub struct FileSinkConfig {
     /// each checkpoint adds `part-<i>-<checkpoint>.<ext>` per instance.
     /// Files appear only once complete (committed); until then rows are
     /// staged in hidden files beside them.
+    #[schemars(extend("format" = "path"))]
     pub path: PathBuf,
     /// `json` (one object per line) or `csv`.
     #[serde(default)]
@@ -277,9 +278,12 @@ impl Sink for FileInstance {
         tokio::fs::rename(&staging.path, &staged)
             .await
             .map_err(|e| io_error(&staging.path, e))?;
+        // Absolute, for a run that restores the checkpoint from another
+        // working directory.
+        let absolute = |path: &Path| std::path::absolute(path).map_err(|e| io_error(path, e));
         Ok(json!({
-            "staged": staged.to_string_lossy(),
-            "file": target.to_string_lossy(),
+            "staged": absolute(&staged)?.to_string_lossy(),
+            "file": absolute(&target)?.to_string_lossy(),
         }))
     }
 

@@ -18,6 +18,15 @@ pub struct KafkaSinkConfig {
     /// Bootstrap brokers: `host:port`, comma-separated for several.
     pub brokers: String,
 
+    /// How long to wait at start for a broker to answer (each failed
+    /// attempt is logged: `waiting for brokers …`) before failing.
+    #[serde(
+        default = "flumen_clients::kafka::default_connect_timeout",
+        with = "humantime_serde"
+    )]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+
     /// The topic written to.
     pub topic: String,
 
@@ -101,6 +110,7 @@ pub enum KafkaValueFormat {
 pub struct AvroWriteOptions {
     /// The Avro record schema to write (`.avsc`); its fields are taken
     /// from the columns of the same names.
+    #[schemars(extend("format" = "path"))]
     pub schema_file: PathBuf,
 }
 
@@ -149,6 +159,7 @@ impl KafkaSinkConfig {
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
         KafkaSinkConfig {
             brokers: brokers.into(),
+            connect_timeout: flumen_clients::kafka::default_connect_timeout(),
             topic: topic.into(),
             key: None,
             format: KafkaValueFormat::Json,

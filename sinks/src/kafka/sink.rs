@@ -11,7 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::json;
 
-use flumen_clients::kafka::kafka_error;
+use flumen_clients::kafka::{BrokerWait, kafka_error};
 use flumen_core::prelude::*;
 
 use super::config::{Delivery, KafkaSinkConfig};
@@ -61,6 +61,7 @@ impl SinkFactory for KafkaSink {
         };
         Ok(Box::new(KafkaSinkInstance {
             config: self.config.clone(),
+            brokers_answered: false,
             encoder,
             mode,
             rejected: Vec::new(),
@@ -128,6 +129,8 @@ struct KafkaSinkInstance {
     mode: Mode,
     /// Rows of the last batch that could not be made messages.
     rejected: Vec<Rejected>,
+    /// Whether a broker has answered since the instance started.
+    brokers_answered: bool,
 }
 
 /// Runs a blocking librdkafka call off the async workers.
@@ -163,6 +166,16 @@ impl KafkaSinkInstance {
 
     /// The producer rows are written with now.
     async fn current(&mut self) -> Result<Arc<KafkaProducer>> {
+        if !self.brokers_answered {
+            let client = self.config.client_config()?;
+            let (brokers, within) = (self.config.brokers.clone(), self.config.connect_timeout);
+            tokio::task::spawn_blocking(move || {
+                BrokerWait::new(&client, &brokers, within, "connect_timeout")?.wait()
+            })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))??;
+            self.brokers_answered = true;
+        }
         if let Mode::AtLeastOnce(producer) = &self.mode {
             if let Some(producer) = producer {
                 return Ok(producer.clone());

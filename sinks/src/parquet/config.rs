@@ -18,6 +18,7 @@ pub struct ParquetSinkConfig {
     /// (`s3://bucket/prefix`, `file:///data/bids`). Files go under it, in
     /// partition directories; files being written are staged under
     /// `_staging/` until committed.
+    #[schemars(extend("format" = "path"))]
     pub path: String,
 
     /// Partition by these columns: `channel=mobile/`. The columns are

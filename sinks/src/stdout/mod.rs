@@ -106,8 +106,11 @@ impl Sink for StdoutInstance {
                 rejected
             }
         };
-        let mut stdout = std::io::stdout().lock();
-        match stdout.write_all(&self.buffer) {
+        let written = flumen_core::console::hide_display_while(|| {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&self.buffer).and_then(|()| stdout.flush())
+        });
+        match written {
             // Piped into `head`: stop printing, keep the pipeline going.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => self.left = 0,
             other => other?,

@@ -19,6 +19,7 @@ pub use flumen_core::file_format::{CsvOptions, FileFormat};
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// The file: a local path, or a `file://` or `s3://bucket/key` URL.
+    #[schemars(extend("format" = "path"))]
     pub path: String,
 
     /// `json` (one object per line), `csv` or `parquet`. Default: from the

@@ -17,7 +17,7 @@ use super::config::{CsvOptions, FileFormat};
 
 /// Bytes fetched per request: large enough that per-request overhead
 /// (a thread hop locally, a round trip to object storage) does not show.
-pub(super) const CHUNK_BYTES: u64 = 4 << 20;
+pub(crate) const CHUNK_BYTES: u64 = 4 << 20;
 
 /// Reads `start..end` of an object in chunks, keeping the next chunk's
 /// request in flight while the current one is decoded.
@@ -75,6 +75,43 @@ impl ChunkReader {
     }
 }
 
+/// Where a split's bytes come from.
+enum Chunks {
+    /// A byte range of an object, fetched a chunk ahead.
+    Store(ChunkReader),
+    /// Standard input: whatever each read returns, up to this many bytes.
+    Stdin { chunk_bytes: usize },
+}
+
+impl Chunks {
+    async fn next(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            Chunks::Store(reader) => reader.next().await,
+            Chunks::Stdin { chunk_bytes } => {
+                let chunk_bytes = *chunk_bytes;
+                // A blocking read on a thread of its own: standard input
+                // may be a terminal or a pipe that waits.
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut buffer = vec![0; chunk_bytes];
+                    let read = loop {
+                        match std::io::stdin().lock().read(&mut buffer) {
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            read => break read?,
+                        }
+                    };
+                    buffer.truncate(read);
+                    Ok::<_, std::io::Error>(buffer)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("standard input read task failed: {e}")))?
+                .map_err(|e| Error::connector("stdin", false, e))?;
+                Ok((!read.is_empty()).then(|| Bytes::from(read)))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SplitState {
     /// Skipping the end of a line that began in the previous split.
@@ -87,8 +124,8 @@ enum SplitState {
 /// The lines of one split of a file: those whose first byte lies in
 /// `start..end`. The split before it finishes the line that crosses
 /// `start`, so every line is read by exactly one split.
-pub(super) struct LineSplit {
-    reader: ChunkReader,
+pub(crate) struct LineSplit {
+    reader: Chunks,
     state: SplitState,
     /// File offset of the next byte the reader returns.
     offset: u64,
@@ -96,7 +133,7 @@ pub(super) struct LineSplit {
 }
 
 impl LineSplit {
-    pub(super) fn new(
+    pub(crate) fn new(
         location: &Location,
         start: u64,
         end: u64,
@@ -107,13 +144,13 @@ impl LineSplit {
         // starts exactly at `start`.
         let fetch_from = start.saturating_sub(1);
         LineSplit {
-            reader: ChunkReader::new(
+            reader: Chunks::Store(ChunkReader::new(
                 location.store.clone(),
                 location.path.clone(),
                 fetch_from,
                 size,
                 chunk_bytes,
-            ),
+            )),
             state: if start == 0 {
                 SplitState::Emit
             } else {
@@ -125,7 +162,19 @@ impl LineSplit {
     }
 
     /// The next piece of the split's lines, with its offset in the file.
-    pub(super) async fn next(&mut self) -> Result<Option<(u64, Bytes)>> {
+    /// Standard input, read to its end.
+    pub(crate) fn stdin(chunk_bytes: u64) -> Self {
+        LineSplit {
+            reader: Chunks::Stdin {
+                chunk_bytes: chunk_bytes as usize,
+            },
+            state: SplitState::Emit,
+            offset: 0,
+            end: u64::MAX,
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<(u64, Bytes)>> {
         while self.state != SplitState::Done {
             let Some(mut chunk) = self.reader.next().await? else {
                 self.state = SplitState::Done;
@@ -176,7 +225,7 @@ fn memchr(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Arrow's incremental decoders for the line formats.
-pub(super) enum RecordDecoder {
+pub(crate) enum RecordDecoder {
     Json(arrow::json::reader::Decoder),
     Csv(Box<arrow::csv::reader::Decoder>),
 }
@@ -184,7 +233,7 @@ pub(super) enum RecordDecoder {
 impl RecordDecoder {
     /// A decoder for one split. Only the split at the start of the file
     /// skips a CSV header.
-    pub(super) fn new(
+    pub(crate) fn new(
         format: FileFormat,
         schema: SchemaRef,
         batch_size: usize,
@@ -226,11 +275,11 @@ impl RecordDecoder {
 }
 
 /// What a fresh decoder for a split needs.
-pub(super) struct DecoderSpec {
-    pub(super) format: FileFormat,
-    pub(super) schema: SchemaRef,
-    pub(super) batch_size: usize,
-    pub(super) csv: CsvOptions,
+pub(crate) struct DecoderSpec {
+    pub(crate) format: FileFormat,
+    pub(crate) schema: SchemaRef,
+    pub(crate) batch_size: usize,
+    pub(crate) csv: CsvOptions,
 }
 
 /// The longest piece of a rejected line kept in the dead-letter record.
@@ -238,7 +287,7 @@ const MAX_REJECTED_BYTES: usize = 64 << 10;
 
 /// Decodes one split into batches. A line that does not decode is
 /// rejected (with the file and its byte offset) and the others go on.
-pub(super) struct LineSplitReader {
+pub(crate) struct LineSplitReader {
     split: LineSplit,
     spec: DecoderSpec,
     decoder: RecordDecoder,
@@ -255,10 +304,19 @@ pub(super) struct LineSplitReader {
     line_unfinished: bool,
     rejected: Vec<Rejected>,
     file: String,
+    /// The line number of the line at `fed_offset`, when known: reading
+    /// began at the start of the file (a split or a restored position that
+    /// starts elsewhere knows byte offsets only).
+    line_at_fed: Option<u64>,
+}
+
+/// How many lines `bytes` ends.
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
 }
 
 impl LineSplitReader {
-    pub(super) fn new(
+    pub(crate) fn new(
         split: LineSplit,
         spec: DecoderSpec,
         first_split: bool,
@@ -271,7 +329,9 @@ impl LineSplitReader {
             &spec.csv,
             first_split,
         )?;
+        let line_at_fed = (split.offset == 0).then_some(1);
         Ok(LineSplitReader {
+            line_at_fed,
             split,
             spec,
             decoder,
@@ -287,11 +347,11 @@ impl LineSplitReader {
     }
 
     /// Lines rejected since the last call.
-    pub(super) fn take_rejected(&mut self) -> Vec<Rejected> {
+    pub(crate) fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
     }
 
-    pub(super) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    pub(crate) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if (self.pending.is_empty() || self.line_unfinished) && !self.input_done {
                 match self.split.next().await? {
@@ -327,6 +387,9 @@ impl LineSplitReader {
                     Ok(batch) => batch,
                     Err(_) => return self.line_by_line().map(Some),
                 };
+                if let Some(line) = &mut self.line_at_fed {
+                    *line += self.fed.iter().map(|piece| newlines(piece)).sum::<u64>();
+                }
                 self.fed.clear();
                 self.fed_offset = self.pending_offset;
                 if batch.is_some() || self.input_done {
@@ -361,9 +424,16 @@ impl LineSplitReader {
         self.fed_offset = self.pending_offset;
         self.decoder = self.fresh_decoder()?;
 
+        let first_line = self.line_at_fed;
+        if let Some(line) = &mut self.line_at_fed {
+            *line += newlines(&bytes[..complete]);
+        }
         let mut good = Vec::new();
         let mut line_start = 0;
-        for line in bytes[..complete].split_inclusive(|b| *b == b'\n') {
+        for (index, line) in bytes[..complete]
+            .split_inclusive(|b| *b == b'\n')
+            .enumerate()
+        {
             let offset = start + line_start as u64;
             line_start += line.len();
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -379,15 +449,40 @@ impl LineSplitReader {
                 Ok(None) => {}
                 Err(error) => {
                     let shown = &line[..line.len().min(MAX_REJECTED_BYTES)];
+                    let position = match first_line {
+                        Some(first) => {
+                            let number = first + index as u64;
+                            format!("{}, line {number}, byte {offset}", self.file)
+                        }
+                        None => format!("{}, byte {offset}", self.file),
+                    };
                     self.rejected.push(Rejected {
-                        error: error.to_string(),
+                        error: self.why(line, &error),
                         record: String::from_utf8_lossy(shown).trim_end().to_string(),
-                        position: Some(format!("{}, byte {offset}", self.file)),
+                        position: Some(position),
                     });
                 }
             }
         }
         Ok(arrow::compute::concat_batches(&self.spec.schema, &good)?)
+    }
+
+    /// Why `line` did not decode, in a pipeline file's words where the
+    /// decoder's are Arrow's: ``column `likes`: declared string, found
+    /// number 18``.
+    fn why(&self, line: &[u8], error: &arrow::error::ArrowError) -> String {
+        let described = match self.spec.format {
+            FileFormat::Json => {
+                crate::json_fit::describe_column_misfit(line.trim_ascii(), &self.spec.schema)
+            }
+            _ => None,
+        };
+        described.unwrap_or_else(|| match error {
+            arrow::error::ArrowError::JsonError(message)
+            | arrow::error::ArrowError::CsvError(message)
+            | arrow::error::ArrowError::ParseError(message) => message.clone(),
+            other => other.to_string(),
+        })
     }
 
     fn fresh_decoder(&self) -> Result<RecordDecoder> {

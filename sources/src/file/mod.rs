@@ -6,7 +6,7 @@
 //! decodes its own share; a Parquet file is shared out by row group.
 
 mod config;
-mod lines;
+pub(crate) mod lines;
 mod parquet;
 mod source;
 #[cfg(test)]

@@ -40,6 +40,13 @@ impl SourceFactory for FileSource {
         self.schema.clone()
     }
 
+    /// A local file is read for `flumen validate`; an object store is not.
+    fn samples_locally(&self) -> bool {
+        url::Url::parse(&self.config.path).map_or(true, |url| {
+            url.scheme() == "file" || url.scheme().len() == 1 // a Windows drive letter
+        })
+    }
+
     fn create(&self, instance: InstanceInfo) -> Result<Box<dyn Source>> {
         Ok(Box::new(FileInstance {
             source: self.clone(),
@@ -86,7 +93,14 @@ impl FileSource {
             .store
             .head(&location.path)
             .await
-            .map_err(|e| Error::connector("file", false, e))?
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::connector(
+                    "file",
+                    false,
+                    format!("`{}` does not exist", location.display),
+                ),
+                other => Error::connector("file", false, other),
+            })?
             .size;
         if *format == FileFormat::Parquet {
             let reader = ParquetSplitReader::open(

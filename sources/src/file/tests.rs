@@ -229,7 +229,10 @@ async fn a_malformed_line_is_rejected_with_its_position_and_the_rest_flows() {
     assert_eq!(column("record"), ["{\"id\": oops}", "{\"id\": \"x\"}"]);
     assert_eq!(
         column("position"),
-        [format!("{path}, byte 10"), format!("{path}, byte 33")]
+        [
+            format!("{path}, line 2, byte 10"),
+            format!("{path}, line 4, byte 33")
+        ]
     );
     assert_eq!(column("component"), ["file", "file"]);
 
@@ -252,7 +255,7 @@ async fn a_malformed_line_is_rejected_with_its_position_and_the_rest_flows() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("`file` failed: bad record: "), "{err}");
-    assert!(err.contains("bad.jsonl, byte 10"), "{err}");
+    assert!(err.contains("bad.jsonl, line 2, byte 10"), "{err}");
 }
 
 #[test]

@@ -96,8 +96,10 @@ pub struct HttpSourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The certificate chain, leaf first.
+    #[schemars(extend("format" = "path"))]
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
+    #[schemars(extend("format" = "path"))]
     pub key: PathBuf,
 }
 
@@ -135,6 +137,7 @@ impl TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct IngestBufferConfig {
     /// Directory of the buffer's segment files (created if missing).
+    #[schemars(extend("format" = "path"))]
     pub dir: PathBuf,
 
     /// Most bytes of events accepted but not yet read and checkpointed;

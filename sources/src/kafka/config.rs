@@ -24,6 +24,15 @@ pub struct KafkaSourceConfig {
     /// Bootstrap brokers: `host:port`, comma-separated for several.
     pub brokers: String,
 
+    /// How long to wait at start for a broker to answer (each failed
+    /// attempt is logged: `waiting for brokers …`) before failing.
+    #[serde(
+        default = "flumen_clients::kafka::default_connect_timeout",
+        with = "humantime_serde"
+    )]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+
     /// Topics to read. A name starting with `^` is a regular expression
     /// matched against every topic (`^orders-.*`).
     pub topics: Vec<String>,
@@ -117,6 +126,7 @@ pub enum KafkaFormat {
 #[serde(deny_unknown_fields)]
 pub struct AvroOptions {
     /// The writer's Avro schema (`.avsc`, JSON).
+    #[schemars(extend("format" = "path"))]
     pub schema_file: PathBuf,
     /// Whether each message starts with the Confluent schema-registry
     /// header (a zero byte and a 4-byte schema id), which is skipped.
@@ -180,6 +190,7 @@ impl KafkaSourceConfig {
     pub fn new(brokers: impl Into<String>, topics: &[&str], group: impl Into<String>) -> Self {
         KafkaSourceConfig {
             brokers: brokers.into(),
+            connect_timeout: flumen_clients::kafka::default_connect_timeout(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             group: group.into(),
             format: KafkaFormat::Json,

@@ -13,7 +13,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use flumen_core::prelude::*;
 
 use super::config::{KafkaFormat, KafkaSourceConfig};
-use flumen_clients::kafka::{avro_schema_file, client_config, kafka_error};
+use flumen_clients::kafka::{BrokerWait, avro_schema_file, client_config, kafka_error};
 
 /// The longest piece of a rejected message kept in its dead-letter record.
 const MAX_REJECTED_BYTES: usize = 64 << 10;
@@ -427,6 +427,13 @@ pub(crate) fn infer_schema(config: &KafkaSourceConfig, format: &Format) -> Resul
     client
         .set("group.id", format!("{}-schema-sample", config.group))
         .set("enable.auto.commit", "false");
+    BrokerWait::new(
+        &client,
+        &config.brokers,
+        config.connect_timeout,
+        "connect_timeout",
+    )?
+    .wait()?;
     let consumer: BaseConsumer = client.create().map_err(kafka_error)?;
     let timeout = Duration::from_secs(10);
     let mut assignment = TopicPartitionList::new();

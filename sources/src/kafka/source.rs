@@ -19,7 +19,7 @@ use super::config::{KafkaSourceConfig, StartFrom};
 use super::consumer::{Chunk, Event, GroupContext, PollSettings, TopicPartition, poll_loop};
 use super::decode::{Format, ValueDecoder, shown};
 use super::position::{end_offsets, position_from_json, position_to_json};
-use flumen_clients::kafka::{client_config, kafka_error};
+use flumen_clients::kafka::{BrokerWait, client_config, kafka_error};
 
 /// A source reading Kafka topics as a consumer group member. Built from a
 /// [`KafkaSourceConfig`].
@@ -132,6 +132,7 @@ impl SourceFactory for KafkaSource {
             last_end_check: None,
             last_commit: Instant::now(),
             wants_checkpoint: false,
+            waiting: None,
         }))
     }
 
@@ -303,9 +304,42 @@ struct KafkaInstance {
     last_end_check: Option<Instant>,
     last_commit: Instant,
     wants_checkpoint: bool,
+    /// Waiting for a broker to answer, before joining the group.
+    waiting: Option<BrokerWait>,
 }
 
 impl KafkaInstance {
+    /// Whether a broker has answered yet: asked in short attempts, so
+    /// that `next` stays quick (and an interrupt is heard) while the
+    /// brokers are away, until `connect_timeout` has passed.
+    async fn brokers_answered(&mut self) -> Result<bool> {
+        let wait = match self.waiting.take() {
+            Some(wait) => wait,
+            None => {
+                let config = &self.source.config;
+                let client = client_config(&config.brokers, &config.security, &config.properties)?;
+                let setting = format!("sources.{}.connect_timeout", self.node);
+                BrokerWait::new(&client, &config.brokers, config.connect_timeout, setting)?
+            }
+        };
+        let asked = Instant::now();
+        let (wait, answered) = tokio::task::spawn_blocking(move || {
+            let mut wait = wait;
+            let answered = wait.attempt(Duration::from_millis(500));
+            (wait, answered)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+        if !answered? {
+            self.waiting = Some(wait);
+            // A refused connection fails at once: do not spin.
+            let pause = Duration::from_millis(100).saturating_sub(asked.elapsed());
+            tokio::time::sleep(pause).await;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     async fn start(&mut self) -> Result<()> {
         let config = &self.source.config;
         let mut client = client_config(&config.brokers, &config.security, &config.properties)?;
@@ -667,6 +701,9 @@ impl Source for KafkaInstance {
         if self.running.is_none() {
             if self.source.shared.opened.load(Ordering::Acquire) < self.instance.parallelism {
                 tokio::time::sleep(Duration::from_millis(10)).await;
+                return Ok(SourceStep::Idle);
+            }
+            if !self.brokers_answered().await? {
                 return Ok(SourceStep::Idle);
             }
             self.start().await?;

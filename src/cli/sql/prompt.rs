@@ -14,7 +14,8 @@ pub(super) fn interactive(
 ) -> Result<(), Failure> {
     let terminal = std::io::stdin().is_terminal();
     let mut lines: Box<dyn LineSource> = if terminal {
-        Box::new(Prompt::new()?)
+        let names = runtime.block_on(session.names());
+        Box::new(Prompt::new(names)?)
     } else {
         Box::new(std::io::stdin().lock())
     };
@@ -143,16 +144,18 @@ impl LineSource for std::io::StdinLock<'static> {
     }
 }
 
-/// A line editor with history.
+/// A line editor with history, completing table and column names.
 pub(super) struct Prompt {
-    pub(super) editor: rustyline::DefaultEditor,
+    pub(super) editor: rustyline::Editor<Names, rustyline::history::DefaultHistory>,
     pub(super) history: Option<PathBuf>,
 }
 
 impl Prompt {
-    pub(super) fn new() -> Result<Prompt, Failure> {
-        let mut editor = rustyline::DefaultEditor::new()
+    /// `names`: the tables and columns there are, completed with Tab.
+    pub(super) fn new(names: Vec<String>) -> Result<Prompt, Failure> {
+        let mut editor = rustyline::Editor::new()
             .map_err(|e| Failure::Runtime(format!("cannot start the prompt: {e}")))?;
+        editor.set_helper(Some(Names(names)));
         let history = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(HISTORY_FILE));
         if let Some(path) = &history {
             // No history yet is fine.
@@ -161,6 +164,71 @@ impl Prompt {
         Ok(Prompt { editor, history })
     }
 }
+
+/// Completes the word before the cursor with the table and column names
+/// (and SQL keywords) that start with it.
+pub(super) struct Names(Vec<String>);
+
+/// Keywords worth a Tab.
+const KEYWORDS: &[&str] = &[
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP BY",
+    "ORDER BY",
+    "HAVING",
+    "LIMIT",
+    "JOIN",
+    "ON",
+    "AS",
+    "DISTINCT",
+    "COUNT",
+    "DESCRIBE",
+    "EXPLAIN",
+    "SHOW TABLES",
+];
+
+impl rustyline::completion::Completer for Names {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let before = &line[..pos];
+        let start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let word = &before[start..];
+        if word.is_empty() {
+            return Ok((pos, Vec::new()));
+        }
+        let lower = word.to_lowercase();
+        let mut candidates: Vec<String> = self
+            .0
+            .iter()
+            .map(String::as_str)
+            .chain(KEYWORDS.iter().copied())
+            .filter(|name| name.to_lowercase().starts_with(&lower))
+            .map(str::to_string)
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        Ok((start, candidates))
+    }
+}
+
+impl rustyline::hint::Hinter for Names {
+    type Hint = String;
+}
+
+impl rustyline::highlight::Highlighter for Names {}
+
+impl rustyline::validate::Validator for Names {}
+
+impl rustyline::Helper for Names {}
 
 impl LineSource for Prompt {
     fn read(&mut self, prompt: &str) -> Result<Line, Failure> {
@@ -183,5 +251,37 @@ impl LineSource for Prompt {
         {
             tracing::warn!("cannot save the history to `{}`: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustyline::completion::Completer;
+    use rustyline::history::DefaultHistory;
+
+    use super::*;
+
+    #[test]
+    fn tab_completes_table_and_column_names() {
+        let names = Names(vec!["bids".into(), "auction".into(), "bidder".into()]);
+        let history = DefaultHistory::new();
+        let ctx = rustyline::Context::new(&history);
+        let line = "SELECT auc";
+        assert_eq!(
+            names.complete(line, line.len(), &ctx).unwrap(),
+            (7, vec!["auction".to_string()])
+        );
+        let line = "SELECT count(*) FROM bi";
+        assert_eq!(
+            names.complete(line, line.len(), &ctx).unwrap(),
+            (21, vec!["bidder".to_string(), "bids".to_string()])
+        );
+        // Keywords too, in any case.
+        let line = "sel";
+        assert_eq!(
+            names.complete(line, line.len(), &ctx).unwrap(),
+            (0, vec!["SELECT".to_string()])
+        );
+        assert_eq!(names.complete("", 0, &ctx).unwrap(), (0, vec![]));
     }
 }

@@ -47,6 +47,24 @@ impl Session {
         })
     }
 
+    /// The names of the tables and of their columns, for completion.
+    pub(super) async fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let Some(catalog) = self.ctx.catalog("datafusion") else {
+            return names;
+        };
+        let Some(schema) = catalog.schema("public") else {
+            return names;
+        };
+        for table in schema.table_names() {
+            if let Ok(Some(provider)) = schema.table(&table).await {
+                names.extend(provider.schema().fields().iter().map(|f| f.name().clone()));
+            }
+            names.push(table);
+        }
+        names
+    }
+
     pub(super) async fn register_all(&mut self, specs: Vec<TableSpec>) -> Result<(), Failure> {
         for spec in specs {
             self.register(spec).await?;
