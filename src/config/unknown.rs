@@ -304,6 +304,48 @@ mod tests {
     use super::*;
 
     #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Files {
+        #[schemars(extend("format" = "path"))]
+        input: String,
+        #[schemars(extend("format" = "path"))]
+        output: Option<std::path::PathBuf>,
+        name: String,
+        tls: Option<Tls>,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Tls {
+        #[schemars(extend("format" = "path"))]
+        cert: std::path::PathBuf,
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_from_the_base_and_nothing_else_is() {
+        let known = KnownNames::of::<Files>();
+        let mut settings = json!({
+            "input": "data/in.jsonl",
+            "output": "s3://bucket/out",
+            "name": "data/not-a-path",
+            "tls": { "cert": "../certs/c.pem" },
+        });
+        known.resolve_paths(&mut settings, Path::new("pipelines"));
+        assert_eq!(
+            settings,
+            json!({
+                "input": "pipelines/data/in.jsonl",
+                "output": "s3://bucket/out",
+                "name": "data/not-a-path",
+                "tls": { "cert": "pipelines/../certs/c.pem" },
+            })
+        );
+        let mut absolute = json!({ "input": "/data/in.jsonl", "name": "x" });
+        known.resolve_paths(&mut absolute, Path::new("pipelines"));
+        assert_eq!(absolute["input"], "/data/in.jsonl");
+    }
+
+    #[derive(Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Settings {
