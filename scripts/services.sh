@@ -8,6 +8,8 @@
 #   Kafka API: tansu broker (crates.io), in-memory storage
 #              -> FLUMEN_TEST_KAFKA_BROKERS, FLUMEN_TEST_TANSU (the binary,
 #                 for tests that run their own broker)
+#   Kinesis API: kinesis-local (npm), in-memory; region us-east-1, any keys
+#              -> FLUMEN_TEST_KINESIS (http://127.0.0.1:PORT)
 
 FLUMEN_CACHE="${FLUMEN_CACHE:-$HOME/.cache/flumen}"
 SERVICES_DIR="$(mktemp -d -t flumen-services.XXXXXX)"
@@ -68,10 +70,41 @@ start_kafka() {
   echo "Kafka API (tansu) at $FLUMEN_TEST_KAFKA_BROKERS"
 }
 
+start_kinesis() {
+  local dir="$FLUMEN_CACHE/kinesis-local"
+  local pkg="$dir/node_modules/kinesis-local"
+  if [ "$(node -p "require('$pkg/package.json').version" 2>/dev/null)" != 0.6.2 ]; then
+    echo "installing kinesis-local (a Kinesis-API server for tests) into $dir"
+    npm install --silent --no-fund --no-audit --prefix "$dir" kinesis-local@0.6.2
+  fi
+  local port tls_port log="$SERVICES_DIR/kinesis-local.log"
+  port=$(free_port)
+  tls_port=$(free_port)
+  # It always serves HTTPS as well, and on all interfaces: give that a free
+  # port too. Stream changes (create, delete, split, merge, resize) finish at
+  # once rather than after the default 500 ms, and the shard limit is raised
+  # so that tests sharing the server can each create their own streams.
+  (cd "$pkg" && exec env KINESIS_MOCK_PLAIN_PORT="$port" \
+    KINESIS_MOCK_TLS_PORT="$tls_port" \
+    CREATE_STREAM_DURATION=0ms DELETE_STREAM_DURATION=0ms \
+    SPLIT_SHARD_DURATION=0ms MERGE_SHARDS_DURATION=0ms \
+    UPDATE_SHARD_COUNT_DURATION=0ms UPDATE_STREAM_MODE_DURATION=0ms \
+    REGISTER_STREAM_CONSUMER_DURATION=0ms DEREGISTER_STREAM_CONSUMER_DURATION=0ms \
+    START_STREAM_ENCRYPTION_DURATION=0ms STOP_STREAM_ENCRYPTION_DURATION=0ms \
+    SHARD_LIMIT=10000 ON_DEMAND_STREAM_COUNT_LIMIT=1000 \
+    AWS_REGION=us-east-1 AWS_ACCOUNT_ID=000000000000 \
+    node main.js) >"$log" 2>&1 &
+  echo $! >>"$SERVICES_DIR/pids"
+  export FLUMEN_TEST_KINESIS="http://127.0.0.1:$port"
+  wait_for "kinesis-local" "$log" curl -fsS "$FLUMEN_TEST_KINESIS/healthcheck"
+  echo "Kinesis API (kinesis-local) at $FLUMEN_TEST_KINESIS"
+}
+
 start_services() {
   trap stop_services EXIT
   start_s3
   start_kafka
+  start_kinesis
 }
 
 stop_services() {

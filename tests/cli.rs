@@ -31,10 +31,16 @@ mod http_clients;
 #[cfg(feature = "kafka")]
 #[path = "cli/kafka.rs"]
 mod kafka;
+#[cfg(feature = "kinesis")]
+#[path = "cli/kinesis.rs"]
+mod kinesis;
 #[path = "cli/lake.rs"]
 mod lake;
 #[path = "cli/sql.rs"]
 mod sql;
+#[cfg(any(feature = "kafka", feature = "kinesis"))]
+#[path = "cli/streams.rs"]
+mod streams;
 #[path = "cli/unwritable.rs"]
 mod unwritable;
 
@@ -107,7 +113,7 @@ fn unknown_component_type_suggests_the_closest() {
     assert_contains(
         &stderr,
         &[
-            "error: unknown source type `nexmrk`; source types: file, http, kafka, nexmark, stdin",
+            "error: unknown source type `nexmrk`; source types: file, http, kafka, kinesis, nexmark, stdin",
             "pipeline.yaml:3:11 (at `sources.bids.type`)",
             " 3 |     type: nexmrk",
             "|           ^^^^^^",

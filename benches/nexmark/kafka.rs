@@ -266,7 +266,7 @@ pub fn run(runtime: &tokio::runtime::Runtime) {
     let engine = best(|| {
         let topic = next_topic();
         let mut sink = flumen::sinks::KafkaSinkConfig::new(&brokers, &topic);
-        sink.format = flumen::sinks::kafka::KafkaValueFormat::String;
+        sink.format = flumen::sinks::kafka::ValueFormat::String;
         sink.value_column = Some("value".into());
         sink = sink
             .with_property("batch.num.messages", "10000")

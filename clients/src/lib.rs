@@ -5,5 +5,9 @@
 //! Sources, operators and sinks depend on `flumen-core` and on this crate,
 //! never on each other.
 
+#[cfg(feature = "avro")]
+pub mod avro;
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "kafka")]
 pub mod kafka;

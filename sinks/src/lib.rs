@@ -1,5 +1,5 @@
-//! Flumen's sinks: standard output, blackhole, files, Parquet, Kafka and
-//! HTTP.
+//! Flumen's sinks: standard output, blackhole, files, Parquet, Kafka,
+//! Kinesis and HTTP.
 
 pub mod blackhole;
 pub mod encoding;
@@ -8,6 +8,10 @@ pub mod file;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kinesis")]
+pub mod kinesis;
+#[cfg(any(feature = "kafka", feature = "kinesis"))]
+mod message;
 pub mod parquet;
 pub mod stdout;
 
@@ -18,6 +22,8 @@ pub use self::file::{FileSink, FileSinkConfig};
 pub use self::http::{HttpSink, HttpSinkConfig};
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
+#[cfg(feature = "kinesis")]
+pub use self::kinesis::{KinesisSink, KinesisSinkConfig};
 pub use self::parquet::{ParquetSink, ParquetSinkConfig};
 pub use self::stdout::{StdoutConfig, StdoutFormat, StdoutSink};
 
@@ -31,6 +37,8 @@ pub const COMPONENTS: &[ComponentType] = &[
     ComponentType::sink::<ParquetSinkConfig>(),
     #[cfg(feature = "kafka")]
     ComponentType::sink::<KafkaSinkConfig>(),
+    #[cfg(feature = "kinesis")]
+    ComponentType::sink::<KinesisSinkConfig>(),
     #[cfg(feature = "http")]
     ComponentType::sink::<HttpSinkConfig>(),
 ];

@@ -1,4 +1,4 @@
-//! Flumen's sources: Kafka, HTTP ingest, the Nexmark event generator,
+//! Flumen's sources: Kafka, Kinesis, HTTP ingest, the Nexmark event generator,
 //! files and standard input.
 
 pub mod file;
@@ -7,7 +7,11 @@ pub mod http;
 mod json_fit;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kinesis")]
+pub mod kinesis;
 pub mod nexmark;
+#[cfg(any(feature = "kafka", feature = "kinesis"))]
+pub mod payload;
 pub mod stdin;
 
 pub use self::file::{FileSource, FileSourceConfig};
@@ -15,6 +19,8 @@ pub use self::file::{FileSource, FileSourceConfig};
 pub use self::http::{HttpSource, HttpSourceConfig};
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaSource, KafkaSourceConfig};
+#[cfg(feature = "kinesis")]
+pub use self::kinesis::{KinesisSource, KinesisSourceConfig};
 pub use self::nexmark::{NexmarkConfig, NexmarkSource};
 pub use self::stdin::{StdinSource, StdinSourceConfig};
 
@@ -27,6 +33,8 @@ pub const COMPONENTS: &[ComponentType] = &[
     ComponentType::source::<StdinSourceConfig>(),
     #[cfg(feature = "kafka")]
     ComponentType::source::<KafkaSourceConfig>(),
+    #[cfg(feature = "kinesis")]
+    ComponentType::source::<KinesisSourceConfig>(),
     #[cfg(feature = "http")]
     ComponentType::source::<HttpSourceConfig>(),
 ];

@@ -3,8 +3,7 @@
 //! SIGKILLs, two processes sharing a consumer group, a broker killed and
 //! restarted, and malformed messages.
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +15,9 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use flumen_core::testing::free_port;
 
 use super::crash::{Random, committed};
-use super::flumen;
+use super::streams::{
+    BASE_TS, batch_answer, follow, ids, message, run_to_end, spawn, unique, windows,
+};
 
 fn brokers() -> String {
     std::env::var("FLUMEN_TEST_KAFKA_BROKERS").expect(
@@ -26,16 +27,6 @@ fn brokers() -> String {
 
 fn tansu() -> String {
     std::env::var("FLUMEN_TEST_TANSU").unwrap_or_else(|_| "tansu".to_string())
-}
-
-/// A topic name no other test uses.
-fn unique(name: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn create_topic(brokers: &str, topic: &str, partitions: u32) {
@@ -145,8 +136,6 @@ fn topic_size(brokers: &str, topic: &str) -> i64 {
         })
         .sum()
 }
-
-const BASE_TS: u64 = 1_700_000_000_000;
 
 /// `count` events `{"id": i, "ts": BASE_TS + i}`, event `i` to partition
 /// `i % partitions`, so each partition sees its events in time order;
@@ -264,150 +253,6 @@ sinks:
     path
 }
 
-fn ids(rows: &[String]) -> Vec<u64> {
-    let mut ids: Vec<u64> = rows
-        .iter()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            value["id"].as_u64().unwrap()
-        })
-        .collect();
-    ids.sort_unstable();
-    ids
-}
-
-/// DataFusion's batch answer over the same events (the JSON lines file,
-/// read with arrow-json): (ids, per-second (count, sum)).
-fn batch_answer(events: &Path) -> (Vec<u64>, BTreeMap<i64, (i64, i64)>) {
-    use std::sync::Arc;
-
-    use datafusion::arrow::array::{AsArray, Int64Array};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
-    use datafusion::prelude::SessionContext;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("ts", DataType::Int64, false),
-    ]));
-    let reader = datafusion::arrow::json::ReaderBuilder::new(schema)
-        .with_batch_size(65536)
-        .build(BufReader::new(std::fs::File::open(events).unwrap()))
-        .unwrap();
-    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let ctx = SessionContext::new();
-        let table =
-            datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
-        ctx.register_table("events", Arc::new(table)).unwrap();
-        let ids = ctx
-            .sql("SELECT id FROM events WHERE id % 7 <> 0 ORDER BY id")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let ids: Vec<u64> = ids
-            .iter()
-            .flat_map(|b| {
-                let column: &Int64Array = b.column(0).as_primitive::<Int64Type>();
-                column
-                    .values()
-                    .iter()
-                    .map(|v| *v as u64)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let windows = ctx
-            .sql(
-                "SELECT (ts / 1000 + 1) * 1000 AS window_end, count(*) AS ids, sum(id) AS id_sum \
-                 FROM events WHERE id % 7 <> 0 GROUP BY 1",
-            )
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let mut answer = BTreeMap::new();
-        for batch in windows {
-            let end = batch.column(0).as_primitive::<Int64Type>();
-            let count = batch.column(1).as_primitive::<Int64Type>();
-            let sum = batch.column(2).as_primitive::<Int64Type>();
-            for row in 0..batch.num_rows() {
-                answer.insert(end.value(row), (count.value(row), sum.value(row)));
-            }
-        }
-        (ids, answer)
-    })
-}
-
-/// The windows a run wrote, as window end (ms) -> (count, sum).
-fn windows(lines: &[String]) -> BTreeMap<i64, (i64, i64)> {
-    lines
-        .iter()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            let end = value["window_end"].as_str().unwrap();
-            let end = chrono_millis(end);
-            (
-                end,
-                (
-                    value["ids"].as_i64().unwrap(),
-                    value["id_sum"].as_i64().unwrap(),
-                ),
-            )
-        })
-        .collect()
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time as the file sink
-/// writes it.
-fn chrono_millis(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .or_else(|_| chrono::DateTime::parse_from_rfc3339(&format!("{text}Z")))
-        .unwrap_or_else(|e| panic!("`{text}`: {e}"))
-        .timestamp_millis()
-}
-
-/// Starts `flumen run FILE` with JSON logs on stderr. A run still going
-/// after three minutes is killed, so that a stuck consumer group fails the
-/// test instead of hanging it.
-fn spawn(file: &Path) -> Child {
-    let child = flumen()
-        .args(["run", "--progress", "off", "--log-format", "json"])
-        .arg(file)
-        .env("RUST_LOG", "info,flumen_sources::kafka=debug")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    kill_after(&child, Duration::from_secs(180));
-    child
-}
-
-/// `flumen run FILE` to its end (or killed after five minutes), with its
-/// output.
-fn run_to_end(file: &Path) -> std::process::Output {
-    let child = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(file)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    kill_after(&child, Duration::from_secs(300));
-    child.wait_with_output().unwrap()
-}
-
-/// Kills `child` after `limit`, unless it has ended by then.
-fn kill_after(child: &Child, limit: Duration) {
-    let pid = child.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // Harmless if the run has ended.
-        let _ = Command::new("kill").args(["-9", &pid]).status();
-    });
-}
-
 #[test]
 fn a_million_events_round_trip_as_datafusion_answers() {
     let brokers = brokers();
@@ -435,40 +280,6 @@ fn a_million_events_round_trip_as_datafusion_answers() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(windows(&committed(&out.join("windows"))), expected_windows);
-}
-
-/// Reads a run's JSON log lines as they come, handing each to `on_line`
-/// until it returns true; the rest is drained in the background and
-/// returned by the handle.
-fn follow(
-    child: &mut Child,
-    mut on_line: impl FnMut(&serde_json::Value) -> bool,
-) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let stop = on_line(&value);
-        seen.push(value);
-        if stop {
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        seen.extend(
-            lines
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str(&l).ok()),
-        );
-        seen
-    })
-}
-
-fn message(log: &serde_json::Value) -> &str {
-    log["message"].as_str().unwrap_or_default()
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! What the Kafka source and sink share: connection and security
-//! settings, librdkafka's errors and logs, and Avro schema files.
+//! settings, librdkafka's errors and logs.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
@@ -232,17 +231,4 @@ pub fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
         RDKafkaLogLevel::Warning => tracing::warn!(target: "flumen::kafka", facility, "{message}"),
         _ => tracing::debug!(target: "flumen::kafka", facility, "{message}"),
     }
-}
-
-/// The Avro schema in `path` (`.avsc`, JSON), named by `key` when it
-/// cannot be read or parsed.
-pub fn avro_schema_file(key: &str, path: &Path) -> Result<apache_avro::Schema> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::config(key, format!("cannot read `{}`: {e}", path.display())))?;
-    apache_avro::Schema::parse_str(&text).map_err(|e| {
-        Error::config(
-            key,
-            format!("`{}` is not an Avro schema: {e}", path.display()),
-        )
-    })
 }

@@ -1,6 +1,5 @@
 //! Configuration of the Kafka sink.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -10,6 +9,7 @@ use flumen_clients::kafka::KafkaSecurity;
 use flumen_core::prelude::*;
 
 use super::sink::KafkaSink;
+use crate::message::{AvroWriteOptions, MessageSettings, ValueFormat};
 
 /// Writes rows to a Kafka topic, one message per row.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -39,7 +39,7 @@ pub struct KafkaSinkConfig {
     /// `avro` (a datum of `avro.schema_file`), `string` or `bytes` (the
     /// single column named by `value_column`).
     #[serde(default)]
-    pub format: KafkaValueFormat,
+    pub format: ValueFormat,
 
     /// The column written as the value with `format: string` or `bytes`.
     #[serde(default)]
@@ -87,31 +87,6 @@ pub struct KafkaSinkConfig {
 
 fn default_linger() -> Duration {
     Duration::from_millis(5)
-}
-
-/// How rows are encoded as message values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaValueFormat {
-    /// One JSON object per row.
-    #[default]
-    Json,
-    /// One Avro datum per row.
-    Avro,
-    /// A text column's value.
-    String,
-    /// A binary column's value.
-    Bytes,
-}
-
-/// Avro encoding.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AvroWriteOptions {
-    /// The Avro record schema to write (`.avsc`); its fields are taken
-    /// from the columns of the same names.
-    #[schemars(extend("format" = "path"))]
-    pub schema_file: PathBuf,
 }
 
 /// The delivery guarantee of the Kafka sink.
@@ -162,7 +137,7 @@ impl KafkaSinkConfig {
             connect_timeout: flumen_clients::kafka::default_connect_timeout(),
             topic: topic.into(),
             key: None,
-            format: KafkaValueFormat::Json,
+            format: ValueFormat::Json,
             value_column: None,
             avro: None,
             headers: IndexMap::new(),
@@ -224,5 +199,25 @@ impl SinkConfig for KafkaSinkConfig {
         // Fail on a bad property now rather than at the first write.
         self.client_config()?;
         KafkaSink::new(self.clone())
+    }
+}
+
+impl KafkaSinkConfig {
+    /// The key (text column 0) and the headers (1 on), as messages carry
+    /// them.
+    pub(super) fn message_settings(&self) -> MessageSettings<'_> {
+        let mut text_columns: Vec<(String, &str)> = Vec::new();
+        if let Some(key) = &self.key {
+            text_columns.push(("key".into(), key));
+        }
+        for (header, column) in &self.headers {
+            text_columns.push((format!("headers.{header}"), column));
+        }
+        MessageSettings {
+            format: self.format,
+            value_column: self.value_column.as_deref(),
+            avro: self.avro.as_ref(),
+            text_columns,
+        }
     }
 }

@@ -3,10 +3,8 @@
 //! with checkpoints.
 
 mod config;
-mod encode;
 mod sink;
 
-pub use self::config::{
-    AvroWriteOptions, Compression, Delivery, KafkaSinkConfig, KafkaValueFormat,
-};
+pub use self::config::{Compression, Delivery, KafkaSinkConfig};
 pub use self::sink::KafkaSink;
+pub use crate::message::{AvroWriteOptions, ValueFormat};

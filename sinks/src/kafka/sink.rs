@@ -15,7 +15,7 @@ use flumen_clients::kafka::{BrokerWait, kafka_error};
 use flumen_core::prelude::*;
 
 use super::config::{Delivery, KafkaSinkConfig};
-use super::encode::RowEncoder;
+use crate::message::RowEncoder;
 
 /// How long a flush or a transaction step may take before the checkpoint
 /// fails.
@@ -37,11 +37,11 @@ impl KafkaSink {
 
 impl SinkFactory for KafkaSink {
     fn check_input(&self, schema: &SchemaRef) -> Result<()> {
-        RowEncoder::new(&self.config, schema).map(|_| ())
+        RowEncoder::new(&self.config.message_settings(), schema).map(|_| ())
     }
 
     fn create(&self, instance: InstanceInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
-        let encoder = RowEncoder::new(&self.config, &schema)?;
+        let encoder = RowEncoder::new(&self.config.message_settings(), &schema)?;
         let mode = match self.config.delivery {
             Delivery::AtLeastOnce => Mode::AtLeastOnce(None),
             Delivery::ExactlyOnce => Mode::ExactlyOnce(Transactions {
@@ -244,12 +244,16 @@ impl Sink for KafkaSinkInstance {
             loop {
                 let mut record: BaseRecord<'_, str, [u8]> =
                     BaseRecord::to(topic).payload(messages.value(row));
-                if let Some(key) = messages.key(row) {
+                let keyed = usize::from(self.config.key.is_some());
+                if keyed == 1
+                    && let Some(key) = messages.text(0, row)
+                {
                     record = record.key(key);
                 }
                 let mut headers = OwnedHeaders::new();
                 let mut any = false;
-                for (name, value) in messages.headers(row) {
+                for (index, name) in self.config.headers.keys().enumerate() {
+                    let value = messages.text(keyed + index, row);
                     headers = headers.insert(Header { key: name, value });
                     any = true;
                 }

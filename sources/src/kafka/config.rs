@@ -1,6 +1,5 @@
 //! Configuration of the Kafka source.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -9,9 +8,9 @@ use serde::Deserialize;
 use flumen_core::prelude::*;
 use flumen_core::schema::SchemaSpec;
 
-use super::decode::{self, Format};
 use super::source::KafkaSource;
 use crate::file::CsvOptions;
+use crate::payload::{self, AvroOptions, Format, MessageFormat};
 use flumen_clients::kafka::KafkaSecurity;
 
 /// Reads topics as a member of a Kafka consumer group. Instances (in this
@@ -46,7 +45,7 @@ pub struct KafkaSourceConfig {
     /// `avro.schema_file`), `string` (a `value` column of text) or `bytes`
     /// (a `value` column of binary).
     #[serde(default)]
-    pub format: KafkaFormat,
+    pub format: MessageFormat,
 
     /// Columns and types of the decoded values, e.g. `{ id: int64, ts:
     /// timestamp }`. Default: from the Avro schema, or (JSON, CSV)
@@ -101,37 +100,6 @@ pub struct KafkaSourceConfig {
     /// (`session.timeout.ms: "10000"`). These win over Flumen's own.
     #[serde(default)]
     pub properties: IndexMap<String, String>,
-}
-
-/// The encoding of message values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaFormat {
-    /// One JSON object per message.
-    #[default]
-    Json,
-    /// One CSV record per message.
-    Csv,
-    /// One Avro datum per message, written with the schema in
-    /// `avro.schema_file`.
-    Avro,
-    /// The value as UTF-8 text, in a `value` column.
-    String,
-    /// The value as bytes, in a `value` column.
-    Bytes,
-}
-
-/// Avro decoding.
-#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AvroOptions {
-    /// The writer's Avro schema (`.avsc`, JSON).
-    #[schemars(extend("format" = "path"))]
-    pub schema_file: PathBuf,
-    /// Whether each message starts with the Confluent schema-registry
-    /// header (a zero byte and a 4-byte schema id), which is skipped.
-    #[serde(default)]
-    pub confluent_header: bool,
 }
 
 /// Names of the extra columns taken from each Kafka record. Each is added
@@ -193,7 +161,7 @@ impl KafkaSourceConfig {
             connect_timeout: flumen_clients::kafka::default_connect_timeout(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             group: group.into(),
-            format: KafkaFormat::Json,
+            format: MessageFormat::Json,
             schema: None,
             sample_size: default_sample_size(),
             csv: CsvOptions::default(),
@@ -251,20 +219,11 @@ impl SourceConfig for KafkaSourceConfig {
                 "needs topic names, not patterns, to know where the topics end",
             ));
         }
-        if !self.csv.delimiter.is_ascii() {
-            return Err(Error::config(
-                "csv.delimiter",
-                "must be one ASCII character",
-            ));
-        }
         flumen_clients::kafka::client_config(&self.brokers, &self.security, &self.properties)?;
-        let format = decode::Format::from_config(self)?;
-        let values = match (&self.schema, &format) {
-            (Some(spec), _) => spec.to_schema("schema")?,
-            (None, Format::Avro { schema, .. }) => decode::avro_to_arrow(schema)?,
-            (None, Format::String) => decode::value_schema(arrow::datatypes::DataType::Utf8),
-            (None, Format::Bytes) => decode::value_schema(arrow::datatypes::DataType::Binary),
-            (None, Format::Json | Format::Csv { .. }) => decode::infer_schema(self, &format)?,
+        let format = Format::from_settings(self.format, &self.csv, self.avro.as_ref())?;
+        let values = match payload::fixed_schema(self.schema.as_ref(), &format)? {
+            Some(values) => values,
+            None => super::sample::infer_schema(self)?,
         };
         KafkaSource::new(self.clone(), format, values)
     }

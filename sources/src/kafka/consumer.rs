@@ -19,7 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::decode::Payloads;
+use crate::payload::Payloads;
 
 /// A topic and partition.
 pub(crate) type TopicPartition = (Arc<str>, i32);

@@ -8,14 +8,13 @@
 
 mod config;
 mod consumer;
-mod decode;
 mod position;
+mod sample;
 mod source;
 #[cfg(test)]
 mod tests;
 
-pub use self::config::{
-    AvroOptions, KafkaFormat, KafkaSourceConfig, MetadataColumns, StartFrom, StopAt,
-};
+pub use self::config::{KafkaSourceConfig, MetadataColumns, StartFrom, StopAt};
 pub use self::source::KafkaSource;
+pub use crate::payload::{AvroOptions, MessageFormat};
 pub use flumen_clients::kafka::{KafkaSecurity, SecurityProtocol};

@@ -17,8 +17,8 @@ use flumen_core::prelude::*;
 
 use super::config::{KafkaSourceConfig, StartFrom};
 use super::consumer::{Chunk, Event, GroupContext, PollSettings, TopicPartition, poll_loop};
-use super::decode::{Format, ValueDecoder, shown};
 use super::position::{end_offsets, position_from_json, position_to_json};
+use crate::payload::{Format, ValueDecoder, shown};
 use flumen_clients::kafka::{BrokerWait, client_config, kafka_error};
 
 /// A source reading Kafka topics as a consumer group member. Built from a
@@ -446,7 +446,7 @@ impl KafkaInstance {
         let payloads = if skip == 0 {
             std::borrow::Cow::Borrowed(&chunk.payloads)
         } else {
-            let mut rest = super::decode::Payloads::default();
+            let mut rest = crate::payload::Payloads::default();
             for index in skip..chunk.payloads.len() {
                 rest.push(chunk.payloads.get(index));
             }

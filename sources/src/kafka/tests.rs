@@ -13,8 +13,8 @@ use serde_json::json;
 use flumen_core::prelude::*;
 
 use super::KafkaSourceConfig;
-use super::decode::{Format, Payloads, ValueDecoder};
 use super::source::CommitNote;
+use crate::payload::{Format, Payloads, ValueDecoder};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -63,14 +63,17 @@ fn csv_and_text_and_bytes_values() {
     let decoded = csv.decode(&payloads(&["1;a", "x;b", "3;c"])).unwrap();
     assert_eq!(decoded.kept, Some(vec![0, 2]));
 
-    let text = ValueDecoder::new(Format::String, super::decode::value_schema(DataType::Utf8));
+    let text = ValueDecoder::new(Format::String, crate::payload::value_schema(DataType::Utf8));
     let mut values = payloads(&["hello"]);
     values.push(&[0xff, 0xfe]);
     let decoded = text.decode(&values).unwrap();
     assert_eq!(decoded.kept, Some(vec![0]));
     assert!(decoded.failed[0].1.contains("not UTF-8"));
 
-    let bytes = ValueDecoder::new(Format::Bytes, super::decode::value_schema(DataType::Binary));
+    let bytes = ValueDecoder::new(
+        Format::Bytes,
+        crate::payload::value_schema(DataType::Binary),
+    );
     let decoded = bytes.decode(&values).unwrap();
     assert_eq!(decoded.batch.num_rows(), 2);
 }
@@ -81,7 +84,7 @@ fn avro_datums_decode_against_the_writer_schema() {
         {"name":"id","type":"long"},
         {"name":"name","type":["null","string"]}]}"#;
     let avro = apache_avro::Schema::parse_str(schema_text).unwrap();
-    let arrow = super::decode::avro_to_arrow(&avro).unwrap();
+    let arrow = crate::payload::avro_to_arrow(&avro).unwrap();
     assert_eq!(arrow.field(0).data_type(), &DataType::Int64);
     assert!(arrow.field(1).is_nullable());
 
@@ -283,7 +286,7 @@ mod fuzz {
                 {"name":"id","type":"long"},
                 {"name":"name","type":["null","string"]}]}"#;
             let avro = apache_avro::Schema::parse_str(schema_text).unwrap();
-            let arrow = super::super::decode::avro_to_arrow(&avro).unwrap();
+            let arrow = crate::payload::avro_to_arrow(&avro).unwrap();
             let mut all = Vec::new();
             for (good, (id, name)) in messages {
                 let mut record = apache_avro::types::Record::new(&avro).unwrap();

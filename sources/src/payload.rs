@@ -1,19 +1,52 @@
-//! Turning message values into Arrow columns, vectorized where the format
-//! allows: a chunk of JSON or CSV messages is decoded in one pass, and only
-//! when that fails is it decoded message by message to find the bad ones.
+//! The payloads of message sources (Kafka records, Kinesis records) as
+//! Arrow columns: one format setting and one decoder for all of them.
+//!
+//! Decoding is vectorized where the format allows: a chunk of JSON or CSV
+//! messages is decoded in one pass, and only when that fails is it decoded
+//! message by message to find the bad ones.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Deserialize;
 
+use flumen_core::file_format::CsvOptions;
 use flumen_core::prelude::*;
 
-use super::config::{KafkaFormat, KafkaSourceConfig};
-use flumen_clients::kafka::{BrokerWait, avro_schema_file, client_config, kafka_error};
+use flumen_clients::avro::schema_file as avro_schema_file;
+
+/// How message payloads are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageFormat {
+    /// One JSON object per message.
+    #[default]
+    Json,
+    /// One CSV record per message.
+    Csv,
+    /// One Avro datum per message, written with the schema in
+    /// `avro.schema_file`.
+    Avro,
+    /// The payload as UTF-8 text, in a `value` column.
+    String,
+    /// The payload as bytes, in a `value` column.
+    Bytes,
+}
+
+/// Avro decoding.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AvroOptions {
+    /// The writer's Avro schema (`.avsc`, JSON).
+    #[schemars(extend("format" = "path"))]
+    pub schema_file: PathBuf,
+    /// Whether each message starts with the Confluent schema-registry
+    /// header (a zero byte and a 4-byte schema id), which is skipped.
+    #[serde(default)]
+    pub confluent_header: bool,
+}
 
 /// The longest piece of a rejected message kept in its dead-letter record.
 const MAX_REJECTED_BYTES: usize = 64 << 10;
@@ -34,16 +67,27 @@ pub(crate) enum Format {
 }
 
 impl Format {
-    pub(crate) fn from_config(config: &KafkaSourceConfig) -> Result<Format> {
-        Ok(match config.format {
-            KafkaFormat::Json => Format::Json,
-            KafkaFormat::Csv => Format::Csv {
-                delimiter: config.csv.delimiter as u8,
+    /// The format a source's `format`, `csv` and `avro` settings name.
+    pub(crate) fn from_settings(
+        format: MessageFormat,
+        csv: &CsvOptions,
+        avro: Option<&AvroOptions>,
+    ) -> Result<Format> {
+        if !csv.delimiter.is_ascii() {
+            return Err(Error::config(
+                "csv.delimiter",
+                "must be one ASCII character",
+            ));
+        }
+        Ok(match format {
+            MessageFormat::Json => Format::Json,
+            MessageFormat::Csv => Format::Csv {
+                delimiter: csv.delimiter as u8,
             },
-            KafkaFormat::String => Format::String,
-            KafkaFormat::Bytes => Format::Bytes,
-            KafkaFormat::Avro => {
-                let options = config.avro.as_ref().ok_or_else(|| {
+            MessageFormat::String => Format::String,
+            MessageFormat::Bytes => Format::Bytes,
+            MessageFormat::Avro => {
+                let options = avro.ok_or_else(|| {
                     Error::config(
                         "avro.schema_file",
                         "format avro needs the writer's schema file",
@@ -408,78 +452,42 @@ pub(crate) fn value_schema(data_type: DataType) -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("value", data_type, true)]))
 }
 
-/// Infers the columns of JSON values from a sample read from the start of
-/// every partition of the topics (outside the group: nothing is committed).
-pub(crate) fn infer_schema(config: &KafkaSourceConfig, format: &Format) -> Result<SchemaRef> {
-    if !matches!(format, Format::Json) {
-        return Err(Error::config(
-            "schema",
-            "is required for CSV messages (they carry no column names)",
-        ));
-    }
-    if config.topics.iter().any(|t| t.starts_with('^')) {
-        return Err(Error::config(
-            "schema",
-            "cannot be inferred for topic patterns; declare it",
-        ));
-    }
-    let mut client = client_config(&config.brokers, &config.security, &config.properties)?;
-    client
-        .set("group.id", format!("{}-schema-sample", config.group))
-        .set("enable.auto.commit", "false");
-    BrokerWait::new(
-        &client,
-        &config.brokers,
-        config.connect_timeout,
-        "connect_timeout",
-    )?
-    .wait()?;
-    let consumer: BaseConsumer = client.create().map_err(kafka_error)?;
-    let timeout = Duration::from_secs(10);
-    let mut assignment = TopicPartitionList::new();
-    for topic in &config.topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka_error)?;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                .map_err(kafka_error)?;
-        }
-    }
-    consumer.assign(&assignment).map_err(kafka_error)?;
-    let mut sample = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut taken = 0;
-    while taken < config.sample_size && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                if let Some(payload) = message.payload() {
-                    sample.extend_from_slice(payload);
-                    sample.push(b'\n');
-                    taken += 1;
-                }
-            }
-            Some(Err(error)) => return Err(kafka_error(error)),
-            None if taken > 0 => break,
-            None => {}
-        }
-    }
-    if taken == 0 {
-        return Err(Error::config(
-            "schema",
-            format!(
-                "no messages in {} to infer a schema from; declare it",
-                config.topics.join(", ")
-            ),
-        ));
-    }
-    let (schema, _) =
-        arrow::json::reader::infer_json_schema(&sample[..], Some(taken)).map_err(|e| {
-            Error::config(
+/// The columns of the payloads: as declared, or as the format fixes them
+/// (Avro's schema, `string`, `bytes`). `None` when they must be inferred
+/// from a sample (JSON), which the source reads itself.
+pub(crate) fn fixed_schema(
+    declared: Option<&flumen_core::schema::SchemaSpec>,
+    format: &Format,
+) -> Result<Option<SchemaRef>> {
+    Ok(Some(match (declared, format) {
+        (Some(spec), _) => spec.to_schema("schema")?,
+        (None, Format::Avro { schema, .. }) => avro_to_arrow(schema)?,
+        (None, Format::String) => value_schema(DataType::Utf8),
+        (None, Format::Bytes) => value_schema(DataType::Binary),
+        (None, Format::Csv { .. }) => {
+            return Err(Error::config(
                 "schema",
-                format!("could not infer it from a sample: {e}; declare it"),
-            )
-        })?;
+                "is required for CSV messages (they carry no column names)",
+            ));
+        }
+        (None, Format::Json) => return Ok(None),
+    }))
+}
+
+/// The columns of JSON payloads, inferred from `sample` (one payload per
+/// line, `count` of them).
+pub(crate) fn infer_json(sample: &[u8], count: usize, from: &str) -> Result<SchemaRef> {
+    if count == 0 {
+        return Err(Error::config(
+            "schema",
+            format!("no messages in {from} to infer a schema from; declare it"),
+        ));
+    }
+    let (schema, _) = arrow::json::reader::infer_json_schema(sample, Some(count)).map_err(|e| {
+        Error::config(
+            "schema",
+            format!("could not infer it from a sample: {e}; declare it"),
+        )
+    })?;
     Ok(Arc::new(schema))
 }

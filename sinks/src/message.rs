@@ -1,86 +1,109 @@
-//! Rows to message keys, values and headers.
+//! Rows to the messages of message sinks (Kafka, Kinesis): a value per
+//! row in one of the value formats, and the text of the columns a message
+//! carries besides (a key, headers, a partition key).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
+use serde::Deserialize;
 
-use flumen_clients::kafka::avro_schema_file;
+use flumen_clients::avro::schema_file as avro_schema_file;
 use flumen_core::prelude::*;
 use flumen_core::schema::column_index;
 use flumen_core::writable::split_writable;
 
-use super::config::{KafkaSinkConfig, KafkaValueFormat};
+/// How rows are encoded as message values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// One JSON object per row.
+    #[default]
+    Json,
+    /// One Avro datum per row.
+    Avro,
+    /// A text column's value.
+    String,
+    /// A binary column's value.
+    Bytes,
+}
+
+/// Avro encoding.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AvroWriteOptions {
+    /// The Avro record schema to write (`.avsc`); its fields are taken
+    /// from the columns of the same names.
+    #[schemars(extend("format" = "path"))]
+    pub schema_file: PathBuf,
+}
+
+/// What a sink's settings say about its messages.
+pub(crate) struct MessageSettings<'a> {
+    pub(crate) format: ValueFormat,
+    /// The column written as the value with `string` and `bytes`.
+    pub(crate) value_column: Option<&'a str>,
+    pub(crate) avro: Option<&'a AvroWriteOptions>,
+    /// Columns each message carries as text besides its value: the
+    /// setting that names each (for errors), and the column.
+    pub(crate) text_columns: Vec<(String, &'a str)>,
+}
 
 /// The messages of one batch.
-pub(super) struct Messages {
+pub(crate) struct Messages {
     values: Vec<u8>,
     /// Where each row's value ends in `values`.
     ends: Vec<usize>,
-    keys: Option<StringArray>,
-    headers: Vec<(String, StringArray)>,
+    /// The text columns, in the order of [`MessageSettings::text_columns`].
+    texts: Vec<StringArray>,
 }
 
 impl Messages {
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
 
-    pub(super) fn value(&self, row: usize) -> &[u8] {
+    pub(crate) fn value(&self, row: usize) -> &[u8] {
         let start = if row == 0 { 0 } else { self.ends[row - 1] };
         &self.values[start..self.ends[row]]
     }
 
-    pub(super) fn key(&self, row: usize) -> Option<&str> {
-        self.keys
-            .as_ref()
-            .and_then(|keys| keys.is_valid(row).then(|| keys.value(row)))
-    }
-
-    pub(super) fn headers(&self, row: usize) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.headers.iter().map(move |(name, values)| {
-            (
-                name.as_str(),
-                values.is_valid(row).then(|| values.value(row)),
-            )
-        })
+    /// Text column `index` of `row`, unless null.
+    pub(crate) fn text(&self, index: usize, row: usize) -> Option<&str> {
+        let texts = &self.texts[index];
+        texts.is_valid(row).then(|| texts.value(row))
     }
 }
 
 /// Encodes batches of one schema.
-pub(super) struct RowEncoder {
-    format: KafkaValueFormat,
+pub(crate) struct RowEncoder {
+    format: ValueFormat,
     value_column: Option<usize>,
     avro: Option<Arc<apache_avro::Schema>>,
-    key: Option<usize>,
-    headers: Vec<(String, usize)>,
+    texts: Vec<usize>,
 }
 
 impl RowEncoder {
-    pub(super) fn new(config: &KafkaSinkConfig, schema: &SchemaRef) -> Result<Self> {
+    pub(crate) fn new(settings: &MessageSettings<'_>, schema: &SchemaRef) -> Result<Self> {
         let column = |key: &str, name: &str| column_index(schema, key, name);
-        let key = config
-            .key
-            .as_deref()
-            .map(|k| column("key", k))
-            .transpose()?;
-        let headers = config
-            .headers
+        let texts = settings
+            .text_columns
             .iter()
-            .map(|(header, name)| Ok((header.clone(), column(&format!("headers.{header}"), name)?)))
+            .map(|(key, name)| column(key, name))
             .collect::<Result<Vec<_>>>()?;
-        let value_column = match config.format {
-            KafkaValueFormat::String | KafkaValueFormat::Bytes => {
-                let name = config.value_column.as_deref().ok_or_else(|| {
+        let value_column = match settings.format {
+            ValueFormat::String | ValueFormat::Bytes => {
+                let name = settings.value_column.ok_or_else(|| {
                     Error::config("value_column", "names the column written as the value; required with format string or bytes")
                 })?;
                 Some(column("value_column", name)?)
             }
             _ => None,
         };
-        let avro = match config.format {
-            KafkaValueFormat::Avro => {
-                let options = config.avro.as_ref().ok_or_else(|| {
+        let avro = match settings.format {
+            ValueFormat::Avro => {
+                let options = settings.avro.ok_or_else(|| {
                     Error::config("avro.schema_file", "format avro needs a schema file")
                 })?;
                 let schema = avro_schema_file("avro.schema_file", &options.schema_file)?;
@@ -89,18 +112,17 @@ impl RowEncoder {
             _ => None,
         };
         Ok(RowEncoder {
-            format: config.format,
+            format: settings.format,
             value_column,
             avro,
-            key,
-            headers,
+            texts,
         })
     }
 
     /// The messages of `batch`'s rows, and the rows that cannot be a
     /// message: a value no text can show, or a row that does not fit the
     /// Avro schema.
-    pub(super) fn encode(&self, batch: RecordBatch) -> Result<(Messages, Vec<Rejected>)> {
+    pub(crate) fn encode(&self, batch: RecordBatch) -> Result<(Messages, Vec<Rejected>)> {
         let (mut batch, mut rejected) = split_writable(batch)?;
         let mut avro_values = Vec::new();
         if let Some(schema) = &self.avro {
@@ -132,16 +154,15 @@ impl RowEncoder {
             let column = arrow::compute::cast(batch.column(index), &DataType::Utf8)?;
             Ok(column.as_string::<i32>().clone())
         };
-        let keys = self.key.map(as_text).transpose()?;
-        let headers = self
-            .headers
+        let texts = self
+            .texts
             .iter()
-            .map(|(name, index)| Ok((name.clone(), as_text(*index)?)))
+            .map(|index| as_text(*index))
             .collect::<Result<Vec<_>>>()?;
         let mut values = Vec::new();
         let mut ends = Vec::with_capacity(batch.num_rows());
         match self.format {
-            KafkaValueFormat::Json => {
+            ValueFormat::Json => {
                 json_lines(batch, &mut values)?;
                 // One line per row: newlines inside values are escaped.
                 let mut text = Vec::with_capacity(values.len());
@@ -151,13 +172,13 @@ impl RowEncoder {
                 }
                 values = text;
             }
-            KafkaValueFormat::Avro => {
+            ValueFormat::Avro => {
                 for datum in avro_values {
                     values.extend_from_slice(&datum);
                     ends.push(values.len());
                 }
             }
-            KafkaValueFormat::String | KafkaValueFormat::Bytes => {
+            ValueFormat::String | ValueFormat::Bytes => {
                 let column = batch.column(self.value_column.expect("set for string and bytes"));
                 let binary = arrow::compute::cast(column, &DataType::Binary)?;
                 let binary = binary.as_binary::<i32>();
@@ -172,8 +193,7 @@ impl RowEncoder {
         let messages = Messages {
             values,
             ends,
-            keys,
-            headers,
+            texts,
         };
         Ok((messages, rejected))
     }
@@ -205,8 +225,12 @@ mod tests {
 
     #[test]
     fn a_row_no_text_can_show_is_rejected_not_sent_with_an_error_in_it() {
-        let mut config = KafkaSinkConfig::new("127.0.0.1:9092", "orders");
-        config.key = Some("at".into());
+        let settings = MessageSettings {
+            format: ValueFormat::Json,
+            value_column: None,
+            avro: None,
+            text_columns: vec![("key".into(), "at")],
+        };
         let batch = RecordBatch::try_from_iter([
             ("id", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
             (
@@ -215,7 +239,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let encoder = RowEncoder::new(&config, &batch.schema()).unwrap();
+        let encoder = RowEncoder::new(&settings, &batch.schema()).unwrap();
         let (messages, rejected) = encoder.encode(batch).unwrap();
         assert_eq!(messages.len(), 2);
         assert_eq!(rejected.len(), 1);
@@ -227,8 +251,8 @@ mod tests {
         for row in 0..messages.len() {
             let value = String::from_utf8_lossy(messages.value(row)).into_owned();
             assert!(!value.contains("ERROR"), "{value}");
-            assert!(!messages.key(row).unwrap().contains("ERROR"));
+            assert!(!messages.text(0, row).unwrap().contains("ERROR"));
         }
-        assert_eq!(messages.key(1), Some("1970-01-01T00:00:01"));
+        assert_eq!(messages.text(0, 1), Some("1970-01-01T00:00:01"));
     }
 }

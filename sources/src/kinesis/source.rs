@@ -1,0 +1,578 @@
+//! The Kinesis source and its instances.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use aws_sdk_kinesis::Client;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use flumen_core::component::SplitChange;
+use flumen_core::event_time::EventTimeConfig;
+use flumen_core::prelude::*;
+
+use super::aggregated::deaggregate;
+use super::config::{KinesisSourceConfig, StartFrom};
+use super::reader::{RawRecord, ReadSettings, ShardEvent, StartAt, read_shard};
+use super::shards::ShardGraph;
+use super::{StreamId, list_shards};
+use crate::payload::{Format, Payloads, ValueDecoder, shown};
+
+/// A source reading a Kinesis stream. Built from a [`KinesisSourceConfig`].
+#[derive(Clone)]
+pub struct KinesisSource {
+    config: Arc<KinesisSourceConfig>,
+    stream: StreamId,
+    format: Format,
+    /// Columns decoded from record data.
+    values: SchemaRef,
+    /// Those plus the metadata columns.
+    schema: SchemaRef,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KinesisSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KinesisSource")
+            .field("stream", &self.config.stream)
+            .finish()
+    }
+}
+
+/// What the instances of one run share: the stream's shards, which
+/// instance reads which, and what the restored checkpoint recorded.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Instances past restore: shards are given out only once all are,
+    /// so that every restored position is known.
+    opened: AtomicUsize,
+    state: Mutex<SharedState>,
+}
+
+#[derive(Debug, Default)]
+struct SharedState {
+    graph: ShardGraph,
+    /// Restored positions, over all instances: a shard may go to another
+    /// instance than before.
+    restored: HashMap<String, String>,
+    restored_any: bool,
+    /// Which instance reads each shard being read.
+    owners: HashMap<String, usize>,
+    /// Shards read to their end whose end is not yet in a completed
+    /// checkpoint: neither read again nor their children read yet.
+    finishing: HashSet<String>,
+    /// Shards read up to the present, with `stop_at: latest`.
+    caught_up: HashSet<String>,
+    /// The first listing has been made.
+    listed: bool,
+    /// When the shards are to be listed next.
+    next_listing: Option<Instant>,
+}
+
+/// What an instance records in a checkpoint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Position {
+    /// Per shard being read: the sequence number of the last record
+    /// emitted.
+    #[serde(default)]
+    shards: BTreeMap<String, String>,
+    /// Shards read to their end.
+    #[serde(default)]
+    finished: BTreeSet<String>,
+}
+
+impl KinesisSource {
+    pub(super) fn new(
+        config: KinesisSourceConfig,
+        format: Format,
+        values: SchemaRef,
+    ) -> Result<Self> {
+        let metadata = &config.metadata;
+        let text = DataType::Utf8;
+        let extra = [
+            (&metadata.shard_id, text.clone()),
+            (&metadata.sequence_number, text.clone()),
+            (&metadata.partition_key, text),
+            (
+                &metadata.approximate_arrival_timestamp,
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ),
+        ];
+        let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (name, data_type) in extra {
+            if let Some(name) = name {
+                if fields.iter().any(|f| f.name() == name) {
+                    return Err(Error::config(
+                        "metadata",
+                        format!("column `{name}` is already a column of the records"),
+                    ));
+                }
+                fields.push(Field::new(name, data_type, true));
+            }
+        }
+        Ok(KinesisSource {
+            stream: StreamId::new(&config.stream),
+            config: Arc::new(config),
+            format,
+            values,
+            schema: Arc::new(Schema::new(fields)),
+            shared: Arc::default(),
+        })
+    }
+}
+
+impl SourceFactory for KinesisSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn create(&self, instance: InstanceInfo) -> Result<Box<dyn Source>> {
+        let (events_tx, events) = mpsc::channel(16);
+        Ok(Box::new(KinesisInstance {
+            source: self.clone(),
+            decoder: ValueDecoder::new(self.format.clone(), self.values.clone()),
+            instance,
+            node: "kinesis".into(),
+            checkpointing: false,
+            client: None,
+            events_tx,
+            events,
+            reading: HashMap::new(),
+            positions: BTreeMap::new(),
+            finished_here: BTreeSet::new(),
+            splits: HashMap::new(),
+            split_changes: Vec::new(),
+            last_split: None,
+            rejected: Vec::new(),
+            wants_checkpoint: false,
+        }))
+    }
+
+    fn default_event_time(&self) -> Option<EventTimeConfig> {
+        self.config
+            .metadata
+            .approximate_arrival_timestamp
+            .as_ref()
+            .map(EventTimeConfig::new)
+    }
+}
+
+struct KinesisInstance {
+    source: KinesisSource,
+    decoder: ValueDecoder,
+    instance: InstanceInfo,
+    node: Arc<str>,
+    checkpointing: bool,
+    client: Option<Client>,
+    events_tx: mpsc::Sender<ShardEvent>,
+    events: mpsc::Receiver<ShardEvent>,
+    /// The shards this instance reads, each by a task of its own.
+    reading: HashMap<String, JoinHandle<()>>,
+    /// Per shard this instance has read from: the last record emitted.
+    positions: BTreeMap<String, String>,
+    /// Shards this instance read to their end, not yet in a completed
+    /// checkpoint.
+    finished_here: BTreeSet<String>,
+    splits: HashMap<String, u64>,
+    split_changes: Vec<SplitChange>,
+    last_split: Option<u64>,
+    rejected: Vec<Rejected>,
+    wants_checkpoint: bool,
+}
+
+impl Drop for KinesisInstance {
+    fn drop(&mut self) {
+        for task in self.reading.values() {
+            task.abort();
+        }
+    }
+}
+
+impl KinesisInstance {
+    fn settings(&self) -> ReadSettings {
+        let config = &self.source.config;
+        ReadSettings {
+            stream: self.source.stream.clone(),
+            limit: i32::from(config.batch_size),
+            poll_interval: config.poll_interval,
+            idle_poll_interval: config.idle_poll_interval,
+            stall_timeout: config.stall_timeout,
+        }
+    }
+
+    fn split(&mut self, shard: &str) -> u64 {
+        let next = self.splits.len() as u64;
+        *self.splits.entry(shard.to_string()).or_insert(next)
+    }
+
+    /// Lists the shards when it is time (one instance does it for all),
+    /// gives out the shards that are ready, and starts reading those given
+    /// to this instance.
+    async fn refresh(&mut self, client: &Client) -> Result<()> {
+        let now = Instant::now();
+        let due = {
+            let mut state = self.source.shared.state.lock().expect("not poisoned");
+            let due = state.next_listing.is_none_or(|t| t <= now);
+            if due {
+                // Taken: the other instances wait for this one's listing.
+                state.next_listing = Some(now + self.source.config.shard_discovery_interval);
+            }
+            due
+        };
+        if due {
+            let listed = list_shards(client, &self.source.stream).await?;
+            let mut state = self.source.shared.state.lock().expect("not poisoned");
+            let first = !state.listed;
+            state.graph.update(listed);
+            if first {
+                state.listed = true;
+                let fresh = !state.restored_any;
+                if fresh && self.source.config.start_from == StartFrom::Latest {
+                    state.graph.skip_closed();
+                }
+                tracing::info!(
+                    node = %self.node,
+                    stream = %self.source.stream,
+                    shards = state.graph.len(),
+                    "listed the stream's shards"
+                );
+            }
+        }
+        self.assign_and_start(client)
+    }
+
+    /// Gives each ready shard nobody reads to the instance reading the
+    /// fewest, and starts reading those given to this one.
+    fn assign_and_start(&mut self, client: &Client) -> Result<()> {
+        let mut starting = Vec::new();
+        {
+            let mut state = self.source.shared.state.lock().expect("not poisoned");
+            if !state.listed {
+                return Ok(());
+            }
+            let parallelism = self.instance.parallelism;
+            let ready: Vec<String> = state
+                .graph
+                .ready()
+                .filter(|shard| !state.owners.contains_key(&shard.id))
+                .filter(|shard| !state.finishing.contains(&shard.id))
+                .filter(|shard| !state.caught_up.contains(&shard.id))
+                .map(|shard| shard.id.clone())
+                .collect();
+            for id in ready {
+                let mut load = vec![0usize; parallelism];
+                for owner in state.owners.values() {
+                    load[*owner] += 1;
+                }
+                let (least, _) = load
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, n)| **n)
+                    .expect("at least one instance");
+                state.owners.insert(id, least);
+            }
+            for (id, owner) in &state.owners {
+                if *owner == self.instance.index && !self.reading.contains_key(id) {
+                    let start = self.start_of(&state, id)?;
+                    starting.push((id.clone(), start));
+                }
+            }
+        }
+        for (shard, start) in starting {
+            tracing::info!(node = %self.node, instance = self.instance.index, %shard, from = ?start, "reading shard");
+            // A restored position is this instance's to record from now
+            // on, read from or not.
+            if let StartAt::After(sequence) = &start {
+                self.positions.insert(shard.clone(), sequence.clone());
+            }
+            let split = self.split(&shard);
+            self.split_changes.push(SplitChange::Added(split));
+            let task = tokio::spawn(read_shard(
+                client.clone(),
+                self.settings(),
+                shard.clone(),
+                start,
+                self.events_tx.clone(),
+            ));
+            self.reading.insert(shard, task);
+        }
+        Ok(())
+    }
+
+    /// Where `shard` starts: after its recorded record; at its beginning if
+    /// it is the child of a shard of the stream; else where `start_from`
+    /// says.
+    fn start_of(&self, state: &SharedState, shard: &str) -> Result<StartAt> {
+        if let Some(sequence) = self
+            .positions
+            .get(shard)
+            .or_else(|| state.restored.get(shard))
+        {
+            return Ok(StartAt::After(sequence.clone()));
+        }
+        let parents = state.graph.get(shard).map_or(&[][..], |s| &s.parents[..]);
+        let has_parent = parents
+            .iter()
+            .any(|p| state.graph.get(p).is_some() || state.graph.is_finished(p));
+        let config = &self.source.config;
+        Ok(match &config.start_from {
+            _ if has_parent => StartAt::TrimHorizon,
+            StartFrom::TrimHorizon => StartAt::TrimHorizon,
+            StartFrom::Latest => StartAt::Latest,
+            StartFrom::AtTimestamp(_) => {
+                StartAt::Timestamp(config.start_millis()?.expect("at_timestamp"))
+            }
+        })
+    }
+
+    /// Whether, with `stop_at: latest`, every shard of the stream has been
+    /// read up to the present (by this instance or another) and this
+    /// instance reads nothing more.
+    fn reached_end(&self) -> bool {
+        if self.source.config.stop_at.is_none() {
+            return false;
+        }
+        let state = self.source.shared.state.lock().expect("not poisoned");
+        state.listed
+            && state
+                .graph
+                .unfinished()
+                .all(|shard| state.caught_up.contains(&shard.id))
+            && self.reading.keys().all(|id| state.caught_up.contains(id))
+    }
+
+    /// `shard` was read to its end: its children become readable once
+    /// that is recorded (at once without checkpoints).
+    fn finished(&mut self, shard: String, children: Vec<super::shards::Shard>) {
+        self.reading.remove(&shard);
+        self.positions.remove(&shard);
+        if let Some(split) = self.splits.get(&shard) {
+            self.split_changes.push(SplitChange::Released(*split));
+        }
+        let mut state = self.source.shared.state.lock().expect("not poisoned");
+        state.owners.remove(&shard);
+        for child in children {
+            state.graph.add(child);
+        }
+        tracing::info!(node = %self.node, %shard, "shard read to its end");
+        if self.checkpointing {
+            state.finishing.insert(shard.clone());
+            self.finished_here.insert(shard);
+            self.wants_checkpoint = true;
+        } else {
+            state.graph.finish(&shard);
+        }
+    }
+
+    /// Turns records into a batch: aggregated records are split into their
+    /// user records, data is decoded, metadata columns added, and records
+    /// that do not decode set aside for the dead letters.
+    fn decode(&mut self, shard: &str, records: &[RawRecord]) -> Result<Option<RecordBatch>> {
+        let mut payloads = Payloads::default();
+        // Per payload: the record it came from and its partition key.
+        let mut origins: Vec<(usize, Option<usize>)> = Vec::with_capacity(records.len());
+        let mut keys: Vec<&str> = Vec::with_capacity(records.len());
+        for (index, record) in records.iter().enumerate() {
+            match deaggregate(&record.data) {
+                Some(users) => {
+                    for (sub, user) in users.into_iter().enumerate() {
+                        payloads.push(user.data);
+                        origins.push((index, Some(sub)));
+                        keys.push(user.partition_key);
+                    }
+                }
+                None => {
+                    payloads.push(&record.data);
+                    origins.push((index, None));
+                    keys.push(&record.partition_key);
+                }
+            }
+        }
+        let decoded = self.decoder.decode(&payloads)?;
+        for (index, error) in decoded.failed {
+            let (record, sub) = origins[index];
+            let sequence = &records[record].sequence_number;
+            let position = match sub {
+                Some(sub) => format!(
+                    "kinesis {} {shard} {sequence} subsequence {sub}",
+                    self.source.stream
+                ),
+                None => format!("kinesis {} {shard} {sequence}", self.source.stream),
+            };
+            self.rejected.push(Rejected {
+                error,
+                record: shown(payloads.get(index)),
+                position: Some(position),
+            });
+        }
+        if decoded.batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let rows: Vec<usize> = match decoded.kept {
+            Some(kept) => kept,
+            None => (0..payloads.len()).collect(),
+        };
+        let metadata = &self.source.config.metadata;
+        let mut columns = decoded.batch.columns().to_vec();
+        if metadata.shard_id.is_some() {
+            columns.push(Arc::new(StringArray::from(vec![shard; rows.len()])));
+        }
+        if metadata.sequence_number.is_some() {
+            columns.push(Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|i| records[origins[*i].0].sequence_number.as_str()),
+            )));
+        }
+        if metadata.partition_key.is_some() {
+            columns.push(Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|i| keys[*i]),
+            )));
+        }
+        if metadata.approximate_arrival_timestamp.is_some() {
+            let times = TimestampMillisecondArray::from_iter(
+                rows.iter().map(|i| records[origins[*i].0].arrival),
+            );
+            columns.push(Arc::new(times.with_timezone("UTC")) as ArrayRef);
+        }
+        Ok(Some(RecordBatch::try_new(
+            self.source.schema.clone(),
+            columns,
+        )?))
+    }
+}
+
+#[async_trait]
+impl Source for KinesisInstance {
+    async fn next(&mut self) -> Result<SourceStep> {
+        let shared = self.source.shared.clone();
+        if shared.opened.load(Ordering::Acquire) < self.instance.parallelism {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Ok(SourceStep::Idle);
+        }
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let client = self.source.config.aws.kinesis_client().await;
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        self.refresh(&client).await?;
+        if self.reached_end() {
+            return Ok(SourceStep::Finished);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return Ok(SourceStep::Idle),
+                Ok(None) => unreachable!("the instance holds a sender"),
+                Ok(Some(event)) => event,
+            };
+            match event {
+                ShardEvent::Records { shard, records } => {
+                    if !self.reading.contains_key(&shard) {
+                        continue;
+                    }
+                    let last = records.last().expect("not empty").sequence_number.clone();
+                    let batch = self.decode(&shard, &records)?;
+                    self.positions.insert(shard.clone(), last);
+                    self.last_split = Some(self.split(&shard));
+                    if let Some(batch) = batch {
+                        return Ok(SourceStep::Batch(batch));
+                    }
+                    if !self.rejected.is_empty() {
+                        return Ok(SourceStep::Idle);
+                    }
+                }
+                ShardEvent::CaughtUp { shard } => {
+                    if self.source.config.stop_at.is_some() {
+                        shared
+                            .state
+                            .lock()
+                            .expect("not poisoned")
+                            .caught_up
+                            .insert(shard);
+                        return Ok(SourceStep::Idle);
+                    }
+                }
+                ShardEvent::Ended { shard, children } => {
+                    self.finished(shard, children);
+                    self.assign_and_start(&client)?;
+                    return Ok(SourceStep::Idle);
+                }
+                ShardEvent::Failed(error) => return Err(error),
+            }
+        }
+    }
+
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
+    }
+
+    fn position(&self) -> Result<serde_json::Value> {
+        let state = self.source.shared.state.lock().expect("not poisoned");
+        // Shards finished and recorded already (restored ones among them)
+        // are recorded again by every instance: the union is what counts.
+        let mut finished: BTreeSet<String> = self.finished_here.clone();
+        finished.extend(state.graph.finished().map(str::to_string));
+        let position = Position {
+            shards: self.positions.clone(),
+            finished,
+        };
+        serde_json::to_value(position).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    async fn restore(&mut self, position: serde_json::Value) -> Result<()> {
+        let position: Position = serde_json::from_value(position)
+            .map_err(|e| Error::Checkpoint(format!("not a Kinesis read position: {e}")))?;
+        let mut state = self.source.shared.state.lock().expect("not poisoned");
+        state.restored_any = true;
+        state.restored.extend(position.shards);
+        state.graph.restore_finished(position.finished);
+        Ok(())
+    }
+
+    fn open(&mut self, ctx: &SourceContext) -> Result<()> {
+        self.checkpointing = ctx.checkpointing;
+        self.node = ctx.node.clone();
+        self.source.shared.opened.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn checkpoint_complete(
+        &mut self,
+        _checkpoint: u64,
+        position: &serde_json::Value,
+    ) -> Result<()> {
+        let Ok(position) = serde_json::from_value::<Position>(position.clone()) else {
+            return Ok(());
+        };
+        // What this instance finished and that checkpoint recorded is
+        // durable now: the children may be read.
+        let mut state = self.source.shared.state.lock().expect("not poisoned");
+        for shard in &position.finished {
+            if self.finished_here.remove(shard) {
+                state.finishing.remove(shard);
+                state.graph.finish(shard);
+            }
+        }
+        Ok(())
+    }
+
+    fn wants_checkpoint(&mut self) -> bool {
+        std::mem::take(&mut self.wants_checkpoint)
+    }
+
+    fn batch_split(&self) -> Option<u64> {
+        self.last_split
+    }
+
+    fn take_split_changes(&mut self) -> Vec<SplitChange> {
+        std::mem::take(&mut self.split_changes)
+    }
+}
