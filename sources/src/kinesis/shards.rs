@@ -86,13 +86,18 @@ impl ShardGraph {
             .filter(|shard| !self.finished.contains(&shard.id))
     }
 
-    /// Marks every closed shard finished: with `start_from: latest`,
-    /// nothing will be added to them, and their children are where the
-    /// new records go.
-    pub(crate) fn skip_closed(&mut self) {
-        for shard in self.shards.values().filter(|s| s.closed) {
-            self.finished.insert(shard.id.clone());
-        }
+    /// Marks every closed shard finished and returns them: with
+    /// `start_from: latest`, nothing will be added to them, and their
+    /// children are where the new records go.
+    pub(crate) fn skip_closed(&mut self) -> Vec<String> {
+        let closed: Vec<String> = self
+            .shards
+            .values()
+            .filter(|s| s.closed)
+            .map(|s| s.id.clone())
+            .collect();
+        self.finished.extend(closed.iter().cloned());
+        closed
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -158,7 +163,7 @@ mod tests {
     fn latest_skips_closed_shards() {
         let mut graph = ShardGraph::default();
         graph.update(vec![shard("0", &[], true), shard("1", &["0"], false)]);
-        graph.skip_closed();
+        assert_eq!(graph.skip_closed(), ["0"]);
         assert_eq!(ready(&graph), ["1"]);
         assert_eq!(graph.unfinished().count(), 1);
     }

@@ -66,6 +66,9 @@ struct SharedState {
     /// Shards read to their end whose end is not yet in a completed
     /// checkpoint: neither read again nor their children read yet.
     finishing: HashSet<String>,
+    /// Closed shards passed over by `start_from: latest`: their children
+    /// start where `start_from` says, not at their beginning.
+    skipped: HashSet<String>,
     /// Shards read up to the present, with `stop_at: latest`.
     caught_up: HashSet<String>,
     /// The first listing has been made.
@@ -233,7 +236,8 @@ impl KinesisInstance {
                 state.listed = true;
                 let fresh = !state.restored_any;
                 if fresh && self.source.config.start_from == StartFrom::Latest {
-                    state.graph.skip_closed();
+                    let skipped = state.graph.skip_closed();
+                    state.skipped.extend(skipped);
                 }
                 tracing::info!(
                     node = %self.node,
@@ -305,8 +309,8 @@ impl KinesisInstance {
     }
 
     /// Where `shard` starts: after its recorded record; at its beginning if
-    /// it is the child of a shard of the stream; else where `start_from`
-    /// says.
+    /// it is the child of a shard this pipeline reads or read; else where
+    /// `start_from` says.
     fn start_of(&self, state: &SharedState, shard: &str) -> Result<StartAt> {
         if let Some(sequence) = self
             .positions
@@ -316,9 +320,10 @@ impl KinesisInstance {
             return Ok(StartAt::After(sequence.clone()));
         }
         let parents = state.graph.get(shard).map_or(&[][..], |s| &s.parents[..]);
-        let has_parent = parents
-            .iter()
-            .any(|p| state.graph.get(p).is_some() || state.graph.is_finished(p));
+        let has_parent = parents.iter().any(|p| {
+            !state.skipped.contains(p)
+                && (state.graph.get(p).is_some() || state.graph.is_finished(p))
+        });
         let config = &self.source.config;
         Ok(match &config.start_from {
             _ if has_parent => StartAt::TrimHorizon,
