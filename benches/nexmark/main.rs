@@ -6,6 +6,7 @@
 //! cargo bench --bench nexmark                # everything
 //! cargo bench --bench nexmark -- q1 q5 json  # only sections whose name matches
 //! cargo bench --bench nexmark -- kafka         # Kafka source and sink (starts tansu)
+//! cargo bench --bench nexmark -- kinesis       # Kinesis source and sink (starts kinesis-local)
 //! cargo bench --bench nexmark -- ingest drain  # HTTP ingest, the buffer's drain rate
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
@@ -32,6 +33,8 @@ mod checkpoints;
 mod ingest;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kinesis")]
+mod kinesis;
 mod parquet_sink;
 mod stateful;
 
@@ -107,6 +110,10 @@ fn main() {
     #[cfg(feature = "kafka")]
     if wanted("kafka") {
         kafka::run(&runtime);
+    }
+    #[cfg(feature = "kinesis")]
+    if wanted("kinesis") {
+        kinesis::run(&runtime);
     }
 }
 

@@ -228,7 +228,24 @@ impl KinesisInstance {
             due
         };
         if due {
-            let listed = list_shards(client, &self.source.stream).await?;
+            let listed = match list_shards(client, &self.source.stream).await {
+                Ok(listed) => listed,
+                // Once the shards are known, a failed listing only delays
+                // finding new ones: the shards being read go on.
+                Err(error)
+                    if self
+                        .source
+                        .shared
+                        .state
+                        .lock()
+                        .expect("not poisoned")
+                        .listed =>
+                {
+                    tracing::warn!(node = %self.node, %error, "could not list the stream's shards; listing again later");
+                    return self.assign_and_start(client);
+                }
+                Err(error) => return Err(error),
+            };
             let mut state = self.source.shared.state.lock().expect("not poisoned");
             let first = !state.listed;
             state.graph.update(listed);
