@@ -723,3 +723,85 @@ sinks:
     assert_eq!(dead.lines().count(), 1);
     assert!(dead.contains("Kinesis takes at most 1048576"), "{dead}");
 }
+
+#[test]
+fn start_from_latest_reads_only_what_is_put_after_the_start_and_skips_closed_shards() {
+    let endpoint = endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = unique("latest");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(async {
+        let client = client(&endpoint).await;
+        create_stream(&client, &stream, 2).await;
+        put(&client, &stream, &events(0..1000)).await;
+        // Close shard 0 by splitting it; its children get records too.
+        let shards = client
+            .list_shards()
+            .stream_name(&stream)
+            .send()
+            .await
+            .unwrap();
+        let first = &shards.shards()[0];
+        let range = first.hash_key_range().unwrap();
+        let start: u128 = range.starting_hash_key().parse().unwrap();
+        let end: u128 = range.ending_hash_key().parse().unwrap();
+        client
+            .split_shard()
+            .stream_name(&stream)
+            .shard_to_split(first.shard_id())
+            .new_starting_hash_key(((start + end) / 2).to_string())
+            .send()
+            .await
+            .unwrap();
+        wait_active(&client, &stream).await;
+        put(&client, &stream, &events(1000..2000)).await;
+        client
+    });
+    let file = pipeline(dir.path(), &stream, &endpoint, "    start_from: latest");
+    let mut run = spawn(&file);
+    // The closed shard is passed over: three open shards are read.
+    let mut reading = 0;
+    let log = follow(&mut run, |log| {
+        if message(log) == "reading shard" {
+            reading += 1;
+        }
+        reading == 3
+    });
+    // Its iterators are taken just after it logs: put a few records at a
+    // time until some come out, then the rest, all of which must.
+    let out = dir.path().join("out/rows");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next = 2000;
+    while committed(&out).is_empty() {
+        assert!(Instant::now() < deadline, "nothing read");
+        runtime.block_on(put(&client, &stream, &events(next..next + 10)));
+        next += 10;
+    }
+    let first_sure = next;
+    runtime.block_on(put(&client, &stream, &events(next..3000)));
+    let wanted = (first_sure..3000).filter(|i| i % 7 != 0).count();
+    let read_since = |rows: &[u64]| rows.iter().filter(|id| **id >= first_sure).count();
+    while read_since(&ids(&committed(&out))) < wanted {
+        assert!(Instant::now() < deadline, "not everything put was read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    let status = run.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{log:?}");
+    let froms: Vec<&str> = log
+        .iter()
+        .filter(|line| message(line) == "reading shard")
+        .map(|line| line["from"].as_str().unwrap())
+        .collect();
+    assert_eq!(froms, ["Latest", "Latest", "Latest"], "{log:?}");
+    let rows = ids(&committed(&out));
+    assert!(
+        rows.iter().all(|id| *id >= 2000),
+        "read what was put before the start"
+    );
+    assert_eq!(read_since(&rows), wanted, "rows lost or repeated");
+}
