@@ -168,10 +168,9 @@ impl Sink for KinesisSinkInstance {
             });
         }
         self.rejected = rejected;
-        if self.pending.entries.len() == MAX_RECORDS {
-            self.send_pending().await?;
-        }
-        Ok(())
+        // Sent now, not held for the next batch: a quiet stream's rows
+        // must not wait for a checkpoint to go out.
+        self.send_pending().await
     }
 
     fn take_rejected(&mut self) -> Vec<Rejected> {
