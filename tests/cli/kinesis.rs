@@ -805,3 +805,34 @@ fn start_from_latest_reads_only_what_is_put_after_the_start_and_skips_closed_sha
     );
     assert_eq!(read_since(&rows), wanted, "rows lost or repeated");
 }
+
+#[test]
+fn start_from_at_timestamp_reads_what_arrived_from_then_on() {
+    let endpoint = endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = unique("at-timestamp");
+    let since = block_on(async {
+        let client = client(&endpoint).await;
+        create_stream(&client, &stream, 2).await;
+        put(&client, &stream, &events(0..1000)).await;
+        // Arrival times are the server's clock, in milliseconds: the
+        // cut-off is a millisecond past the last acknowledgement, and
+        // the next records are put a little after it.
+        let since = std::time::SystemTime::now() + Duration::from_millis(1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put(&client, &stream, &events(1000..2000)).await;
+        since
+    });
+    let since = humantime::format_rfc3339_millis(since);
+    let file = pipeline(
+        dir.path(),
+        &stream,
+        &endpoint,
+        &format!("    stop_at: latest\n    start_from: {{ at_timestamp: \"{since}\" }}"),
+    );
+    let output = run_to_end(&file);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let expected: Vec<u64> = (1000..2000).filter(|i| i % 7 != 0).collect();
+    assert_eq!(ids(&committed(&dir.path().join("out/rows"))), expected);
+}
