@@ -72,6 +72,44 @@ async fn wait_active(client: &Client, stream: &str) {
     }
 }
 
+/// Splits the stream's first shard in two halves of its hash range.
+async fn split_first_shard(client: &Client, stream: &str) {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let first = &shards.shards()[0];
+    let range = first.hash_key_range().unwrap();
+    let start: u128 = range.starting_hash_key().parse().unwrap();
+    let end: u128 = range.ending_hash_key().parse().unwrap();
+    client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key(((start + end) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    wait_active(client, stream).await;
+}
+
+/// Ends a run with SIGTERM (it drains and exits 0) and returns its log.
+fn terminate(
+    mut run: std::process::Child,
+    log: std::thread::JoinHandle<Vec<serde_json::Value>>,
+) -> Vec<serde_json::Value> {
+    std::process::Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    let status = run.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{log:?}");
+    log
+}
+
 /// Puts `records` (partition key, data) in order, 500 to a request, and
 /// each request's failed entries again until none fails. Returns every
 /// record's (shard, sequence number).
@@ -340,25 +378,7 @@ fn resharding_mid_run_loses_nothing_and_keeps_each_keys_order() {
     };
     put_next(&client);
     runtime.block_on(async {
-        let shards = client
-            .list_shards()
-            .stream_name(&stream)
-            .send()
-            .await
-            .unwrap();
-        let first = &shards.shards()[0];
-        let range = first.hash_key_range().unwrap();
-        let start: u128 = range.starting_hash_key().parse().unwrap();
-        let end: u128 = range.ending_hash_key().parse().unwrap();
-        client
-            .split_shard()
-            .stream_name(&stream)
-            .shard_to_split(first.shard_id())
-            .new_starting_hash_key(((start + end) / 2).to_string())
-            .send()
-            .await
-            .unwrap();
-        wait_active(&client, &stream).await;
+        split_first_shard(&client, &stream).await;
     });
     put_next(&client);
     runtime.block_on(async {
@@ -408,14 +428,7 @@ fn resharding_mid_run_loses_nothing_and_keeps_each_keys_order() {
     while committed(&out).len() < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    // SIGTERM: the run drains and ends.
-    std::process::Command::new("kill")
-        .args(["-TERM", &run.id().to_string()])
-        .status()
-        .unwrap();
-    let status = run.wait().unwrap();
-    let log = log.join().unwrap();
-    assert!(status.success(), "{log:?}");
+    terminate(run, log);
 
     let rows = rows_in_order(&out);
     let mut seen = HashSet::new();
@@ -735,25 +748,7 @@ fn start_from_latest_reads_only_what_is_put_after_the_start_and_skips_closed_sha
         create_stream(&client, &stream, 2).await;
         put(&client, &stream, &events(0..1000)).await;
         // Close shard 0 by splitting it; its children get records too.
-        let shards = client
-            .list_shards()
-            .stream_name(&stream)
-            .send()
-            .await
-            .unwrap();
-        let first = &shards.shards()[0];
-        let range = first.hash_key_range().unwrap();
-        let start: u128 = range.starting_hash_key().parse().unwrap();
-        let end: u128 = range.ending_hash_key().parse().unwrap();
-        client
-            .split_shard()
-            .stream_name(&stream)
-            .shard_to_split(first.shard_id())
-            .new_starting_hash_key(((start + end) / 2).to_string())
-            .send()
-            .await
-            .unwrap();
-        wait_active(&client, &stream).await;
+        split_first_shard(&client, &stream).await;
         put(&client, &stream, &events(1000..2000)).await;
         client
     });
@@ -785,13 +780,7 @@ fn start_from_latest_reads_only_what_is_put_after_the_start_and_skips_closed_sha
         assert!(Instant::now() < deadline, "not everything put was read");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::process::Command::new("kill")
-        .args(["-TERM", &run.id().to_string()])
-        .status()
-        .unwrap();
-    let status = run.wait().unwrap();
-    let log = log.join().unwrap();
-    assert!(status.success(), "{log:?}");
+    let log = terminate(run, log);
     let froms: Vec<&str> = log
         .iter()
         .filter(|line| message(line) == "reading shard")
@@ -817,9 +806,11 @@ fn start_from_at_timestamp_reads_what_arrived_from_then_on() {
         put(&client, &stream, &events(0..1000)).await;
         // Arrival times are the server's clock, in milliseconds: the
         // cut-off is a millisecond past the last acknowledgement, and
-        // the next records are put a little after it.
+        // the next records are put once the clock has passed it.
         let since = std::time::SystemTime::now() + Duration::from_millis(1);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        while std::time::SystemTime::now() <= since + Duration::from_millis(1) {
+            tokio::task::yield_now().await;
+        }
         put(&client, &stream, &events(1000..2000)).await;
         since
     });
