@@ -64,6 +64,14 @@ pub trait SourceConfig: DeserializeOwned + JsonSchema + 'static {
 
     /// Checks the settings and builds the source.
     fn build(&self) -> Result<Self::Source>;
+
+    /// Builds the source within a pipeline: `catalog` knows the
+    /// pipeline's name, for defaults named after it (a Kinesis lease
+    /// table). The default is [`build`](Self::build).
+    fn build_in(&self, catalog: &dyn Catalog) -> Result<Self::Source> {
+        let _ = catalog;
+        self.build()
+    }
 }
 
 /// A transform's configuration, named by `type:` under `transforms:`.
@@ -93,6 +101,12 @@ pub trait TransformConfig: DeserializeOwned + JsonSchema + 'static {
 pub trait Catalog {
     /// The type `name` in `section`.
     fn component(&self, section: Section, name: &str) -> Option<&ComponentType>;
+
+    /// The name of the pipeline being built (its file's name without
+    /// `.yaml`), if it has one.
+    fn pipeline(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Catalog for &[ComponentType] {
@@ -237,10 +251,10 @@ impl fmt::Debug for ComponentType {
 
 fn build_source<C: SourceConfig>(
     settings: &Value,
-    _: &dyn Catalog,
+    catalog: &dyn Catalog,
 ) -> std::result::Result<NodeKind, BuildError> {
     let source = parse::<C>(settings)?
-        .build()
+        .build_in(catalog)
         .map_err(BuildError::Rejected)?;
     Ok(NodeKind::Source(Arc::new(source)))
 }

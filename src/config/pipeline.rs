@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ConfigError, did_you_mean};
-use super::registry::{BuildError, Registry, Section};
+use super::registry::{BuildError, InPipeline, Registry, Section};
 use super::unknown::KnownNames;
 use super::yaml::{Document, interpolate};
 
@@ -295,10 +295,7 @@ impl LoadedPipeline {
     ) -> Result<LoadedPipeline, ConfigError> {
         let interpolated = interpolate(text, env).map_err(|e| e.in_file(file, text))?;
         let document = Document::parse(&interpolated).map_err(|e| e.in_file(file, text))?;
-        let stem = Path::new(file)
-            .file_stem()
-            .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy());
-        let state_dir = base.join(".flumen").join(stem.as_ref());
+        let state_dir = base.join(".flumen").join(pipeline_name(file));
         let parser = FileParser {
             file,
             text,
@@ -360,7 +357,18 @@ struct FileParser<'a> {
     base: &'a Path,
 }
 
+/// A pipeline's name: its file's name without the extension.
+fn pipeline_name(file: &str) -> String {
+    Path::new(file)
+        .file_stem()
+        .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned())
+}
+
 impl FileParser<'_> {
+    fn pipeline_name(&self) -> String {
+        pipeline_name(self.file)
+    }
+
     /// Attaches the file, the position of `path` and the quoted line.
     fn locate(&self, error: ConfigError, target: Target) -> ConfigError {
         let position = error.path.as_deref().and_then(|path| match target {
@@ -678,8 +686,12 @@ impl FileParser<'_> {
             }
             let known = KnownNames::from_generator(|g| component_type.schema(g).to_value());
             self.check_names(&known, &component.settings, &path, &common_keys(section))?;
+            let catalog = InPipeline {
+                registry,
+                name: &self.pipeline_name(),
+            };
             let node = component_type
-                .build(&component.settings, registry)
+                .build(&component.settings, &catalog)
                 .map_err(|e| match e {
                     BuildError::Invalid {
                         path: inner,

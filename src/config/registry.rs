@@ -63,3 +63,20 @@ impl Catalog for Registry {
         self.get(section, name)
     }
 }
+
+/// The registry as the components of one pipeline see it: it also knows
+/// the pipeline's name.
+pub struct InPipeline<'a> {
+    pub registry: &'a Registry,
+    pub name: &'a str,
+}
+
+impl Catalog for InPipeline<'_> {
+    fn component(&self, section: Section, name: &str) -> Option<&ComponentType> {
+        self.registry.get(section, name)
+    }
+
+    fn pipeline(&self) -> Option<&str> {
+        Some(self.name)
+    }
+}
