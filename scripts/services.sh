@@ -3,7 +3,7 @@
 # then `start_services`; `stop_services` (or the EXIT trap it sets) stops
 # them. What a server needs is installed once into ~/.cache/flumen.
 #
-#   S3 API:    moto server (PyPI, in a virtualenv); bucket `flumen-test`
+#   S3 and DynamoDB APIs: moto server (PyPI, in a virtualenv); bucket `flumen-test`
 #              -> FLUMEN_TEST_S3_ENDPOINT, FLUMEN_TEST_S3_PID
 #   Kafka API: tansu broker (crates.io), in-memory storage
 #              -> FLUMEN_TEST_KAFKA_BROKERS, FLUMEN_TEST_TANSU (the binary,

@@ -16,7 +16,8 @@ use flumen_core::testing::free_port;
 
 use super::crash::{Random, committed};
 use super::streams::{
-    BASE_TS, batch_answer, follow, ids, message, run_to_end, spawn, unique, windows,
+    BASE_TS, assert_each_once, batch_answer, follow, ids, message, run_to_end, save_logs, spawn,
+    unique, windows,
 };
 
 fn brokers() -> String {
@@ -420,14 +421,10 @@ fn two_processes_share_a_group_and_the_survivors_take_over_a_killed_one() {
     assert!(b.wait().unwrap().success(), "B failed: {b_log:?}");
     assert!(c.wait().unwrap().success(), "C failed: {c_log:?}");
 
-    if let Ok(path) = std::env::var("KAFKA_TEST_LOGS") {
-        let text: Vec<String> = [("A", &a_log), ("B", &b_log), ("C", &c_log)]
-            .iter()
-            .flat_map(|(name, log)| log.iter().map(move |l| format!("{name} {l}")))
-            .filter(|l| !l.contains("checkpoint complete"))
-            .collect();
-        std::fs::write(path, text.join("\n")).unwrap();
-    }
+    save_logs(
+        "KAFKA_TEST_LOGS",
+        &[("A", &a_log), ("B", &b_log), ("C", &c_log)],
+    );
     let a_partitions = check_commits_were_owned("A", &a_log);
     let b_partitions = check_commits_were_owned("B", &b_log);
     let c_partitions = check_commits_were_owned("C", &c_log);
@@ -455,36 +452,8 @@ fn two_processes_share_a_group_and_the_survivors_take_over_a_killed_one() {
     for name in ["a", "b", "c"] {
         rows.extend(ids(&committed(&dir.path().join(name).join("rows"))));
     }
-    rows.sort_unstable();
-    let repeated: Vec<u64> = rows
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| w[0])
-        .collect();
-    assert!(
-        repeated.is_empty(),
-        "repeated: {:?}",
-        &repeated[..repeated.len().min(20)]
-    );
     let (expected_ids, _) = batch_answer(events);
-    let have: HashSet<u64> = rows.iter().copied().collect();
-    let missing: Vec<u64> = expected_ids
-        .iter()
-        .copied()
-        .filter(|id| !have.contains(id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} lost, e.g. {:?}",
-        missing.len(),
-        missing
-            .iter()
-            .take(10)
-            .map(|id| (id, id % 4, id / 4))
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(rows.len(), expected_ids.len(), "rows lost or repeated");
-    assert!(rows == expected_ids, "rows differ");
+    assert_each_once(rows, &expected_ids);
 }
 
 /// The partitions of a process's last assignment.

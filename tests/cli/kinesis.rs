@@ -18,7 +18,8 @@ use flumen::sources::kinesis::{AwsSettings, aggregate};
 use super::crash::{Random, committed};
 use super::flumen;
 use super::streams::{
-    BASE_TS, batch_answer, follow, ids, message, run_to_end, spawn, unique, windows,
+    BASE_TS, assert_each_once, batch_answer, follow, ids, message, run_to_end, save_logs, spawn,
+    unique, windows,
 };
 
 fn endpoint() -> String {
@@ -331,6 +332,259 @@ fn sigkilled_five_times_the_output_is_exactly_once() {
     assert_eq!(rows.len(), expected_ids.len(), "rows lost or repeated");
     assert!(rows == expected_ids, "rows differ");
     assert_eq!(windows(&committed(&out.join("windows"))), expected_windows);
+}
+
+/// The source settings of a process sharing `stream` through lease
+/// table `table` (in moto's DynamoDB), reading slowly enough (25 records
+/// per call, five calls a second per shard) that shards change hands
+/// mid-stream.
+fn leased(table: &str) -> String {
+    let moto = std::env::var("FLUMEN_TEST_S3_ENDPOINT").expect(
+        "this test needs moto for DynamoDB: run it through scripts/test.sh, which starts it",
+    );
+    format!(
+        "    stop_at: latest\n    batch_size: 25\n    leases:\n      table: {table}\n      \
+         failover_time: 3s\n      aws: {{ endpoint: \"{moto}\", region: us-east-1, \
+         access_key_id: test, secret_access_key: test }}"
+    )
+}
+
+/// Checks one process's log: it started reading a shard only while it
+/// held the shard's lease, and handed a lease over only after it had
+/// stopped reading the shard. Returns the shards it ever held.
+fn check_reads_were_leased(name: &str, log: &[serde_json::Value]) -> HashSet<String> {
+    let mut held = HashSet::new();
+    let mut ever = HashSet::new();
+    let mut reading = HashSet::new();
+    for line in log {
+        let shard = || line["shard"].as_str().unwrap_or_default().to_string();
+        match message(line) {
+            "lease taken" | "lease received" => {
+                held.insert(shard());
+                ever.insert(shard());
+            }
+            "lease handed over" => {
+                assert!(
+                    !reading.contains(&shard()),
+                    "{name} handed over {} while reading it",
+                    shard()
+                );
+                held.remove(&shard());
+            }
+            "reading shard" => {
+                assert!(
+                    held.contains(&shard()),
+                    "{name} read {} without its lease (it held {held:?})",
+                    shard()
+                );
+                reading.insert(shard());
+            }
+            "stopped reading shard, to hand it over" | "shard read to its end" => {
+                reading.remove(&shard());
+            }
+            _ => {}
+        }
+    }
+    ever
+}
+
+#[test]
+fn three_processes_share_the_shards_through_leases_and_take_over_a_killed_one() {
+    let (stream, events) = round_trip_stream();
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("leases");
+    let files: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let dir = dir.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            pipeline(&dir, stream, &endpoint(), &leased(&table))
+        })
+        .collect();
+    let reads = |log: &serde_json::Value| message(log) == "reading shard";
+
+    // A takes every shard; B and C each ask for their share as they
+    // start, and C is SIGKILLed once it has checkpointed what it read.
+    let mut a = spawn(&files[0]);
+    let a_log = follow(&mut a, reads);
+    let mut b = spawn(&files[1]);
+    let b_log = follow(&mut b, reads);
+    let mut c = spawn(&files[2]);
+    let mut read = false;
+    let c_log = follow(&mut c, |log| {
+        read |= reads(log);
+        read && message(log) == "checkpoint complete"
+    });
+    c.kill().unwrap();
+    assert!(
+        !c.wait().unwrap().success(),
+        "C finished before it was killed"
+    );
+    let c_log = c_log.join().unwrap();
+    let c_member = c_log
+        .iter()
+        .find_map(|l| l["member"].as_str().map(String::from))
+        .expect("C named itself");
+    let c_shards = check_reads_were_leased("C", &c_log);
+    assert!(!c_shards.is_empty());
+
+    // A and B take C's shards over once its leases expire, and read
+    // every shard to the end.
+    let finish = |mut run: std::process::Child, log: std::thread::JoinHandle<_>, name: &str| {
+        let status = run.wait().unwrap();
+        let log: Vec<serde_json::Value> = log.join().unwrap();
+        assert!(status.success(), "{name} failed: {log:?}");
+        log
+    };
+    let a_log = finish(a, a_log, "A");
+    let b_log = finish(b, b_log, "B");
+    save_logs(
+        "KINESIS_TEST_LOGS",
+        &[("A", &a_log), ("B", &b_log), ("C", &c_log)],
+    );
+    let a_shards = check_reads_were_leased("A", &a_log);
+    let b_shards = check_reads_were_leased("B", &b_log);
+    assert!(!b_shards.is_empty(), "B never held a lease");
+    let taken_from_c: HashSet<String> = a_log
+        .iter()
+        .chain(&b_log)
+        .filter(|l| message(l) == "lease taken" && l["previous_owner"] == c_member.as_str())
+        .map(|l| l["shard"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !taken_from_c.is_empty(),
+        "nobody took C's leases (C held {c_shards:?}; A {a_shards:?}, B {b_shards:?})"
+    );
+
+    // C restarts, as a supervisor would restart it: recovery publishes
+    // what its last checkpoint staged (or rolls it back, if its leases do
+    // not show it recorded), and it finds nothing left to read.
+    let restarted = run_to_end(&files[2]);
+    let log = String::from_utf8_lossy(&restarted.stderr);
+    assert!(restarted.status.success(), "{log}");
+    assert!(log.contains("restoring from checkpoint"), "{log}");
+
+    // Every event exactly once over the three processes' committed output.
+    let mut rows = Vec::new();
+    for name in ["a", "b", "c"] {
+        rows.extend(ids(&committed(
+            &dir.path().join(name).join("out").join("rows"),
+        )));
+    }
+    let (expected_ids, _) = batch_answer(events);
+    assert_each_once(rows, &expected_ids);
+}
+
+#[test]
+fn processes_sharing_a_resharded_stream_read_parents_before_children() {
+    let endpoint = endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = unique("leased-reshard");
+    let table = unique("leases");
+    // Records before and after a split and an UpdateShardCount, all put
+    // before the processes start: parents and children wait together.
+    let step = 1500;
+    block_on(async {
+        let client = client(&endpoint).await;
+        create_stream(&client, &stream, 2).await;
+        put(&client, &stream, &events(0..step)).await;
+        split_first_shard(&client, &stream).await;
+        put(&client, &stream, &events(step..2 * step)).await;
+        client
+            .update_shard_count()
+            .stream_name(&stream)
+            .target_shard_count(4)
+            .scaling_type(ScalingType::UniformScaling)
+            .send()
+            .await
+            .unwrap();
+        wait_active(&client, &stream).await;
+        put(&client, &stream, &events(2 * step..3 * step)).await;
+    });
+    let extra = format!(
+        "{}\n    metadata: {{ shard_id: shard }}",
+        leased(&table).replace("batch_size: 25", "batch_size: 100")
+    );
+    let files: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let dir = dir.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            pipeline(&dir, &stream, &endpoint, &extra)
+        })
+        .collect();
+    let mut a = spawn(&files[0]);
+    let a_log = follow(&mut a, |log| message(log) == "reading shard");
+    let mut b = spawn(&files[1]);
+    let b_log = follow(&mut b, |_| false);
+    let mut logs = Vec::new();
+    for (name, mut run, log) in [("A", a, a_log), ("B", b, b_log)] {
+        let status = run.wait().unwrap();
+        let log = log.join().unwrap();
+        assert!(status.success(), "{name} failed: {log:?}");
+        check_reads_were_leased(name, &log);
+        logs.push(log);
+    }
+    save_logs("KINESIS_TEST_LOGS", &[("A", &logs[0]), ("B", &logs[1])]);
+
+    // A child was first read after each of its parents was read to its
+    // end, whichever process read either.
+    let parents: HashMap<String, Vec<String>> = block_on(async {
+        let client = client(&endpoint).await;
+        let shards = client
+            .list_shards()
+            .stream_name(&stream)
+            .send()
+            .await
+            .unwrap();
+        shards
+            .shards()
+            .iter()
+            .map(|s| {
+                let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(String::from)
+                    .collect();
+                (s.shard_id().to_string(), parents)
+            })
+            .collect()
+    });
+    let first_time = |what: &str| -> HashMap<String, String> {
+        let mut times = HashMap::new();
+        for line in logs.iter().flatten().filter(|l| message(l) == what) {
+            let shard = line["shard"].as_str().unwrap().to_string();
+            let time = line["timestamp"].as_str().unwrap().to_string();
+            let entry = times.entry(shard).or_insert(time.clone());
+            if time < *entry {
+                *entry = time;
+            }
+        }
+        times
+    };
+    let started = first_time("reading shard");
+    let ended = first_time("shard read to its end");
+    assert!(started.len() > 4, "children read too: {started:?}");
+    for (child, parents) in &parents {
+        for parent in parents {
+            let (Some(read), Some(parent_end)) = (started.get(child), ended.get(parent)) else {
+                panic!("{child} or its parent {parent} was not read: {started:?} {ended:?}");
+            };
+            assert!(
+                parent_end < read,
+                "{child} read at {read}, before its parent {parent} ended at {parent_end}"
+            );
+        }
+    }
+
+    let mut rows = Vec::new();
+    for name in ["a", "b"] {
+        rows.extend(ids(&committed(
+            &dir.path().join(name).join("out").join("rows"),
+        )));
+    }
+    let expected: Vec<u64> = (0..3 * step).filter(|i| i % 7 != 0).collect();
+    assert_each_once(rows, &expected);
 }
 
 /// Rows of a one-instance file sink's committed output in the order they

@@ -204,3 +204,47 @@ pub(super) fn follow(
 pub(super) fn message(log: &serde_json::Value) -> &str {
     log["message"].as_str().unwrap_or_default()
 }
+
+/// Writes the logs of several processes, named, into the file an
+/// environment variable names (`KAFKA_TEST_LOGS`, say), to read after a
+/// failure; `checkpoint complete` lines are left out.
+pub(super) fn save_logs(variable: &str, logs: &[(&str, &[serde_json::Value])]) {
+    let Ok(path) = std::env::var(variable) else {
+        return;
+    };
+    let text: Vec<String> = logs
+        .iter()
+        .flat_map(|(name, log)| log.iter().map(move |l| format!("{name} {l}")))
+        .filter(|l| !l.contains("checkpoint complete"))
+        .collect();
+    std::fs::write(path, text.join("\n")).unwrap();
+}
+
+/// Checks that `rows` (ids over several processes' committed output) hold
+/// every expected id exactly once.
+pub(super) fn assert_each_once(mut rows: Vec<u64>, expected: &[u64]) {
+    rows.sort_unstable();
+    let repeated: Vec<u64> = rows
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "repeated: {:?}",
+        &repeated[..repeated.len().min(20)]
+    );
+    let have: std::collections::HashSet<u64> = rows.iter().copied().collect();
+    let missing: Vec<u64> = expected
+        .iter()
+        .copied()
+        .filter(|id| !have.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(rows.len(), expected.len(), "rows lost or repeated");
+}

@@ -26,7 +26,7 @@ pub struct AwsSettings {
     #[serde(default)]
     pub region: Option<String>,
     /// An endpoint URL to use instead of AWS's, e.g. a local emulator's
-    /// `http://127.0.0.1:4567`. Empty means AWS's (so that
+    /// `http://127.0.0.1:4568`. Empty means AWS's (so that
     /// `${KINESIS_ENDPOINT:-}` can leave it unset).
     #[serde(default)]
     pub endpoint: Option<String>,
@@ -88,7 +88,7 @@ impl AwsSettings {
         {
             return Err(Error::config(
                 format!("{key}.endpoint"),
-                format!("`{endpoint}` is not a URL; expected e.g. `http://127.0.0.1:4567`"),
+                format!("`{endpoint}` is not a URL; expected e.g. `http://127.0.0.1:4568`"),
             ));
         }
         Ok(())
@@ -106,6 +106,14 @@ impl AwsSettings {
         config.set_endpoint_url(self.endpoint().map(str::to_string));
         let config = config.build();
         aws_sdk_kinesis::Client::from_conf(config)
+    }
+
+    /// A DynamoDB client.
+    pub async fn dynamodb_client(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = self.sdk_config().await;
+        let mut config = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        config.set_endpoint_url(self.endpoint().map(str::to_string));
+        aws_sdk_dynamodb::Client::from_conf(config.build())
     }
 
     /// The SDK configuration these settings describe, but for the

@@ -94,6 +94,49 @@ pub struct KinesisSourceConfig {
     #[serde(default = "default_stall_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stall_timeout: Duration,
+
+    /// Share the stream's shards with other `flumen run` processes through
+    /// a lease table in DynamoDB, as the Kinesis Client Library does. Each
+    /// process reads only the shards it holds a lease on; a process that
+    /// stops renewing its leases for `failover_time` has its shards taken
+    /// over by the others, from its last checkpoint. Needs the pipeline's
+    /// `checkpoint` section. Default: this process reads every shard.
+    #[serde(default)]
+    pub leases: Option<LeaseSettings>,
+}
+
+/// The lease table shared by the processes reading one stream.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// The DynamoDB table, created (on-demand billing) if missing.
+    /// Default: the pipeline's name (its file's name without `.yaml`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// How long a lease's heartbeat may stand still before other processes
+    /// take the lease over. Heartbeats go every third of it.
+    #[serde(default = "default_failover_time", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub failover_time: Duration,
+    /// Region, endpoint and credentials for DynamoDB. Default: the
+    /// source's `aws` settings.
+    #[serde(default)]
+    pub aws: Option<AwsSettings>,
+}
+
+fn default_failover_time() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl LeaseSettings {
+    /// A table of that name, with the default failover time.
+    pub fn new(table: impl Into<String>) -> Self {
+        LeaseSettings {
+            table: Some(table.into()),
+            failover_time: default_failover_time(),
+            aws: None,
+        }
+    }
 }
 
 /// Names of the extra columns taken from each record. Each is added only
@@ -174,6 +217,7 @@ impl KinesisSourceConfig {
             idle_poll_interval: default_idle_poll_interval(),
             shard_discovery_interval: default_discovery_interval(),
             stall_timeout: default_stall_timeout(),
+            leases: None,
         }
     }
 
@@ -214,9 +258,20 @@ impl SourceConfig for KinesisSourceConfig {
         "Reads a Kinesis data stream, parents before children; positions kept in checkpoints.";
     type Source = KinesisSource;
 
-    /// Checks the settings, resolves the schema (reading a sample of the
-    /// stream if it must be inferred) and returns the source.
     fn build(&self) -> Result<KinesisSource> {
+        self.build_named(None)
+    }
+
+    fn build_in(&self, catalog: &dyn Catalog) -> Result<KinesisSource> {
+        self.build_named(catalog.pipeline())
+    }
+}
+
+impl KinesisSourceConfig {
+    /// Checks the settings, resolves the schema (reading a sample of the
+    /// stream if it must be inferred) and returns the source. `pipeline`
+    /// names the lease table when the settings do not.
+    fn build_named(&self, pipeline: Option<&str>) -> Result<KinesisSource> {
         if self.stream.trim().is_empty() {
             return Err(Error::config(
                 "stream",
@@ -234,11 +289,53 @@ impl SourceConfig for KinesisSourceConfig {
         }
         self.aws.check("aws")?;
         self.start_millis()?;
+        let mut config = self.clone();
+        if let Some(leases) = &mut config.leases {
+            if let Some(aws) = &leases.aws {
+                aws.check("leases.aws")?;
+            }
+            if leases.failover_time < Duration::from_millis(300) {
+                return Err(Error::config(
+                    "leases.failover_time",
+                    "must be at least 300ms (heartbeats go every third of it)",
+                ));
+            }
+            let table = leases
+                .table
+                .clone()
+                .or_else(|| pipeline.map(str::to_string));
+            match table {
+                Some(table) if valid_table_name(&table) => leases.table = Some(table),
+                Some(table) => {
+                    return Err(Error::config(
+                        "leases.table",
+                        format!(
+                            "`{table}` is not a DynamoDB table name: 3 to 255 letters, \
+                             digits, `_`, `-` and `.`"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(Error::config(
+                        "leases.table",
+                        "is needed: name the lease table (a pipeline file names it after itself)",
+                    ));
+                }
+            }
+        }
         let format = Format::from_settings(self.format, &self.csv, self.avro.as_ref())?;
         let values = match payload::fixed_schema(self.schema.as_ref(), &format)? {
             Some(values) => values,
             None => super::sample::infer_schema(self)?,
         };
-        KinesisSource::new(self.clone(), format, values)
+        KinesisSource::new(config, format, values)
     }
+}
+
+/// Whether DynamoDB accepts `name` as a table name.
+fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

@@ -12,16 +12,22 @@
 //! Read positions (the sequence number of the last record emitted, per
 //! shard) and the shards read to their end are recorded in checkpoints; a
 //! restore resumes each shard after its recorded record.
+//!
+//! With `leases`, processes share the shards through a lease table in
+//! DynamoDB ([`leases`]): a process reads only the shards it holds, hands
+//! them over at checkpoints, and records each completed checkpoint in the
+//! table before its sinks publish it.
 
 mod aggregated;
 mod config;
+mod leases;
 mod reader;
 mod sample;
 mod shards;
 mod source;
 
 pub use self::aggregated::aggregate;
-pub use self::config::{KinesisSourceConfig, MetadataColumns, StartFrom, StopAt};
+pub use self::config::{KinesisSourceConfig, LeaseSettings, MetadataColumns, StartFrom, StopAt};
 pub use self::source::KinesisSource;
 pub use crate::payload::{AvroOptions, MessageFormat};
 pub use flumen_clients::aws::AwsSettings;

@@ -18,6 +18,7 @@ use flumen_core::prelude::*;
 
 use super::aggregated::deaggregate;
 use super::config::{KinesisSourceConfig, StartFrom};
+use super::leases::{LeaseBook, LeaseTable, LeaseWrite, WriteError, recorded_in, sequence_order};
 use super::reader::{RawRecord, ReadSettings, ShardEvent, StartAt, read_shard};
 use super::shards::ShardGraph;
 use super::{StreamId, list_shards};
@@ -52,6 +53,19 @@ struct Shared {
     /// so that every restored position is known.
     opened: AtomicUsize,
     state: Mutex<SharedState>,
+    /// Held while the lease table is read and written, so that a scan
+    /// never sees a checkpoint's hand-over half applied.
+    lease_writes: tokio::sync::Mutex<()>,
+    /// Keeps the leases (heartbeats, taking, handing over).
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(keeper) = self.keeper.lock().expect("not poisoned").take() {
+            keeper.abort();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,11 +89,25 @@ struct SharedState {
     listed: bool,
     /// When the shards are to be listed next.
     next_listing: Option<Instant>,
+    /// Who this process is in the lease table, as restored.
+    member: Option<String>,
+    /// With `leases`: the table, and what this process holds of it.
+    lease_table: Option<LeaseTable>,
+    leases: Option<LeaseBook>,
+    /// Shards this process started reading since it last handed them
+    /// over (or ever).
+    started: HashSet<String>,
+    /// Per checkpoint being recorded in the lease table: the positions of
+    /// the instances that reported it so far. The last one writes.
+    deposits: BTreeMap<u64, Vec<Position>>,
 }
 
 /// What an instance records in a checkpoint.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Position {
+    /// With `leases`: who this process is in the lease table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    member: Option<String>,
     /// Per shard being read: the sequence number of the last record
     /// emitted.
     #[serde(default)]
@@ -87,6 +115,13 @@ struct Position {
     /// Shards read to their end.
     #[serde(default)]
     finished: BTreeSet<String>,
+    /// With `leases`: shards no longer read, to hand over to the process
+    /// that asked for them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    released: BTreeSet<String>,
+    /// With `stop_at: latest`: shards read up to the present.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    caught_up: BTreeSet<String>,
 }
 
 impl KinesisSource {
@@ -148,6 +183,7 @@ impl SourceFactory for KinesisSource {
             reading: HashMap::new(),
             positions: BTreeMap::new(),
             finished_here: BTreeSet::new(),
+            released: BTreeSet::new(),
             splits: HashMap::new(),
             split_changes: Vec::new(),
             last_split: None,
@@ -162,6 +198,57 @@ impl SourceFactory for KinesisSource {
             .approximate_arrival_timestamp
             .as_ref()
             .map(EventTimeConfig::new)
+    }
+
+    /// With `leases`: whether the lease table shows the checkpoint
+    /// recorded ([`recorded_in`]). If the process stopped in between,
+    /// another may have taken its shards from the checkpoint before.
+    fn reported_upstream(&self, checkpoint: u64, positions: &[serde_json::Value]) -> Result<bool> {
+        let Some(settings) = &self.config.leases else {
+            return Ok(true);
+        };
+        let mut member = None;
+        let mut shards = HashMap::new();
+        let mut finished = HashSet::new();
+        for position in positions {
+            let position: Position = serde_json::from_value(position.clone())
+                .map_err(|e| Error::Checkpoint(format!("not a Kinesis read position: {e}")))?;
+            member = member.or(position.member);
+            shards.extend(position.shards);
+            finished.extend(position.finished);
+        }
+        let Some(member) = member else {
+            return Ok(true);
+        };
+        let aws = settings
+            .aws
+            .clone()
+            .unwrap_or_else(|| self.config.aws.clone());
+        let table = settings.table.clone().expect("named when built");
+        // Called outside the runtime's tasks: scan on a runtime of its own.
+        let rows = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::internal(e.to_string()))?;
+                    runtime.block_on(async {
+                        LeaseTable::new(aws.dynamodb_client().await, table)
+                            .scan()
+                            .await
+                    })
+                })
+                .join()
+                .map_err(|_| Error::internal("reading the lease table panicked"))?
+        })?;
+        match recorded_in(&rows, &member, checkpoint, &shards, &finished) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                tracing::info!(checkpoint, %why, "the lease table does not show this checkpoint recorded");
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -181,6 +268,9 @@ struct KinesisInstance {
     /// Shards this instance read to their end, not yet in a completed
     /// checkpoint.
     finished_here: BTreeSet<String>,
+    /// With `leases`: shards this instance stopped reading because another
+    /// process asked for them, until they are handed over.
+    released: BTreeSet<String>,
     splits: HashMap<String, u64>,
     split_changes: Vec<SplitChange>,
     last_split: Option<u64>,
@@ -283,6 +373,12 @@ impl KinesisInstance {
                 .filter(|shard| !state.owners.contains_key(&shard.id))
                 .filter(|shard| !state.finishing.contains(&shard.id))
                 .filter(|shard| !state.caught_up.contains(&shard.id))
+                .filter(|shard| {
+                    state.leases.as_ref().is_none_or(|book| {
+                        book.held.contains_key(&shard.id)
+                            && !book.handing_over.contains_key(&shard.id)
+                    })
+                })
                 .map(|shard| shard.id.clone())
                 .collect();
             for id in ready {
@@ -303,6 +399,9 @@ impl KinesisInstance {
                     starting.push((id.clone(), start));
                 }
             }
+            for (id, _) in &starting {
+                state.started.insert(id.clone());
+            }
         }
         for (shard, start) in starting {
             tracing::info!(node = %self.node, instance = self.instance.index, %shard, from = ?start, "reading shard");
@@ -313,6 +412,7 @@ impl KinesisInstance {
             }
             let split = self.split(&shard);
             self.split_changes.push(SplitChange::Added(split));
+            self.released.remove(&shard);
             let task = tokio::spawn(read_shard(
                 client.clone(),
                 self.settings(),
@@ -329,11 +429,29 @@ impl KinesisInstance {
     /// it is the child of a shard this pipeline reads or read; else where
     /// `start_from` says.
     fn start_of(&self, state: &SharedState, shard: &str) -> Result<StartAt> {
-        if let Some(sequence) = self
+        let ours = self
             .positions
             .get(shard)
-            .or_else(|| state.restored.get(shard))
+            .or_else(|| state.restored.get(shard));
+        if let Some(book) = &state.leases
+            && let Some(lease) = book.held.get(shard)
+            && let Some(recorded) = lease.sequence()
         {
+            // The lease's checkpoint, unless this process recorded it and
+            // restored an earlier checkpoint since (whose later output
+            // was discarded), or is ahead of another process's.
+            let recorded_here = lease
+                .recorded_by
+                .as_ref()
+                .is_some_and(|(by, _)| *by == book.member);
+            let start = match ours {
+                Some(ours) if recorded_here => ours,
+                Some(ours) if sequence_order(ours, recorded).is_gt() => ours,
+                _ => recorded,
+            };
+            return Ok(StartAt::After(start.to_string()));
+        }
+        if let Some(sequence) = ours {
             return Ok(StartAt::After(sequence.clone()));
         }
         let parents = state.graph.get(shard).map_or(&[][..], |s| &s.parents[..]);
@@ -360,11 +478,19 @@ impl KinesisInstance {
             return false;
         }
         let state = self.source.shared.state.lock().expect("not poisoned");
+        // With leases, other processes' shards count when their rows say
+        // they were read up to the present.
+        let elsewhere = |id: &str| {
+            state
+                .leases
+                .as_ref()
+                .is_some_and(|book| book.caught_up.contains(id) && !book.held.contains_key(id))
+        };
         state.listed
             && state
                 .graph
                 .unfinished()
-                .all(|shard| state.caught_up.contains(&shard.id))
+                .all(|shard| state.caught_up.contains(&shard.id) || elsewhere(&shard.id))
             && self.reading.keys().all(|id| state.caught_up.contains(id))
     }
 
@@ -389,6 +515,165 @@ impl KinesisInstance {
         } else {
             state.graph.finish(&shard);
         }
+    }
+
+    /// With `leases`: starts the keeper (once per process), fails if the
+    /// leases can no longer be trusted, stops reading shards another
+    /// process asked for, and forgets those handed over.
+    async fn follow_leases(&mut self) -> Result<()> {
+        self.start_keeper().await;
+        let stopping: Vec<String> = {
+            let mut state = self.source.shared.state.lock().expect("not poisoned");
+            let Some(book) = state.leases.as_mut() else {
+                return Ok(());
+            };
+            if let Some(failure) = &book.failure {
+                return Err(Error::connector("kinesis", false, failure.clone()));
+            }
+            let handed: Vec<String> = self
+                .released
+                .iter()
+                .filter(|shard| book.handed_over.remove(*shard))
+                .cloned()
+                .collect();
+            for shard in handed {
+                self.released.remove(&shard);
+                self.positions.remove(&shard);
+            }
+            let stopping: Vec<String> = self
+                .reading
+                .keys()
+                .filter(|shard| book.handing_over.contains_key(*shard))
+                .cloned()
+                .collect();
+            for shard in &stopping {
+                state.owners.remove(shard);
+            }
+            stopping
+        };
+        for shard in stopping {
+            if let Some(task) = self.reading.remove(&shard) {
+                task.abort();
+            }
+            if let Some(split) = self.splits.get(&shard) {
+                self.split_changes.push(SplitChange::Released(*split));
+            }
+            tracing::info!(node = %self.node, instance = self.instance.index, %shard, "stopped reading shard, to hand it over");
+            self.released.insert(shard);
+            // The hand-over waits for a checkpoint past this point.
+            self.wants_checkpoint = true;
+        }
+        Ok(())
+    }
+
+    /// Starts keeping the leases, unless another instance did: the first
+    /// instance here, past every restore, knows who this process is.
+    async fn start_keeper(&self) {
+        let shared = &self.source.shared;
+        if shared.keeper.lock().expect("not poisoned").is_some() {
+            return;
+        }
+        let settings = self.source.config.leases.clone().expect("leases");
+        let aws = settings
+            .aws
+            .clone()
+            .unwrap_or_else(|| self.source.config.aws.clone());
+        let client = aws.dynamodb_client().await;
+        let mut keeper = shared.keeper.lock().expect("not poisoned");
+        if keeper.is_some() {
+            return;
+        }
+        let table = LeaseTable::new(client, settings.table.clone().expect("named when built"));
+        {
+            let mut state = shared.state.lock().expect("not poisoned");
+            let member = state.member.clone().unwrap_or_else(new_member);
+            tracing::info!(node = %self.node, table = %table.name, %member, "sharing the stream's shards through the lease table");
+            state.leases = Some(LeaseBook::new(member, settings.failover_time));
+            state.lease_table = Some(table.clone());
+        }
+        *keeper = Some(tokio::spawn(keep_leases(
+            shared.clone(),
+            table,
+            self.source.config.clone(),
+            self.node.clone(),
+        )));
+    }
+
+    /// Records checkpoint `checkpoint` in the lease table once every
+    /// instance has reported it: one transaction for the whole process,
+    /// conditional on every lease still being its own. If that fails, the
+    /// checkpoint is not reported, and its sinks do not publish.
+    async fn record_in_leases(
+        &mut self,
+        checkpoint: u64,
+        position: Position,
+        finished_here: &HashSet<String>,
+    ) -> Result<()> {
+        let shared = self.source.shared.clone();
+        let deposited = {
+            let mut state = shared.state.lock().expect("not poisoned");
+            let mut position = position;
+            // What the shared finished set adds was recorded by others.
+            position.finished = finished_here.iter().cloned().collect();
+            state.deposits.entry(checkpoint).or_default().push(position);
+            if state.deposits[&checkpoint].len() < self.instance.parallelism {
+                return Ok(());
+            }
+            let deposited = state.deposits.remove(&checkpoint).expect("just added");
+            state.deposits.retain(|id, _| *id > checkpoint);
+            deposited
+        };
+        let _writing = shared.lease_writes.lock().await;
+        let mut released = HashSet::new();
+        let (table, member, writes) = {
+            let state = shared.state.lock().expect("not poisoned");
+            let (Some(table), Some(book)) = (&state.lease_table, &state.leases) else {
+                // Nothing read yet: the keeper has not started.
+                return Ok(());
+            };
+            let mut positions = HashMap::new();
+            let mut caught_up = HashSet::new();
+            let mut finished = HashSet::new();
+            for position in deposited {
+                positions.extend(position.shards);
+                caught_up.extend(position.caught_up);
+                finished.extend(position.finished);
+                released.extend(position.released);
+            }
+            let writes = book.writes(&positions, &caught_up, &finished, &released, &state.started);
+            (table.clone(), book.member.clone(), writes)
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match table.record(&member, checkpoint, &writes).await {
+            Ok(()) => {}
+            Err(WriteError::Conflict) => {
+                return Err(Error::connector(
+                    "kinesis",
+                    false,
+                    format!(
+                        "checkpoint {checkpoint} could not be recorded in lease table `{}`: a \
+                         lease of this process was taken by another, so its sinks do not \
+                         publish it; a restart resumes from the lease table",
+                        table.name
+                    ),
+                ));
+            }
+            Err(WriteError::Failed(error)) => return Err(error),
+        }
+        let mut state = shared.state.lock().expect("not poisoned");
+        for write in &writes {
+            if let LeaseWrite::HandOver { shard, .. } = write {
+                state.started.remove(shard);
+            }
+        }
+        state
+            .leases
+            .as_mut()
+            .expect("leases")
+            .recorded(&writes, &released);
+        Ok(())
     }
 
     /// Turns records into a batch: aggregated records are split into their
@@ -484,6 +769,9 @@ impl Source for KinesisInstance {
                 client
             }
         };
+        if self.source.config.leases.is_some() {
+            self.follow_leases().await?;
+        }
         self.refresh(&client).await?;
         if self.reached_end() {
             return Ok(SourceStep::Finished);
@@ -543,8 +831,16 @@ impl Source for KinesisInstance {
         let mut finished: BTreeSet<String> = self.finished_here.clone();
         finished.extend(state.graph.finished().map(str::to_string));
         let position = Position {
+            member: state.leases.as_ref().map(|book| book.member.clone()),
             shards: self.positions.clone(),
             finished,
+            released: self.released.clone(),
+            caught_up: self
+                .positions
+                .keys()
+                .filter(|shard| state.caught_up.contains(*shard))
+                .cloned()
+                .collect(),
         };
         serde_json::to_value(position).map_err(|e| Error::internal(e.to_string()))
     }
@@ -554,12 +850,21 @@ impl Source for KinesisInstance {
             .map_err(|e| Error::Checkpoint(format!("not a Kinesis read position: {e}")))?;
         let mut state = self.source.shared.state.lock().expect("not poisoned");
         state.restored_any = true;
+        if position.member.is_some() {
+            state.member = position.member;
+        }
         state.restored.extend(position.shards);
         state.graph.restore_finished(position.finished);
         Ok(())
     }
 
     fn open(&mut self, ctx: &SourceContext) -> Result<()> {
+        if self.source.config.leases.is_some() && !ctx.checkpointing {
+            return Err(Error::config(
+                "leases",
+                "needs the pipeline's `checkpoint` section: a shard changes hands at a checkpoint",
+            ));
+        }
         self.checkpointing = ctx.checkpointing;
         self.node = ctx.node.clone();
         self.source.shared.opened.fetch_add(1, Ordering::AcqRel);
@@ -568,20 +873,29 @@ impl Source for KinesisInstance {
 
     async fn checkpoint_complete(
         &mut self,
-        _checkpoint: u64,
+        checkpoint: u64,
         position: &serde_json::Value,
     ) -> Result<()> {
         let Ok(position) = serde_json::from_value::<Position>(position.clone()) else {
             return Ok(());
         };
+        let finished_here: HashSet<String> = position
+            .finished
+            .iter()
+            .filter(|shard| self.finished_here.contains(*shard))
+            .cloned()
+            .collect();
+        if self.source.config.leases.is_some() {
+            self.record_in_leases(checkpoint, position, &finished_here)
+                .await?;
+        }
         // What this instance finished and that checkpoint recorded is
         // durable now: the children may be read.
         let mut state = self.source.shared.state.lock().expect("not poisoned");
-        for shard in &position.finished {
-            if self.finished_here.remove(shard) {
-                state.finishing.remove(shard);
-                state.graph.finish(shard);
-            }
+        for shard in &finished_here {
+            self.finished_here.remove(shard);
+            state.finishing.remove(shard);
+            state.graph.finish(shard);
         }
         Ok(())
     }
@@ -597,4 +911,180 @@ impl Source for KinesisInstance {
     fn take_split_changes(&mut self) -> Vec<SplitChange> {
         std::mem::take(&mut self.split_changes)
     }
+}
+
+/// A name for this process in the lease table, unless a restored
+/// checkpoint gives its earlier one.
+fn new_member() -> String {
+    format!("flumen-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Keeps the leases of one process, every third of `failover_time`:
+/// reads the table, adds rows for new shards, renews the leases held,
+/// takes free and expired ones, and asks for one when the load is uneven.
+async fn keep_leases(
+    shared: Arc<Shared>,
+    table: LeaseTable,
+    config: Arc<KinesisSourceConfig>,
+    node: Arc<str>,
+) {
+    let failover_time = config.leases.as_ref().expect("leases").failover_time;
+    if let Err(error) = table.ensure().await {
+        let message = match error {
+            Error::Connector { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        fail_leases(&shared, message);
+        return;
+    }
+    loop {
+        let result = {
+            let _writing = shared.lease_writes.lock().await;
+            keep_leases_once(&shared, &table, &config, &node).await
+        };
+        match result {
+            // New rows: take them at once rather than a heartbeat later.
+            Ok(true) => continue,
+            Ok(false) => {}
+            // Heartbeats missed for `failover_time` lose the leases: the
+            // next write then fails the run, rather than read twice.
+            Err(error) => {
+                tracing::warn!(%node, %error, "could not reach the lease table; trying again");
+            }
+        }
+        tokio::time::sleep(failover_time / 3).await;
+    }
+}
+
+fn fail_leases(shared: &Shared, failure: String) {
+    let mut state = shared.state.lock().expect("not poisoned");
+    if let Some(book) = state.leases.as_mut() {
+        book.failure.get_or_insert(failure);
+    }
+}
+
+/// One round of [`keep_leases`]. Returns whether it added rows.
+async fn keep_leases_once(
+    shared: &Shared,
+    table: &LeaseTable,
+    config: &KinesisSourceConfig,
+    node: &Arc<str>,
+) -> Result<bool> {
+    let rows = table.scan().await?;
+    let (plan, member, renewals) = {
+        let mut state = shared.state.lock().expect("not poisoned");
+        let state = &mut *state;
+        let shards: Vec<(String, Vec<String>, String)> = if state.listed {
+            state
+                .graph
+                .unfinished()
+                .map(|shard| {
+                    let start = initial_checkpoint(state, config, &shard.parents);
+                    (shard.id.clone(), shard.parents.clone(), start)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let graph = &state.graph;
+        let read_locally = |parent: &str| graph.is_finished(parent) || graph.get(parent).is_none();
+        let book = state.leases.as_mut().expect("leases");
+        let plan = book.plan(rows, &shards, read_locally, Instant::now());
+        let renewals: Vec<(String, u64)> = book
+            .held
+            .iter()
+            .map(|(shard, lease)| (shard.clone(), lease.counter))
+            .collect();
+        let member = book.member.clone();
+        state.graph.restore_finished(plan.finished.iter().cloned());
+        (plan, member, renewals)
+    };
+    let mut created = false;
+    for (shard, parents, start) in &plan.create {
+        match table.create_lease(shard, parents, start).await {
+            Ok(()) => created = true,
+            Err(WriteError::Conflict) => {}
+            Err(WriteError::Failed(error)) => return Err(error),
+        }
+    }
+    for (shard, counter) in renewals {
+        match table.renew(&shard, &member, counter).await {
+            Ok(()) => {
+                let mut state = shared.state.lock().expect("not poisoned");
+                let book = state.leases.as_mut().expect("leases");
+                if let Some(lease) = book.held.get_mut(&shard) {
+                    lease.counter = counter + 1;
+                }
+            }
+            Err(WriteError::Conflict) => {
+                fail_leases(
+                    shared,
+                    format!(
+                        "lost the lease on shard {shard} to another process: it was not \
+                         renewed within `failover_time`"
+                    ),
+                );
+                return Ok(false);
+            }
+            Err(WriteError::Failed(error)) => return Err(error),
+        }
+    }
+    for lease in plan.take {
+        match table.take(&lease, &member).await {
+            Ok(()) => {
+                tracing::info!(
+                    %node,
+                    shard = %lease.shard,
+                    previous_owner = lease.owner.as_deref().unwrap_or("none"),
+                    checkpoint = %lease.checkpoint,
+                    "lease taken"
+                );
+                let mut state = shared.state.lock().expect("not poisoned");
+                // A shard this process has not listed yet (a child another
+                // process found first) is read without waiting for the
+                // next listing.
+                state.graph.add(super::shards::Shard {
+                    id: lease.shard.clone(),
+                    parents: lease.parents.clone(),
+                    closed: false,
+                });
+                state.leases.as_mut().expect("leases").took(lease);
+            }
+            // Another process moved first.
+            Err(WriteError::Conflict) => {}
+            Err(WriteError::Failed(error)) => return Err(error),
+        }
+    }
+    if let Some(lease) = plan.ask {
+        match table.ask_for(&lease, &member).await {
+            Ok(()) => tracing::info!(
+                %node,
+                shard = %lease.shard,
+                owner = lease.owner.as_deref().unwrap_or("none"),
+                "asked for a lease"
+            ),
+            Err(WriteError::Conflict) => {}
+            Err(WriteError::Failed(error)) => return Err(error),
+        }
+    }
+    Ok(created)
+}
+
+/// Where a shard without a row starts, written into its new row: at its
+/// beginning if its parents are read, else where `start_from` says.
+fn initial_checkpoint(
+    state: &SharedState,
+    config: &KinesisSourceConfig,
+    parents: &[String],
+) -> String {
+    let has_parent = parents.iter().any(|p| {
+        !state.skipped.contains(p) && (state.graph.get(p).is_some() || state.graph.is_finished(p))
+    });
+    match &config.start_from {
+        _ if has_parent => "TRIM_HORIZON",
+        StartFrom::TrimHorizon => "TRIM_HORIZON",
+        StartFrom::Latest => "LATEST",
+        StartFrom::AtTimestamp(_) => "AT_TIMESTAMP",
+    }
+    .to_string()
 }
