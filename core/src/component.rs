@@ -288,6 +288,19 @@ pub trait Operator: Send + 'static {
         out: &mut Collector,
     ) -> Result<()>;
 
+    /// A checkpoint's barrier has arrived on every input. What the
+    /// operator emits here goes downstream ahead of the barrier, so it
+    /// belongs to the checkpoint; [`Operator::snapshot`] follows. (A view
+    /// that sends its changes once per checkpoint sends them here.)
+    async fn on_barrier(
+        &mut self,
+        _checkpoint: u64,
+        _ctx: &mut Context,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Called when the watermark (minimum over all inputs) advances. The
     /// runtime forwards the watermark downstream after this returns.
     async fn on_watermark(

@@ -8,6 +8,7 @@
 //! [`run`](graph::Pipeline::run)s one tokio task per node instance.
 
 pub mod catalog;
+pub mod changelog;
 pub mod checkpoint;
 pub mod component;
 pub mod console;

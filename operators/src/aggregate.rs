@@ -16,7 +16,7 @@ use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::simplify::SimplifyContext;
-use datafusion::logical_expr::{EmitTo, Expr, GroupsAccumulator};
+use datafusion::logical_expr::{Accumulator, EmitTo, Expr, GroupsAccumulator};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
@@ -138,6 +138,46 @@ impl Aggregates {
         })
     }
 
+    /// How many aggregates there are.
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// Whether there are none (never, once planned).
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// A fresh row accumulator per aggregate: one group's, whose value
+    /// can be read at any time without disturbing it.
+    pub fn row_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        (0..self.specs.len())
+            .map(|i| self.row_accumulator(i))
+            .collect()
+    }
+
+    /// A fresh row accumulator for aggregate `index`.
+    pub fn row_accumulator(&self, index: usize) -> Result<Box<dyn Accumulator>> {
+        Ok(self.specs[index].function.create_accumulator()?)
+    }
+
+    /// Per aggregate: whether reading a row accumulator's state leaves it
+    /// as it was (as for a plain count, sum, min, max or avg), so that a
+    /// snapshot need not rebuild it.
+    pub fn state_is_kept(&self) -> Vec<bool> {
+        self.specs
+            .iter()
+            .map(|spec| {
+                let function = &spec.function;
+                !function.is_distinct()
+                    && matches!(
+                        function.fun().name(),
+                        "count" | "sum" | "min" | "max" | "avg" | "bool_and" | "bool_or"
+                    )
+            })
+            .collect()
+    }
+
     /// A fresh accumulator per aggregate.
     pub fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
         self.specs
@@ -184,6 +224,27 @@ impl Aggregates {
 }
 
 impl Arguments {
+    /// The argument values of the rows at `indices` that pass the
+    /// aggregate's `FILTER`, if it has one.
+    pub fn rows(&self, indices: &arrow::array::UInt32Array) -> Result<Vec<ArrayRef>> {
+        let indices = match &self.filter {
+            Some(filter) => {
+                let kept: arrow::array::UInt32Array = indices
+                    .values()
+                    .iter()
+                    .copied()
+                    .filter(|&i| filter.is_valid(i as usize) && filter.value(i as usize))
+                    .collect();
+                std::borrow::Cow::Owned(kept)
+            }
+            None => std::borrow::Cow::Borrowed(indices),
+        };
+        self.values
+            .iter()
+            .map(|v| Ok(arrow::compute::take(v, indices.as_ref(), None)?))
+            .collect()
+    }
+
     /// The arguments of the rows at `indices` only.
     pub fn take(&self, indices: &arrow::array::UInt32Array) -> Result<Arguments> {
         let values = self

@@ -9,6 +9,7 @@ pub mod dedupe;
 pub mod join;
 mod planning;
 pub mod route;
+pub mod running;
 pub mod top_n;
 pub mod transform;
 mod union;
@@ -19,6 +20,7 @@ pub use self::config::{SqlConfig, UnionConfig, UnnestConfig};
 pub use self::dedupe::{Dedupe, DedupeConfig};
 pub use self::join::{Join, JoinConfig, JoinType};
 pub use self::route::{Route, RouteConfig};
+pub use self::running::{AggregateConfig, Emit, RunningAggregate};
 pub use self::top_n::{TopN, TopNConfig};
 pub use self::transform::{MapBatches, SqlTransform, Unnest};
 pub use self::union::Union;
@@ -32,6 +34,7 @@ pub const COMPONENTS: &[ComponentType] = &[
     ComponentType::transform::<UnnestConfig>(),
     ComponentType::transform::<UnionConfig>(),
     ComponentType::transform::<WindowConfig>(),
+    ComponentType::transform::<AggregateConfig>(),
     ComponentType::transform::<TopNConfig>(),
     ComponentType::transform::<JoinConfig>(),
     ComponentType::transform::<DedupeConfig>(),

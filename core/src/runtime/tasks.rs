@@ -344,6 +344,10 @@ pub(crate) async fn run_operator(
                 outputs.send_to_all(Message::Watermark(forwarded)).await?;
             }
             Received::Barrier(barrier) => {
+                operator
+                    .on_barrier(barrier.checkpoint, &mut ctx, &mut out)
+                    .await?;
+                flush(&env, &mut out, &mut outputs).await?;
                 env.ack(barrier.checkpoint, AckKind::State(operator.snapshot()?));
                 outputs.send_to_all(Message::Barrier(barrier)).await?;
             }

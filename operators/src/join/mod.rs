@@ -7,7 +7,7 @@
 //! without a match, with nulls on the right.
 
 mod interval;
-mod keys;
+pub(crate) mod keys;
 mod lookup;
 mod window;
 

@@ -9,14 +9,10 @@
 //! ones included) and forward the same watermark, and end with no state.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::time::Duration;
 
 use arrow::array::AsArray;
-use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use flumen_core::prelude::*;
 use flumen_operators::join::IntervalBounds;
 use flumen_operators::window::TimeDomain;
@@ -25,7 +21,7 @@ use flumen_operators::{
 };
 use proptest::prelude::*;
 
-use crate::common::sorted_lines;
+use crate::common::{sorted_lines, through_storage};
 use crate::windows::{Event, batch, events_schema};
 
 /// How far the watermark trails the newest event.
@@ -151,29 +147,6 @@ fn watermark_after(steps: &[Step]) -> EventTime {
             Step::Rows(..) => None,
         })
         .unwrap_or(EventTime::MIN)
-}
-
-/// The snapshot as a restarted process reads it back: values through JSON
-/// text, tables through Arrow IPC files, as the checkpoint store keeps
-/// them.
-fn through_storage(snapshot: Snapshot) -> Snapshot {
-    let tables = snapshot
-        .tables
-        .into_iter()
-        .map(|(name, table)| {
-            let mut bytes = Vec::new();
-            let mut writer = FileWriter::try_new(&mut bytes, &table.schema()).unwrap();
-            writer.write(&table).unwrap();
-            writer.finish().unwrap();
-            drop(writer);
-            let reader = FileReader::try_new(Cursor::new(bytes), None).unwrap();
-            let schema = reader.schema();
-            let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-            (name, concat_batches(&schema, &batches).unwrap())
-        })
-        .collect();
-    let values = serde_json::from_str(&snapshot.values.to_string()).unwrap();
-    Snapshot { values, tables }
 }
 
 /// Runs `steps` whole and cut before step `cut` (see the module docs), and

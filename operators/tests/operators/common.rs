@@ -1,12 +1,16 @@
 //! Helpers shared by the operator tests.
 
+use std::io::Cursor;
 use std::sync::Arc;
 
+use arrow::compute::concat_batches;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use flumen_core::prelude::RunOptions;
+use flumen_core::prelude::{RunOptions, Snapshot};
 
 /// Rows of a result as sorted lines, so that results compare regardless of
 /// the order instances and partitions finished in.
@@ -61,4 +65,27 @@ pub fn quiet() -> RunOptions {
         handle_signals: false,
         ..RunOptions::default()
     }
+}
+
+/// The snapshot as a restarted process reads it back: values through JSON
+/// text, tables through Arrow IPC files, as the checkpoint store keeps
+/// them.
+pub fn through_storage(snapshot: Snapshot) -> Snapshot {
+    let tables = snapshot
+        .tables
+        .into_iter()
+        .map(|(name, table)| {
+            let mut bytes = Vec::new();
+            let mut writer = FileWriter::try_new(&mut bytes, &table.schema()).unwrap();
+            writer.write(&table).unwrap();
+            writer.finish().unwrap();
+            drop(writer);
+            let reader = FileReader::try_new(Cursor::new(bytes), None).unwrap();
+            let schema = reader.schema();
+            let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+            (name, concat_batches(&schema, &batches).unwrap())
+        })
+        .collect();
+    let values = serde_json::from_str(&snapshot.values.to_string()).unwrap();
+    Snapshot { values, tables }
 }

@@ -6,6 +6,7 @@ mod checkpoints;
 mod common;
 mod joins;
 mod routing;
+mod running;
 mod top_n;
 mod transforms;
 mod windows;
