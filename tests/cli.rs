@@ -43,6 +43,9 @@ mod sql;
 mod streams;
 #[path = "cli/unwritable.rs"]
 mod unwritable;
+#[cfg(feature = "kv")]
+#[path = "cli/views.rs"]
+mod views;
 
 /// Runs `flumen run FILE` quietly to its end, optionally set to die once
 /// checkpoint `crash_before_commit` is recorded and before it is committed.

@@ -532,6 +532,9 @@ impl Operator for RunningInstance {
     }
 
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        if snapshot.is_empty() {
+            return Ok(());
+        }
         let table = state::table(&snapshot, "keys")?;
         if table.num_rows() == 0 {
             return Ok(());

@@ -1,5 +1,5 @@
 //! Flumen's sinks: standard output, blackhole, files, Parquet, Kafka,
-//! Kinesis and HTTP.
+//! Kinesis, HTTP and key-value views.
 
 pub mod blackhole;
 pub mod encoding;
@@ -10,6 +10,8 @@ pub mod http;
 pub mod kafka;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
+#[cfg(feature = "kv")]
+pub mod kv;
 #[cfg(any(feature = "kafka", feature = "kinesis"))]
 mod message;
 pub mod parquet;
@@ -24,6 +26,8 @@ pub use self::http::{HttpSink, HttpSinkConfig};
 pub use self::kafka::{KafkaSink, KafkaSinkConfig};
 #[cfg(feature = "kinesis")]
 pub use self::kinesis::{KinesisSink, KinesisSinkConfig};
+#[cfg(feature = "kv")]
+pub use self::kv::{KvSink, KvSinkConfig};
 pub use self::parquet::{ParquetSink, ParquetSinkConfig};
 pub use self::stdout::{StdoutConfig, StdoutFormat, StdoutSink};
 
@@ -41,4 +45,6 @@ pub const COMPONENTS: &[ComponentType] = &[
     ComponentType::sink::<KinesisSinkConfig>(),
     #[cfg(feature = "http")]
     ComponentType::sink::<HttpSinkConfig>(),
+    #[cfg(feature = "kv")]
+    ComponentType::sink::<KvSinkConfig>(),
 ];

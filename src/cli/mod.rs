@@ -7,6 +7,8 @@
 mod buffer;
 mod checkpoints;
 mod graph;
+#[cfg(feature = "kv")]
+mod kv;
 mod logging;
 mod metrics;
 mod progress;
@@ -73,6 +75,11 @@ enum Command {
     /// Inspect a durable buffer (an HTTP source's): size, segments, damage.
     #[command(subcommand)]
     Buffer(buffer::BufferCommand),
+    /// Read what a key-value sink keeps (`get`, `scan`, `count`), beside
+    /// the pipeline that writes it.
+    #[cfg(feature = "kv")]
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
     /// Query the Parquet files that sinks write, with SQL (read-only):
     /// tables given by location or by a pipeline file's `parquet` sinks.
     Sql(sql::SqlArgs),
@@ -157,6 +164,8 @@ fn dispatch(command: Command, log_format: LogFormat) -> Result<(), Failure> {
         }
         Command::Checkpoints(command) => checkpoints::run(command),
         Command::Buffer(command) => buffer::run(command),
+        #[cfg(feature = "kv")]
+        Command::Kv(command) => kv::run(command),
         Command::Sql(args) => sql::run(args, &registry),
         Command::Config(ConfigCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&pipeline_schema(&registry))

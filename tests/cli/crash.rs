@@ -31,6 +31,11 @@ impl Random {
         Random(seed)
     }
 
+    /// A generator that always draws the same numbers.
+    pub(super) fn seeded(seed: u64) -> Self {
+        Random(seed | 1)
+    }
+
     pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -163,7 +168,7 @@ fn reference(dir: &Path) -> (Vec<String>, Vec<String>) {
     (rows, windows)
 }
 
-enum Attempt {
+pub(super) enum Attempt {
     Killed,
     Finished,
 }
@@ -171,7 +176,7 @@ enum Attempt {
 /// Starts the pipeline and kills it once it has completed a random number
 /// of further checkpoints (and a random few milliseconds more), unless it
 /// finishes first.
-fn run_and_kill(file: &Path, random: &mut Random) -> Attempt {
+pub(super) fn run_and_kill(file: &Path, random: &mut Random) -> Attempt {
     let mut child = flumen()
         .args(["run", "--progress", "off", "--log-format", "json"])
         .arg(file)

@@ -34,6 +34,10 @@ pub(crate) enum AckKind {
     /// with this final pre-committed transaction (it then waits for its
     /// commit), an operator with nothing held.
     Ended(serde_json::Value),
+    /// An operator has ended holding this state (a running aggregate's
+    /// keys), which later checkpoints keep: a run restored from one goes
+    /// on from it.
+    EndedWithState(Snapshot),
     /// A source has reported the completed checkpoint upstream (committed
     /// a Kafka group's offsets, say).
     Reported,
@@ -94,6 +98,8 @@ pub(crate) struct Coordinator {
     /// has reported it upstream.
     reporting: Option<Reporting>,
     ended: HashMap<(usize, usize), serde_json::Value>,
+    /// The state of operators that ended holding some.
+    ended_states: HashMap<(usize, usize), Snapshot>,
     signals: Signals,
 }
 
@@ -141,6 +147,7 @@ impl Coordinator {
             in_flight: None,
             reporting: None,
             ended: HashMap::new(),
+            ended_states: HashMap::new(),
             signals,
         };
         let handles = CoordinatorHandles {
@@ -220,6 +227,10 @@ impl Coordinator {
             AckKind::Ended(value) => {
                 self.ended.insert(key, value);
             }
+            AckKind::EndedWithState(snapshot) => {
+                self.ended.insert(key, snapshot.values.clone());
+                self.ended_states.insert(key, snapshot);
+            }
             AckKind::Reported => match &mut self.reporting {
                 Some(reporting) if reporting.checkpoint == ack.checkpoint => {
                     reporting.waiting.remove(&key);
@@ -269,8 +280,11 @@ impl Coordinator {
                     record.values = snapshot.values.clone();
                     snapshots.push((name, i, snapshot));
                 }
-                Some(AckKind::Ended(_) | AckKind::Reported) | None => {
+                Some(AckKind::Ended(_) | AckKind::EndedWithState(_) | AckKind::Reported) | None => {
                     record.values = self.ended.get(&(n, i)).cloned().unwrap_or_default();
+                    if let Some(snapshot) = self.ended_states.get(&(n, i)) {
+                        snapshots.push((name, i, snapshot.clone()));
+                    }
                 }
             }
         }
@@ -314,12 +328,16 @@ impl Coordinator {
     async fn finish(mut self) -> Result<()> {
         let id = self.next_id;
         let mut manifest = self.manifest(id, true);
+        let mut snapshots = Vec::new();
         for (n, i) in self.instances().collect::<Vec<_>>() {
             let name = &self.nodes[n].name;
             manifest.nodes.get_mut(name).expect("every node").instances[i].values =
                 self.ended.get(&(n, i)).cloned().unwrap_or_default();
+            if let Some(snapshot) = self.ended_states.get(&(n, i)) {
+                snapshots.push((name.clone(), i, snapshot.clone()));
+            }
         }
-        self.write(&mut manifest, &[]).await?;
+        self.write(&mut manifest, &snapshots).await?;
         crash_point(id);
         self.completed.send_replace((id, true));
         let mut waiting = self.source_instances();

@@ -371,7 +371,13 @@ pub(crate) async fn run_operator(
                     env.metrics.record_state(operator.state_size());
                 }
                 env.metrics.record_state(operator.state_size());
-                env.ack(0, AckKind::Ended(serde_json::Value::Null));
+                // What an operator still holds at the end (a running
+                // aggregate's keys) stays in the final checkpoint.
+                let ended = match operator.state_size().rows {
+                    0 => AckKind::Ended(serde_json::Value::Null),
+                    _ => AckKind::EndedWithState(operator.snapshot()?),
+                };
+                env.ack(0, ended);
                 outputs.send_to_all(Message::End).await?;
                 env.metrics.record_finished();
                 return Ok(());

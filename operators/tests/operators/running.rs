@@ -206,7 +206,10 @@ fn on_checkpoint_each_changed_key_goes_out_once_per_checkpoint() {
                 .await
                 .unwrap();
         }
-        assert!(out.drain().next().is_none(), "nothing before the checkpoint");
+        assert!(
+            out.drain().next().is_none(),
+            "nothing before the checkpoint"
+        );
         operator.on_barrier(1, &mut ctx, &mut out).await.unwrap();
         let emitted: Vec<RecordBatch> = out.drain().map(|(_, b)| b).collect();
         let rows: usize = emitted.iter().map(RecordBatch::num_rows).sum();

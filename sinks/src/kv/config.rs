@@ -1,0 +1,98 @@
+//! Configuration of the key-value sink.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use flumen_core::prelude::*;
+
+use super::sink::KvSink;
+use super::template::KeyTemplate;
+
+/// Keeps a view of its input by key in an embedded store: upserts, and
+/// deletes from a changelog, exactly once with checkpoints.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvSinkConfig {
+    /// The embedded store's file, e.g. `views/tweets.redb`, created if
+    /// missing. `flumen kv` reads it while the pipeline runs.
+    #[schemars(extend("format" = "path"))]
+    pub path: PathBuf,
+
+    /// Each row's key: a template over columns in braces, e.g.
+    /// `tweet:{tweet_id}` (`{{` and `}}` for braces). A row with a null in
+    /// a key column goes to the dead letters.
+    pub key: String,
+
+    /// The columns that make the value, a JSON object. Default: every
+    /// column but the changelog's `_op`.
+    #[serde(default)]
+    pub value: Option<Vec<String>>,
+
+    /// A column (integer, or a timestamp) whose higher value wins: a row
+    /// older than what the store holds for its key changes nothing, so a
+    /// replay or a late row never regresses a value. Default: the input's
+    /// event-time column if it has one, else the last row to arrive wins.
+    #[serde(default)]
+    pub version: Option<String>,
+
+    /// How long values live: a duration from when they are written (e.g.
+    /// `24h`), or `{ column: expires_at }` (a timestamp column). Expired
+    /// values are gone for readers. Default: for ever.
+    #[serde(default)]
+    pub ttl: Option<Ttl>,
+}
+
+/// How long a value lives.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Ttl {
+    /// This long after it is written.
+    For(
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        Duration,
+    ),
+    /// Until the time in this column.
+    Until {
+        /// A timestamp (or epoch milliseconds) column.
+        column: String,
+    },
+}
+
+impl KvSinkConfig {
+    /// Keeps rows by `key` (a template) in the store at `path`.
+    pub fn new(path: impl Into<PathBuf>, key: impl Into<String>) -> Self {
+        KvSinkConfig {
+            path: path.into(),
+            key: key.into(),
+            value: None,
+            version: None,
+            ttl: None,
+        }
+    }
+}
+
+impl SinkConfig for KvSinkConfig {
+    const TYPE: &str = "kv";
+    const DESCRIPTION: &str =
+        "Keeps a view by key in an embedded store (upserts, changelog deletes), exactly once.";
+    type Sink = KvSink;
+
+    fn build(&self) -> Result<KvSink> {
+        let template = KeyTemplate::parse(&self.key)?;
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::config("path", "is empty; e.g. `views/tweets.redb`"));
+        }
+        if let Some(Ttl::For(ttl)) = &self.ttl
+            && ttl.is_zero()
+        {
+            return Err(Error::config("ttl", "must be more than 0"));
+        }
+        if self.value.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::config("value", "lists no columns"));
+        }
+        Ok(KvSink::new(self.clone(), template))
+    }
+}

@@ -1,0 +1,31 @@
+//! The key-value sink: keeps a view of its input by key, in an embedded
+//! store ([`embedded`], a redb file) that `flumen kv` reads beside the
+//! running pipeline.
+//!
+//! Rows become writes ([`sink`]): the key from a template over columns,
+//! the value a JSON object of the value columns. A changelog's deletes
+//! (see [`flumen_core::changelog`]) remove keys. With a version column the
+//! last writer by version wins, so a replay or a late row never regresses
+//! a value. With checkpoints, a checkpoint's writes are staged and applied
+//! at its commit, exactly once.
+
+mod config;
+pub mod embedded;
+mod sink;
+mod template;
+
+pub use self::config::{KvSinkConfig, Ttl};
+pub use self::embedded::{EmbeddedReader, EmbeddedStore, Entry};
+pub use self::sink::KvSink;
+
+/// One change to a key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KvWrite {
+    pub(crate) key: String,
+    /// The value (a JSON object), or `None` for a delete.
+    pub(crate) value: Option<Vec<u8>>,
+    /// The last writer by version wins; without one, the last to arrive.
+    pub(crate) version: Option<i64>,
+    /// When the value expires (ms since the epoch), if it does.
+    pub(crate) expires_at: Option<i64>,
+}

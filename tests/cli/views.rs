@@ -1,0 +1,236 @@
+//! Views: a running aggregate into the key-value sink's embedded store,
+//! SIGKILLed and restarted; the store ends equal to DataFusion's
+//! `GROUP BY` over the same events, key for key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flumen::sinks::kv::EmbeddedReader;
+
+use super::crash::{Attempt, Random, committed, run_and_kill};
+use super::flumen;
+
+const EVENTS: u64 = 1_000_000;
+const USERS: u64 = 5_000;
+
+/// Payments: `{"id": i, "user": i % 5000, "amount": i % 100, "ts": …}`,
+/// users in a shuffled order.
+fn write_events(path: &Path) {
+    let mut random = Random::seeded(0x2545_f491_4f6c_dd1d);
+    let mut text = String::with_capacity(EVENTS as usize * 60);
+    for i in 0..EVENTS {
+        let user = random.below(USERS);
+        text.push_str(&format!(
+            "{{\"id\":{i},\"user\":{user},\"amount\":{},\"ts\":{}}}\n",
+            i % 100,
+            1_700_000_000_000u64 + i
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn pipeline(dir: &Path) -> PathBuf {
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 20ms
+  store: {dir}/checkpoints
+sources:
+  payments:
+    type: file
+    path: {dir}/events.jsonl
+    batch_size: 2000
+    schema: {{ id: int64, user: int64, amount: int64, ts: timestamp_ms }}
+transforms:
+  per_user:
+    type: aggregate
+    inputs: [payments]
+    group_by: [user]
+    aggregates: ["count(*) AS payments", "sum(amount) AS total"]
+    emit: on_checkpoint
+sinks:
+  users:
+    type: kv
+    inputs: [per_user]
+    path: {dir}/users.redb
+    key: "user:{{user}}"
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("views.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Every value in the store: key → (payments, total).
+fn store(path: &Path) -> BTreeMap<String, (i64, i64)> {
+    let reader = EmbeddedReader::open(path).unwrap();
+    let (entries, next) = reader.scan("", None, usize::MAX).unwrap();
+    assert!(next.is_none());
+    entries
+        .into_iter()
+        .map(|e| {
+            let figures = (
+                e.value["payments"].as_i64().unwrap(),
+                e.value["total"].as_i64().unwrap(),
+            );
+            (e.key, figures)
+        })
+        .collect()
+}
+
+/// DataFusion's `GROUP BY user` over the events file.
+fn batch_answer(events: &Path) -> BTreeMap<String, (i64, i64)> {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::prelude::SessionContext;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Int64, false),
+        Field::new("amount", DataType::Int64, false),
+    ]));
+    let reader = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(65536)
+        .build(std::io::BufReader::new(
+            std::fs::File::open(events).unwrap(),
+        ))
+        .unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ctx = SessionContext::new();
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
+        ctx.register_table("payments", Arc::new(table)).unwrap();
+        let batches = ctx
+            .sql("SELECT user, count(*) AS payments, sum(amount) AS total FROM payments GROUP BY user")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut answer = BTreeMap::new();
+        for batch in &batches {
+            let column = |i: usize| -> &Int64Array { batch.column(i).as_primitive::<Int64Type>() };
+            for row in 0..batch.num_rows() {
+                answer.insert(
+                    format!("user:{}", column(0).value(row)),
+                    (column(1).value(row), column(2).value(row)),
+                );
+            }
+        }
+        answer
+    })
+}
+
+#[test]
+fn a_running_count_sigkilled_five_times_ends_as_group_by_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    write_events(&events);
+    let expected = batch_answer(&events);
+    assert_eq!(expected.len() as u64, USERS);
+    let file = pipeline(dir.path());
+    let mut random = Random::new();
+    let started = Instant::now();
+    let mut kills = 0;
+    while kills < 5 {
+        match run_and_kill(&file, &mut random) {
+            Attempt::Killed => kills += 1,
+            Attempt::Finished => break,
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+    }
+    assert!(kills >= 2, "killed mid-run only {kills} times");
+    let output = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("restoring from checkpoint"), "{log}");
+    let got = store(&dir.path().join("users.redb"));
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(key, figures)| got.get(*key) != Some(figures))
+        .take(5)
+        .map(|(key, figures)| (key, figures, got.get(key)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "keys differ (key, expected, stored): {wrong:?}"
+    );
+    assert_eq!(got.len(), expected.len());
+
+    // `flumen kv` reads the same store.
+    let count = flumen()
+        .args(["kv", "count"])
+        .arg(dir.path().join("users.redb"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        USERS.to_string()
+    );
+    let get = flumen()
+        .args(["kv", "get"])
+        .arg(dir.path().join("users.redb"))
+        .arg("user:42")
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    let (payments, total) = expected["user:42"];
+    assert_eq!(line["value"]["payments"], payments);
+    assert_eq!(line["value"]["total"], total);
+}
+
+#[test]
+fn rows_with_a_null_key_reach_the_dead_letters_and_the_rest_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("events.jsonl"),
+        "{\"user\":1,\"amount\":5}\n{\"user\":null,\"amount\":6}\n{\"user\":1,\"amount\":7}\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 1s
+dead_letter:
+  type: file
+  path: {dir}/dead_letters
+sources:
+  payments:
+    type: file
+    path: {dir}/events.jsonl
+    schema: {{ user: int64, amount: int64 }}
+sinks:
+  latest:
+    type: kv
+    inputs: [payments]
+    path: {dir}/latest.redb
+    key: "user:{{user}}"
+"#,
+        dir = dir.path().display()
+    );
+    let file = dir.path().join("latest.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let output = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let dead = committed(&dir.path().join("dead_letters"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("a column of the key is null"), "{dead:?}");
+    let got = EmbeddedReader::open(&dir.path().join("latest.redb"))
+        .unwrap()
+        .get("user:1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.value["amount"], 7, "the last row of the key");
+}
