@@ -112,6 +112,7 @@ fn top_one(order: &str, window: Option<WindowKind>) -> TopNConfig {
         window,
         time_column: None,
         with_ties: true,
+        key: Vec::new(),
         allowed_lateness: Duration::ZERO,
     }
 }

@@ -225,6 +225,7 @@ fn top_n(kind: WindowKind, partition_by: &[&str]) -> TopNConfig {
         window: Some(kind),
         time_column: Some("ts".into()),
         with_ties: true,
+        key: Vec::new(),
         allowed_lateness: LATENESS,
     }
 }

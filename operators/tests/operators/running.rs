@@ -338,3 +338,120 @@ fn bad_settings_name_the_key() {
         "{error}"
     );
 }
+
+/// Rows of a changelog: (event, upsert or delete).
+type Change = (Event, bool);
+
+fn changelog_batch(changes: &[Change]) -> RecordBatch {
+    let events: Vec<Event> = changes.iter().map(|(e, _)| *e).collect();
+    let rows = batch(&events);
+    let ops: Vec<&str> = changes
+        .iter()
+        .map(|(_, upsert)| if *upsert { "upsert" } else { "delete" })
+        .collect();
+    let mut fields: Vec<arrow::datatypes::Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(changelog::op_field());
+    let mut columns = rows.columns().to_vec();
+    columns.push(std::sync::Arc::new(arrow::array::StringArray::from(ops)));
+    RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )
+    .unwrap()
+}
+
+/// DataFusion's `rank() <= n` over the table the changelog leaves.
+async fn ranked(current: &BTreeMap<i64, Event>, n: usize, partitioned: bool) -> View {
+    if current.is_empty() {
+        return View::default();
+    }
+    let events: Vec<Event> = current.values().copied().collect();
+    let partition = if partitioned {
+        "PARTITION BY other"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT key, other, value, ts_ms, ts FROM (SELECT *, rank() OVER ({partition} ORDER BY value DESC) AS r FROM events) WHERE r <= {n}"
+    );
+    View::of(&query(&[("events", vec![batch(&events)])], &sql).await, 1)
+}
+
+async fn check_top(changes: &[Change], chunk: usize, n: usize, partitioned: bool, cut: usize) {
+    let config = flumen_operators::TopNConfig {
+        n,
+        order_by: vec!["value DESC".into()],
+        partition_by: if partitioned {
+            vec!["other".into()]
+        } else {
+            vec![]
+        },
+        window: None,
+        time_column: None,
+        with_ties: true,
+        key: vec!["key".into()],
+        allowed_lateness: Duration::ZERO,
+    };
+    let factory = config.build().unwrap();
+    let schema = changelog_batch(&changes[..1]).schema();
+    let create = || {
+        factory
+            .create(InstanceInfo::SINGLE, std::slice::from_ref(&schema))
+            .unwrap()
+    };
+    let mut operator = create();
+    let (mut ctx, mut out) = (context(), Collector::default());
+    let mut view = View::default();
+    let mut current: BTreeMap<i64, Event> = BTreeMap::new();
+    for (i, chunk) in changes.chunks(chunk).enumerate() {
+        if i == cut {
+            let snapshot = through_storage(operator.snapshot().unwrap());
+            operator = create();
+            operator.restore(snapshot).unwrap();
+        }
+        operator
+            .process_batch(0, changelog_batch(chunk), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        for (_, emitted) in out.drain() {
+            view.apply(&emitted, 1);
+        }
+        for (event, upsert) in chunk {
+            if *upsert {
+                current.insert(event.0, *event);
+            } else {
+                current.remove(&event.0);
+            }
+        }
+        assert_eq!(
+            view,
+            ranked(&current, n, partitioned).await,
+            "after chunk {i}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn a_running_top_n_equals_rank_over_the_rows_so_far(
+        raw in prop::collection::vec((0i64..12, 0i64..3, 0i64..30, prop::bool::weighted(0.85)), 1..100),
+        chunk in 1usize..15,
+        n in 1usize..5,
+        partitioned in any::<bool>(),
+        cut in 0usize..8,
+    ) {
+        let changes: Vec<Change> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &(key, other, value, upsert))| ((key, other, value, 1_000 + i as i64), upsert))
+            .collect();
+        block_on(check_top(&changes, chunk, n, partitioned, cut));
+    }
+}

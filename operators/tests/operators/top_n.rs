@@ -25,6 +25,7 @@ fn top(
         window,
         time_column: None,
         with_ties: true,
+        key: Vec::new(),
         allowed_lateness: Duration::ZERO,
     }
 }

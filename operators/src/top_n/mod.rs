@@ -1,5 +1,7 @@
 //! Top-N: the best `n` rows of each window (and key) by some order, such
-//! as Nexmark's hottest auctions or a "top 1000 most viewed" table.
+//! as Nexmark's hottest auctions; or, with `key` and no window, the best
+//! `n` rows so far, kept current as a changelog ([`running`]), such as a
+//! "top 1000 most viewed" table.
 //!
 //! Only the current top rows of each open window are kept: each batch is
 //! first cut down against the worst row still in the top (vectorized
@@ -25,6 +27,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::window::{WindowKind, state};
+
+mod running;
 
 /// Keeps the top `n` rows of each window (and key).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -61,6 +65,15 @@ pub struct TopNConfig {
     #[serde(default = "yes")]
     pub with_ties: bool,
 
+    /// The columns that identify a row, for a running top N over all rows
+    /// so far (no `window`): a later row of a key replaces its earlier
+    /// one, a changelog's delete removes it, and the output is a
+    /// changelog of the top (an upsert for a row that enters it or
+    /// changes in it, a delete for one that falls out). E.g. `[tweet_id]`
+    /// over a running count of views per tweet.
+    #[serde(default)]
+    pub key: Vec<String>,
+
     /// How long after a window's end rows still count in it; later rows go
     /// to the `late` output.
     #[serde(default, with = "humantime_serde")]
@@ -74,7 +87,8 @@ fn yes() -> bool {
 
 impl TransformConfig for TopNConfig {
     const TYPE: &str = "top_n";
-    const DESCRIPTION: &str = "Keeps the top n rows of each window (and key).";
+    const DESCRIPTION: &str =
+        "Keeps the top n rows of each window (and key), or of all rows so far as a changelog.";
     type Operator = TopN;
 
     /// Checks the settings and returns the operator.
@@ -86,6 +100,12 @@ impl TransformConfig for TopNConfig {
             return Err(Error::config(
                 "order_by",
                 "lists no columns; e.g. `[bids DESC]`",
+            ));
+        }
+        if !self.key.is_empty() && self.window.is_some() {
+            return Err(Error::config(
+                "key",
+                "ranks all rows so far, not windows: leave out `window` (or `key`)",
             ));
         }
         let windows = match &self.window {
@@ -200,7 +220,7 @@ impl TopN {
                     _ => {
                         return Err(Error::config(
                             "window",
-                            "the input has no `window_start` and `window_end` columns; set `window` to rank within windows",
+                            "the input has no `window_start` and `window_end` columns; set `window` to rank within windows, or `key` to rank all rows so far",
                         ));
                     }
                 };
@@ -255,12 +275,54 @@ pub(crate) fn parse_order(item: &str) -> std::result::Result<(&str, SortOptions)
     Ok((name, options))
 }
 
+impl TopN {
+    fn running(&self) -> bool {
+        !self.config.key.is_empty()
+    }
+
+    /// The columns of a running top N.
+    fn running_columns(&self, input: &SchemaRef) -> Result<running::Columns> {
+        let column = |name: &str, key: String| column_index(input, &key, name);
+        let named = |names: &[String], key: &str| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| column(name, format!("{key}[{i}]")))
+                .collect::<Result<Vec<_>>>()
+        };
+        let order = self
+            .config
+            .order_by
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let (name, options) =
+                    parse_order(item).map_err(|m| Error::config(format!("order_by[{i}]"), m))?;
+                Ok((column(name, format!("order_by[{i}]"))?, options))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(running::Columns {
+            key: named(&self.config.key, "key")?,
+            order,
+            partition: named(&self.config.partition_by, "partition_by")?,
+        })
+    }
+}
+
 impl OperatorFactory for TopN {
     fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        if self.running() {
+            self.running_columns(&inputs[0])?;
+            return Ok(running::output_schema(&inputs[0]));
+        }
         Ok(self.plan(&inputs[0])?.schema)
     }
 
     fn named_outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<(String, SchemaRef)>> {
+        if self.running() {
+            // Nothing is late for a ranking without windows.
+            return Ok(Vec::new());
+        }
         Ok(vec![("late".to_string(), inputs[0].clone())])
     }
 
@@ -278,6 +340,15 @@ impl OperatorFactory for TopN {
     }
 
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
+        if self.running() {
+            let columns = self.running_columns(&inputs[0])?;
+            return Ok(Box::new(running::RunningTopN::new(
+                self.config.n,
+                self.config.with_ties,
+                &inputs[0],
+                columns,
+            )?));
+        }
         let plan = self.plan(&inputs[0])?;
         let partition_fields = plan
             .partition
