@@ -8,6 +8,7 @@
 //! cargo bench --bench nexmark -- kafka         # Kafka source and sink (starts tansu)
 //! cargo bench --bench nexmark -- kinesis       # Kinesis source and sink (starts kinesis-local)
 //! cargo bench --bench nexmark -- ingest drain  # HTTP ingest, the buffer's drain rate
+//! cargo bench --bench nexmark -- kv            # the key-value sink's embedded store
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
 //!
@@ -35,6 +36,8 @@ mod ingest;
 mod kafka;
 #[cfg(feature = "kinesis")]
 mod kinesis;
+#[cfg(feature = "kv")]
+mod kv;
 mod parquet_sink;
 mod stateful;
 
@@ -77,7 +80,8 @@ fn main() {
     let needs_events = stateless.iter().any(|(name, _)| wanted(name))
         || stateful.iter().any(|name| wanted(name))
         || wanted("checkpoints")
-        || wanted("parquet");
+        || wanted("parquet")
+        || wanted("kv");
     if needs_events {
         let events = stateful::Events::generate(events());
         if stateless.iter().any(|(name, _)| wanted(name)) {
@@ -100,6 +104,10 @@ fn main() {
         }
         if wanted("parquet") {
             parquet_sink::run(&runtime, &events);
+        }
+        #[cfg(feature = "kv")]
+        if wanted("kv") {
+            kv::run(&runtime, &events);
         }
     }
     if wanted("json") {

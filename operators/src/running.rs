@@ -122,6 +122,17 @@ pub struct RunningAggregate {
 
 impl RunningAggregate {
     fn plan(&self, input: &SchemaRef) -> Result<(Vec<usize>, Aggregates)> {
+        if input.index_of(flumen_core::changelog::OP).is_ok() {
+            // Its deletes would have to be taken back out of the
+            // aggregates, which this operator does not do.
+            return Err(Error::config(
+                "inputs",
+                format!(
+                    "the input is a changelog (it has `{}`); a running aggregate reads events",
+                    flumen_core::changelog::OP
+                ),
+            ));
+        }
         let keys = key_indices(input, &self.config.group_by, "group_by")?;
         let aggregates = Aggregates::plan(&self.config.aggregates, input, "aggregates")?;
         Ok((keys, aggregates))

@@ -166,11 +166,11 @@ impl KvInstance {
         let expiries = millis(self.columns.expires)?;
         let now = wall_clock_millis();
         let mut writes = Vec::with_capacity(rows);
+        let mut texts: Vec<Option<&str>> = vec![None; keys.len()];
         for row in 0..rows {
-            let texts: Vec<Option<&str>> = keys
-                .iter()
-                .map(|k| k.is_valid(row).then(|| k.value(row)))
-                .collect();
+            for (text, column) in texts.iter_mut().zip(&keys) {
+                *text = column.is_valid(row).then(|| column.value(row));
+            }
             let Some(key) = self.template.render(&texts) else {
                 rejected.extend(Rejected::rows(
                     &batch.slice(row, 1),

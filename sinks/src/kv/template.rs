@@ -6,12 +6,15 @@ use flumen_core::prelude::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyTemplate {
     parts: Vec<Part>,
+    /// The columns named, in order, once each.
+    columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
-    Column(String),
+    /// The `n`-th of [`KeyTemplate::columns`].
+    Column(usize),
 }
 
 impl KeyTemplate {
@@ -19,6 +22,7 @@ impl KeyTemplate {
     pub(crate) fn parse(template: &str) -> Result<Self> {
         let bad = |why: &str| Error::config("key", format!("`{template}`: {why}"));
         let mut parts = Vec::new();
+        let mut columns: Vec<String> = Vec::new();
         let mut text = String::new();
         let mut chars = template.chars().peekable();
         while let Some(c) = chars.next() {
@@ -47,7 +51,14 @@ impl KeyTemplate {
                     if !text.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut text)));
                     }
-                    parts.push(Part::Column(name));
+                    let index = match columns.iter().position(|c| *c == name) {
+                        Some(index) => index,
+                        None => {
+                            columns.push(name);
+                            columns.len() - 1
+                        }
+                    };
+                    parts.push(Part::Column(index));
                 }
                 '}' => return Err(bad("a `}` closes nothing (write `}}` for a brace)")),
                 c => text.push(c),
@@ -56,37 +67,25 @@ impl KeyTemplate {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        if !parts.iter().any(|p| matches!(p, Part::Column(_))) {
+        if columns.is_empty() {
             return Err(bad("names no column; e.g. `tweet:{id}`"));
         }
-        Ok(KeyTemplate { parts })
+        Ok(KeyTemplate { parts, columns })
     }
 
     /// The columns the template names, in order, once each.
     pub(crate) fn columns(&self) -> Vec<&str> {
-        let mut columns: Vec<&str> = Vec::new();
-        for part in &self.parts {
-            if let Part::Column(name) = part
-                && !columns.contains(&name.as_str())
-            {
-                columns.push(name);
-            }
-        }
-        columns
+        self.columns.iter().map(String::as_str).collect()
     }
 
     /// The key, given the text of each column of [`KeyTemplate::columns`]
     /// (in that order); `None` if one is null.
     pub(crate) fn render(&self, values: &[Option<&str>]) -> Option<String> {
-        let columns = self.columns();
-        let mut key = String::new();
+        let mut key = String::with_capacity(32);
         for part in &self.parts {
             match part {
                 Part::Text(text) => key.push_str(text),
-                Part::Column(name) => {
-                    let index = columns.iter().position(|c| c == name)?;
-                    key.push_str(values[index]?);
-                }
+                Part::Column(index) => key.push_str(values[*index]?),
             }
         }
         Some(key)
