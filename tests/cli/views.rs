@@ -234,3 +234,121 @@ sinks:
         .unwrap();
     assert_eq!(got.value["amount"], 7, "the last row of the key");
 }
+
+/// A view of counts per key over events in batches of `BATCH`, read while
+/// the pipeline writes it: every read must see whole checkpoints, so the
+/// counts always add up to a whole number of batches.
+#[test]
+fn readers_beside_the_writer_see_whole_checkpoints_only() {
+    const BATCH: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    write_events(&events);
+    // Events of many users to a batch: a half-applied checkpoint would
+    // show as a sum that is not a whole number of batches.
+    let yaml = std::fs::read_to_string(pipeline(dir.path()))
+        .unwrap()
+        .replace("batch_size: 2000", &format!("batch_size: {BATCH}"))
+        .replace("interval: 20ms", "interval: 5ms");
+    let file = dir.path().join("read_while_written.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let store = dir.path().join("users.redb");
+    let mut run = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reads = 0;
+    let mut sums = std::collections::BTreeSet::new();
+    loop {
+        let finished = run.try_wait().unwrap().is_some();
+        if let Ok(reader) = EmbeddedReader::open(&store) {
+            let (entries, _) = reader.scan("user:", None, usize::MAX).unwrap();
+            let sum: u64 = entries
+                .iter()
+                .map(|e| e.value["payments"].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                sum % BATCH,
+                0,
+                "a read saw part of a checkpoint: {sum} payments"
+            );
+            sums.insert(sum);
+            reads += 1;
+        }
+        if finished {
+            break;
+        }
+    }
+    assert!(run.wait().unwrap().success());
+    assert_eq!(
+        sums.last().copied(),
+        Some(EVENTS),
+        "the last read sees every event"
+    );
+    assert!(
+        sums.len() > 2,
+        "reads saw the view grow ({reads} reads, sums {sums:?})"
+    );
+}
+
+/// The thousand users with the most payments, kept current in the store
+/// through SIGKILLs: a running count, a running top 1000 over it (whose
+/// changelog deletes users that fall out), and the `kv` sink.
+#[test]
+fn the_top_thousand_through_sigkills_equals_rank_over_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    write_events(&events);
+    let yaml = std::fs::read_to_string(pipeline(dir.path()))
+        .unwrap()
+        .replace(
+            "sinks:\n  users:\n    type: kv\n    inputs: [per_user]",
+            "  top_users:\n    type: top_n\n    inputs: [per_user]\n    key: [user]\n    order_by: [payments DESC, user]\n    n: 1000\nsinks:\n  users:\n    type: kv\n    inputs: [top_users]",
+        );
+    assert!(yaml.contains("top_n"), "{yaml}");
+    let file = dir.path().join("top_users.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut random = Random::new();
+    let mut kills = 0;
+    while kills < 5 {
+        match run_and_kill(&file, &mut random) {
+            Attempt::Killed => kills += 1,
+            Attempt::Finished => break,
+        }
+    }
+    assert!(kills >= 2, "killed mid-run only {kills} times");
+    let output = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut ranked: Vec<(String, (i64, i64))> = batch_answer(&events).into_iter().collect();
+    let user = |key: &str| key["user:".len()..].parse::<i64>().unwrap();
+    ranked.sort_by_key(|(key, (payments, _))| (std::cmp::Reverse(*payments), user(key)));
+    ranked.truncate(1000);
+    let expected: BTreeMap<String, i64> = ranked
+        .into_iter()
+        .map(|(key, (payments, _))| (key, payments))
+        .collect();
+    let got: BTreeMap<String, i64> = store(&dir.path().join("users.redb"))
+        .into_iter()
+        .map(|(key, (payments, _))| (key, payments))
+        .collect();
+    assert_eq!(
+        got.len(),
+        1000,
+        "users that fell out of the top were deleted"
+    );
+    assert!(
+        got == expected,
+        "the top thousand differs from DataFusion's ranking"
+    );
+}

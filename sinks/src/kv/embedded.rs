@@ -242,8 +242,12 @@ impl EmbeddedReader {
         })
     }
 
+    /// Runs `work` on the values as the last commit left them; gives
+    /// `empty` while the writer has not made the table yet (it is creating
+    /// the store).
     fn read<T>(
         &self,
+        empty: T,
         work: impl FnOnce(
             &redb::ReadOnlyTable<&str, (i64, i64, Option<&[u8]>)>,
         ) -> std::result::Result<T, redb::Error>,
@@ -252,16 +256,18 @@ impl EmbeddedReader {
             .db
             .begin_read()
             .map_err(|e| store_error(&self.path, e))?;
-        let table = txn
-            .open_table(VALUES)
-            .map_err(|e| store_error(&self.path, e))?;
+        let table = match txn.open_table(VALUES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(empty),
+            Err(e) => return Err(store_error(&self.path, e)),
+        };
         work(&table).map_err(|e| store_error(&self.path, e))
     }
 
     /// The value of `key`, unless absent, deleted or expired.
     pub fn get(&self, key: &str) -> Result<Option<Entry>> {
         let now = wall_clock_millis();
-        let found = self.read(|table| {
+        let found = self.read(None, |table| {
             Ok(table.get(key)?.and_then(|stored| {
                 let (version, expires, value) = stored.value();
                 live(key, version, expires, value, now)
@@ -284,7 +290,7 @@ impl EmbeddedReader {
             Some(after) if after >= prefix => after.to_string(),
             _ => prefix.to_string(),
         };
-        let found = self.read(|table| {
+        let found = self.read(Vec::new(), |table| {
             let mut found = Vec::new();
             for item in table.range(start.as_str()..)? {
                 let (key, stored) = item?;
@@ -315,7 +321,7 @@ impl EmbeddedReader {
     /// How many live keys start with `prefix`.
     pub fn count(&self, prefix: &str) -> Result<u64> {
         let now = wall_clock_millis();
-        self.read(|table| {
+        self.read(0, |table| {
             let mut count = 0;
             for item in table.range(prefix..)? {
                 let (key, stored) = item?;
