@@ -113,6 +113,7 @@ impl SinkFactory for KvSink {
             },
             store: Arc::new(EmbeddedStore::open(&self.config.path)?),
             pending: HashMap::new(),
+            writing: None,
             rejected: Vec::new(),
         }))
     }
@@ -135,6 +136,8 @@ struct KvInstance {
     store: Arc<EmbeddedStore>,
     /// The writes of the checkpoint under way, the last per key.
     pending: HashMap<String, KvWrite>,
+    /// Without checkpoints: the batch the store is writing.
+    writing: Option<tokio::task::JoinHandle<Result<()>>>,
     rejected: Vec<Rejected>,
 }
 
@@ -194,6 +197,16 @@ impl KvInstance {
         Ok((writes, rejected))
     }
 
+    /// Waits for the batch the store is writing, if any.
+    async fn written(&mut self) -> Result<()> {
+        match self.writing.take() {
+            Some(writing) => writing.await.map_err(|e| {
+                Error::internal(format!("the key-value store's writer failed: {e}"))
+            })?,
+            None => Ok(()),
+        }
+    }
+
     async fn on_store<T: Send + 'static>(
         &self,
         work: impl FnOnce(&EmbeddedStore) -> Result<T> + Send + 'static,
@@ -211,15 +224,28 @@ impl Sink for KvInstance {
         let (writes, rejected) = self.writes(batch)?;
         self.rejected.extend(rejected);
         if !ctx.checkpointing {
-            return self.on_store(move |store| store.write_now(&writes)).await;
+            // The store writes this batch while the next one is encoded.
+            self.written().await?;
+            let store = self.store.clone();
+            self.writing = Some(tokio::task::spawn_blocking(move || {
+                store.write_now(&writes)
+            }));
+            return Ok(());
         }
         for write in writes {
-            // Within a checkpoint only the last write of a key counts
-            // (the newest by version, if there is one).
-            let newer = self
-                .pending
-                .get(&write.key)
-                .is_none_or(|pending| write.version >= pending.version);
+            // Within a checkpoint only the last write of a key counts:
+            // the newest by version, or the last to arrive where a row
+            // has none.
+            let newer = match (&write.version, self.pending.get(&write.key)) {
+                (
+                    Some(version),
+                    Some(KvWrite {
+                        version: Some(pending),
+                        ..
+                    }),
+                ) => version >= pending,
+                _ => true,
+            };
             if newer {
                 self.pending.insert(write.key.clone(), write);
             }
@@ -236,6 +262,7 @@ impl Sink for KvInstance {
         checkpoint: u64,
         _ctx: &mut Context,
     ) -> Result<serde_json::Value> {
+        self.written().await?;
         let mut writes: Vec<KvWrite> = self.pending.drain().map(|(_, w)| w).collect();
         writes.sort_by(|a, b| a.key.cmp(&b.key));
         self.on_store(move |store| store.stage(checkpoint, &writes))
@@ -249,8 +276,14 @@ impl Sink for KvInstance {
             .await
     }
 
+    async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
+        self.written().await
+    }
+
     async fn abort(&mut self, _ctx: &mut Context) -> Result<()> {
         self.pending.clear();
+        // Whatever it was writing lands or not; either is at least once.
+        let _ = self.written().await;
         Ok(())
     }
 
