@@ -224,10 +224,11 @@ impl EmbeddedReader {
     /// Opens the store at `path` for reading; a writer may have it open.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::config(
-                "path",
+            return Err(Error::connector(
+                "kv",
+                false,
                 format!(
-                    "`{}` is not a key-value store: it does not exist",
+                    "no key-value store at {}: the file does not exist (a store is a `kv` sink's `path`)",
                     path.display()
                 ),
             ));
