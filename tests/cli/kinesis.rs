@@ -96,6 +96,19 @@ async fn split_first_shard(client: &Client, stream: &str) {
     wait_active(client, stream).await;
 }
 
+/// Rescales the stream to `shards` shards, evenly (UpdateShardCount).
+async fn update_shard_count(client: &Client, stream: &str, shards: i32) {
+    client
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(shards)
+        .scaling_type(ScalingType::UniformScaling)
+        .send()
+        .await
+        .unwrap();
+    wait_active(client, stream).await;
+}
+
 /// Ends a run with SIGTERM (it drains and exits 0) and returns its log.
 fn terminate(
     mut run: std::process::Child,
@@ -490,15 +503,7 @@ fn processes_sharing_a_resharded_stream_read_parents_before_children() {
         put(&client, &stream, &events(0..step)).await;
         split_first_shard(&client, &stream).await;
         put(&client, &stream, &events(step..2 * step)).await;
-        client
-            .update_shard_count()
-            .stream_name(&stream)
-            .target_shard_count(4)
-            .scaling_type(ScalingType::UniformScaling)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&client, &stream).await;
+        update_shard_count(&client, &stream, 4).await;
         put(&client, &stream, &events(2 * step..3 * step)).await;
     });
     let extra = format!(
@@ -668,17 +673,7 @@ fn resharding_mid_run_loses_nothing_and_keeps_each_keys_order() {
         wait_active(&client, &stream).await;
     });
     put_next(&client);
-    runtime.block_on(async {
-        client
-            .update_shard_count()
-            .stream_name(&stream)
-            .target_shard_count(6)
-            .scaling_type(ScalingType::UniformScaling)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&client, &stream).await;
-    });
+    runtime.block_on(update_shard_count(&client, &stream, 6));
     put_next(&client);
     let total = next;
     let out = dir.path().join("out/rows");

@@ -63,6 +63,34 @@ sinks:
     path
 }
 
+/// Runs the pipeline, SIGKILLing it at random points up to five times
+/// (at least twice mid-run).
+fn kill_five_times(file: &Path) {
+    let mut random = Random::new();
+    let started = Instant::now();
+    let mut kills = 0;
+    while kills < 5 {
+        match run_and_kill(file, &mut random) {
+            Attempt::Killed => kills += 1,
+            Attempt::Finished => break,
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+    }
+    assert!(kills >= 2, "killed mid-run only {kills} times");
+}
+
+/// Runs the pipeline to its end, which must succeed; returns its log.
+fn run_to_end(file: &Path) -> String {
+    let output = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{log}");
+    log
+}
+
 /// Every value in the store: key → (payments, total).
 fn store(path: &Path) -> BTreeMap<String, (i64, i64)> {
     let reader = EmbeddedReader::open(path).unwrap();
@@ -132,24 +160,8 @@ fn a_running_count_sigkilled_five_times_ends_as_group_by_answers() {
     let expected = batch_answer(&events);
     assert_eq!(expected.len() as u64, USERS);
     let file = pipeline(dir.path());
-    let mut random = Random::new();
-    let started = Instant::now();
-    let mut kills = 0;
-    while kills < 5 {
-        match run_and_kill(&file, &mut random) {
-            Attempt::Killed => kills += 1,
-            Attempt::Finished => break,
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-    }
-    assert!(kills >= 2, "killed mid-run only {kills} times");
-    let output = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
+    kill_five_times(&file);
+    let log = run_to_end(&file);
     assert!(log.contains("restoring from checkpoint"), "{log}");
     let got = store(&dir.path().join("users.redb"));
     let wrong: Vec<_> = expected
@@ -217,13 +229,7 @@ sinks:
     );
     let file = dir.path().join("latest.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let output = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
+    run_to_end(&file);
     let dead = committed(&dir.path().join("dead_letters"));
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].contains("a column of the key is null"), "{dead:?}");
@@ -310,25 +316,8 @@ fn the_top_thousand_through_sigkills_equals_rank_over_the_events() {
     assert!(yaml.contains("top_n"), "{yaml}");
     let file = dir.path().join("top_users.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let mut random = Random::new();
-    let mut kills = 0;
-    while kills < 5 {
-        match run_and_kill(&file, &mut random) {
-            Attempt::Killed => kills += 1,
-            Attempt::Finished => break,
-        }
-    }
-    assert!(kills >= 2, "killed mid-run only {kills} times");
-    let output = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    kill_five_times(&file);
+    run_to_end(&file);
 
     let mut ranked: Vec<(String, (i64, i64))> = batch_answer(&events).into_iter().collect();
     let user = |key: &str| key["user:".len()..].parse::<i64>().unwrap();
