@@ -186,8 +186,12 @@ pub(crate) fn scan(path: &Path, base: u64) -> std::io::Result<Scan> {
         return Ok(scan(Vec::new(), Stop::End, 0));
     }
     if !contents.starts_with(MAGIC) {
-        if MAGIC.starts_with(&contents) {
-            // Created, and the process died before the start was written.
+        let start = &contents[..contents.len().min(MAGIC.len())];
+        if MAGIC.starts_with(&contents) || start.iter().all(|b| *b == 0) {
+            // Created (or a spare of zeros renamed into place), and the
+            // process died before the start was written. Nothing in it
+            // was acknowledged: a record is synced with the start before
+            // it is.
             return Ok(scan(Vec::new(), Stop::Short, 0));
         }
         return Err(std::io::Error::new(

@@ -604,3 +604,31 @@ mod fuzz {
         }
     }
 }
+
+#[tokio::test]
+async fn a_spare_renamed_into_place_before_its_start_was_written_is_a_fresh_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = numbered(12);
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    {
+        let log = DurableLog::open(dir.path(), options()).unwrap();
+        append_all(&log, &refs[..6]).await;
+    }
+    // The writer took a spare of zeros as the next segment and the
+    // process was killed before the segment's start reached the disk.
+    // Its base is the offset after the last record.
+    std::fs::write(
+        dir.path().join(segment::file_name(6)),
+        vec![0u8; options().segment_bytes as usize],
+    )
+    .unwrap();
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    assert!(log.quarantined().is_empty());
+    let (records, _) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words[..6]);
+    append_all(&log, &refs[6..]).await;
+    drop(log);
+    let log = DurableLog::open(dir.path(), options()).unwrap();
+    let (records, _) = log.read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(payloads(&records), words);
+}
