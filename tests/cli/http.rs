@@ -446,7 +446,18 @@ fn every_event_accepted_through_five_sigkills_arrives_once() {
     let mut child = spawn(&file);
     // Kill once every sixth of the requests is accepted, a little after.
     for kill in 1..=5 {
+        let deadline = Instant::now() + Duration::from_secs(120);
         while accepted.load(Ordering::SeqCst) < kill * REQUESTS / 6 {
+            // A run that exits (say, it cannot restore) would have the
+            // clients retry for ever.
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("flumen exited ({status}) after kill {}", kill - 1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress after kill {}",
+                kill - 1
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(random.below(30)));
