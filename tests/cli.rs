@@ -46,6 +46,12 @@ mod unwritable;
 #[cfg(feature = "kv")]
 #[path = "cli/views.rs"]
 mod views;
+#[cfg(feature = "dynamodb")]
+#[path = "cli/views_dynamodb.rs"]
+mod views_dynamodb;
+#[cfg(feature = "redis")]
+#[path = "cli/views_redis.rs"]
+mod views_redis;
 
 /// Runs `flumen run FILE` quietly to its end, optionally set to die once
 /// checkpoint `crash_before_commit` is recorded and before it is committed.

@@ -107,6 +107,11 @@ pub trait Catalog {
     fn pipeline(&self) -> Option<&str> {
         None
     }
+
+    /// The name of the component being built, if the catalog knows it.
+    fn component_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Catalog for &[ComponentType] {
@@ -126,6 +131,15 @@ pub trait SinkConfig: DeserializeOwned + JsonSchema + 'static {
 
     /// Checks the settings and builds the sink.
     fn build(&self) -> Result<Self::Sink>;
+
+    /// Builds the sink within a pipeline: `catalog` knows the pipeline's
+    /// and the sink's names, for defaults named after them (where a
+    /// key-value sink records its checkpoints in Redis). The default is
+    /// [`build`](Self::build).
+    fn build_in(&self, catalog: &dyn Catalog) -> Result<Self::Sink> {
+        let _ = catalog;
+        self.build()
+    }
 }
 
 /// The three sections of a pipeline file.
@@ -271,10 +285,10 @@ fn build_transform<C: TransformConfig>(
 
 fn build_sink<C: SinkConfig>(
     settings: &Value,
-    _: &dyn Catalog,
+    catalog: &dyn Catalog,
 ) -> std::result::Result<NodeKind, BuildError> {
     let sink = parse::<C>(settings)?
-        .build()
+        .build_in(catalog)
         .map_err(BuildError::Rejected)?;
     Ok(NodeKind::Sink(Arc::new(sink)))
 }

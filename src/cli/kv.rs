@@ -1,10 +1,8 @@
 //! `flumen kv get|scan|count STORE`: reads what a key-value sink keeps,
-//! beside the pipeline that writes it. Readers see committed checkpoints
-//! only.
+//! beside the pipeline that writes it: an embedded store's file, Redis
+//! or DynamoDB. Readers see committed checkpoints only.
 
-use std::path::{Path, PathBuf};
-
-use flumen_sinks::kv::{EmbeddedReader, Entry};
+use flumen_sinks::kv::{Entry, KvReader};
 
 use super::Failure;
 
@@ -13,16 +11,18 @@ use super::Failure;
 pub enum KvCommand {
     /// The value of one key, as JSON; exit 1 if there is none.
     Get {
-        /// The store (a `kv` sink's `path`).
-        store: PathBuf,
+        /// The store: a `kv` sink's `path`, a Redis URL (`redis://HOST:PORT`),
+        /// or `dynamodb://TABLE`.
+        store: String,
         /// The key, e.g. `tweet:42`.
         key: String,
     },
     /// Keys and values in key order, one JSON object a line, then the
     /// cursor of the next page (if any) on standard error.
     Scan {
-        /// The store (a `kv` sink's `path`).
-        store: PathBuf,
+        /// The store: a `kv` sink's `path`, a Redis URL (`redis://HOST:PORT`),
+        /// or `dynamodb://TABLE`.
+        store: String,
         /// Only keys that start with this.
         #[arg(long, default_value = "")]
         prefix: String,
@@ -35,8 +35,9 @@ pub enum KvCommand {
     },
     /// How many keys there are (that start with `--prefix`).
     Count {
-        /// The store (a `kv` sink's `path`).
-        store: PathBuf,
+        /// The store: a `kv` sink's `path`, a Redis URL (`redis://HOST:PORT`),
+        /// or `dynamodb://TABLE`.
+        store: String,
         /// Only keys that start with this.
         #[arg(long, default_value = "")]
         prefix: String,
@@ -44,26 +45,35 @@ pub enum KvCommand {
 }
 
 pub fn run(command: KvCommand) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    runtime.block_on(read(command))
+}
+
+async fn read(command: KvCommand) -> Result<(), Failure> {
     match command {
-        KvCommand::Get { store, key } => match open(&store)?.get(&key).map_err(runtime)? {
-            Some(entry) => {
-                println!("{}", line(&entry));
-                Ok(())
+        KvCommand::Get { store, key } => {
+            match open(&store).await?.get(&key).await.map_err(failed)? {
+                Some(entry) => {
+                    println!("{}", line(&entry));
+                    Ok(())
+                }
+                None => Err(Failure::Runtime(format!("no key `{key}` in {store}"))),
             }
-            None => Err(Failure::Runtime(format!(
-                "no key `{key}` in {}",
-                store.display()
-            ))),
-        },
+        }
         KvCommand::Scan {
             store,
             prefix,
             limit,
             cursor,
         } => {
-            let (entries, next) = open(&store)?
+            let (entries, next) = open(&store)
+                .await?
                 .scan(&prefix, cursor.as_deref(), limit)
-                .map_err(runtime)?;
+                .await
+                .map_err(failed)?;
             for entry in &entries {
                 println!("{}", line(entry));
             }
@@ -73,17 +83,20 @@ pub fn run(command: KvCommand) -> Result<(), Failure> {
             Ok(())
         }
         KvCommand::Count { store, prefix } => {
-            println!("{}", open(&store)?.count(&prefix).map_err(runtime)?);
+            let count = open(&store).await?.count(&prefix).await.map_err(failed)?;
+            println!("{count}");
             Ok(())
         }
     }
 }
 
-fn open(store: &Path) -> Result<EmbeddedReader, Failure> {
-    EmbeddedReader::open(store).map_err(|e| Failure::Usage(e.to_string()))
+async fn open(store: &str) -> Result<KvReader, Failure> {
+    KvReader::open(store)
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))
 }
 
-fn runtime(error: flumen_core::error::Error) -> Failure {
+fn failed(error: flumen_core::error::Error) -> Failure {
     Failure::Runtime(error.to_string())
 }
 

@@ -689,6 +689,7 @@ impl FileParser<'_> {
             let catalog = InPipeline {
                 registry,
                 name: &self.pipeline_name(),
+                component: &component.name,
             };
             let node = component_type
                 .build(&component.settings, &catalog)

@@ -64,11 +64,12 @@ impl Catalog for Registry {
     }
 }
 
-/// The registry as the components of one pipeline see it: it also knows
-/// the pipeline's name.
+/// The registry as a component of one pipeline sees it: it also knows
+/// the pipeline's name and the component's.
 pub struct InPipeline<'a> {
     pub registry: &'a Registry,
     pub name: &'a str,
+    pub component: &'a str,
 }
 
 impl Catalog for InPipeline<'_> {
@@ -78,5 +79,9 @@ impl Catalog for InPipeline<'_> {
 
     fn pipeline(&self) -> Option<&str> {
         Some(self.name)
+    }
+
+    fn component_name(&self) -> Option<&str> {
+        Some(self.component)
     }
 }

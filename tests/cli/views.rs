@@ -6,21 +6,26 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flumen::sinks::kv::EmbeddedReader;
+use flumen::sinks::kv::{EmbeddedReader, KvReader};
 
 use super::crash::{Attempt, Random, committed, run_and_kill};
 use super::flumen;
 
-const EVENTS: u64 = 1_000_000;
-const USERS: u64 = 5_000;
+pub(super) const EVENTS: u64 = 1_000_000;
+pub(super) const USERS: u64 = 5_000;
 
-/// Payments: `{"id": i, "user": i % 5000, "amount": i % 100, "ts": …}`,
-/// users in a shuffled order.
+/// A million payments: `{"id": i, "user": …, "amount": i % 100, "ts": …}`,
+/// of 5000 users in a shuffled order.
 fn write_events(path: &Path) {
+    write_payments(path, EVENTS, USERS);
+}
+
+/// `events` payments of `users` users.
+pub(super) fn write_payments(path: &Path, events: u64, users: u64) {
     let mut random = Random::seeded(0x2545_f491_4f6c_dd1d);
-    let mut text = String::with_capacity(EVENTS as usize * 60);
-    for i in 0..EVENTS {
-        let user = random.below(USERS);
+    let mut text = String::with_capacity(events as usize * 60);
+    for i in 0..events {
+        let user = random.below(users);
         text.push_str(&format!(
             "{{\"id\":{i},\"user\":{user},\"amount\":{},\"ts\":{}}}\n",
             i % 100,
@@ -30,7 +35,14 @@ fn write_events(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A running count and sum per user, from `events.jsonl` in `dir` into
+/// the embedded store `users.redb` there.
 fn pipeline(dir: &Path) -> PathBuf {
+    pipeline_into(dir, &format!("path: {}/users.redb", dir.display()))
+}
+
+/// The same into the store `store` (the `kv` sink's setting for it).
+pub(super) fn pipeline_into(dir: &Path, store: &str) -> PathBuf {
     let yaml = format!(
         r#"
 checkpoint:
@@ -53,7 +65,7 @@ sinks:
   users:
     type: kv
     inputs: [per_user]
-    path: {dir}/users.redb
+    {store}
     key: "user:{{user}}"
 "#,
         dir = dir.display()
@@ -65,7 +77,7 @@ sinks:
 
 /// Runs the pipeline, SIGKILLing it at random points up to five times
 /// (at least twice mid-run).
-fn kill_five_times(file: &Path) {
+pub(super) fn kill_five_times(file: &Path) {
     let mut random = Random::new();
     let started = Instant::now();
     let mut kills = 0;
@@ -80,7 +92,7 @@ fn kill_five_times(file: &Path) {
 }
 
 /// Runs the pipeline to its end, which must succeed; returns its log.
-fn run_to_end(file: &Path) -> String {
+pub(super) fn run_to_end(file: &Path) -> String {
     let output = flumen()
         .args(["run", "--progress", "off"])
         .arg(file)
@@ -91,10 +103,19 @@ fn run_to_end(file: &Path) -> String {
     log
 }
 
-/// Every value in the store: key → (payments, total).
+/// Every value in the embedded store: key → (payments, total).
 fn store(path: &Path) -> BTreeMap<String, (i64, i64)> {
-    let reader = EmbeddedReader::open(path).unwrap();
-    let (entries, next) = reader.scan("", None, usize::MAX).unwrap();
+    view(&path.display().to_string())
+}
+
+/// Every value in `store` (as `flumen kv` names it): key → (payments,
+/// total).
+pub(super) fn view(store: &str) -> BTreeMap<String, (i64, i64)> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (entries, next) = runtime.block_on(async {
+        let reader = KvReader::open(store).await.unwrap();
+        reader.scan("", None, usize::MAX).await.unwrap()
+    });
     assert!(next.is_none());
     entries
         .into_iter()
@@ -108,8 +129,26 @@ fn store(path: &Path) -> BTreeMap<String, (i64, i64)> {
         .collect()
 }
 
+/// Asserts that `got` holds `expected`, key for key.
+pub(super) fn assert_same_view(
+    expected: &BTreeMap<String, (i64, i64)>,
+    got: &BTreeMap<String, (i64, i64)>,
+) {
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(key, figures)| got.get(*key) != Some(figures))
+        .take(5)
+        .map(|(key, figures)| (key, figures, got.get(key)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "keys differ (key, expected, stored): {wrong:?}"
+    );
+    assert_eq!(got.len(), expected.len());
+}
+
 /// DataFusion's `GROUP BY user` over the events file.
-fn batch_answer(events: &Path) -> BTreeMap<String, (i64, i64)> {
+pub(super) fn batch_answer(events: &Path) -> BTreeMap<String, (i64, i64)> {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{AsArray, Int64Array};
@@ -164,17 +203,7 @@ fn a_running_count_sigkilled_five_times_ends_as_group_by_answers() {
     let log = run_to_end(&file);
     assert!(log.contains("restoring from checkpoint"), "{log}");
     let got = store(&dir.path().join("users.redb"));
-    let wrong: Vec<_> = expected
-        .iter()
-        .filter(|(key, figures)| got.get(*key) != Some(figures))
-        .take(5)
-        .map(|(key, figures)| (key, figures, got.get(key)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "keys differ (key, expected, stored): {wrong:?}"
-    );
-    assert_eq!(got.len(), expected.len());
+    assert_same_view(&expected, &got);
 
     // `flumen kv` reads the same store.
     let count = flumen()

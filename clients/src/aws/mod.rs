@@ -2,6 +2,8 @@
 //! table in DynamoDB): the `aws:` settings block, one way to turn it into
 //! an SDK configuration, and one reading of the SDK's errors.
 
+pub mod dynamodb;
+
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};

@@ -7,6 +7,7 @@
 //! left it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{
     ConcurrencyMode, Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
@@ -15,7 +16,8 @@ use redb::{
 
 use flumen_core::prelude::*;
 
-use super::KvWrite;
+use super::store::Store;
+use super::{KvWrite, wall_clock_millis};
 
 /// Key → (version, expires at, value). A value of `None` is a tombstone:
 /// a delete remembered for its version, so that an older upsert arriving
@@ -162,6 +164,46 @@ impl EmbeddedStore {
             }
             Ok(())
         })
+    }
+}
+
+/// The embedded store as a sink's backend: redb's work runs on the
+/// blocking pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Embedded(pub(crate) Arc<EmbeddedStore>);
+
+impl Embedded {
+    async fn on_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&EmbeddedStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| Error::internal(format!("the key-value store's writer failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for Embedded {
+    async fn stage(&self, checkpoint: u64, writes: Vec<KvWrite>) -> Result<serde_json::Value> {
+        self.on_store(move |store| store.stage(checkpoint, &writes))
+            .await?;
+        Ok(serde_json::Value::Null)
+    }
+
+    async fn apply(&self, checkpoint: u64, _staged: &serde_json::Value) -> Result<()> {
+        self.on_store(move |store| store.apply(checkpoint).map(|_| ()))
+            .await
+    }
+
+    async fn write_now(&self, writes: Vec<KvWrite>) -> Result<()> {
+        self.on_store(move |store| store.write_now(&writes)).await
+    }
+
+    async fn recover(&self, from: Option<(u64, serde_json::Value)>) -> Result<()> {
+        let from = from.map(|(checkpoint, _)| checkpoint);
+        self.on_store(move |store| store.recover(from)).await
     }
 }
 
@@ -362,12 +404,6 @@ fn live(
                 expires_at: (expires != NEVER).then_some(expires),
             }),
     )
-}
-
-fn wall_clock_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Writes as staged: per write, the key, flags, version, expiry and

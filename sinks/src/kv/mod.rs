@@ -10,12 +10,23 @@
 //! at its commit, exactly once.
 
 mod config;
+#[cfg(feature = "dynamodb")]
+mod dynamodb;
 pub mod embedded;
+mod reader;
+#[cfg(feature = "redis")]
+mod redis;
 mod sink;
+mod store;
 mod template;
 
 pub use self::config::{KvSinkConfig, Ttl};
+#[cfg(feature = "dynamodb")]
+pub use self::dynamodb::DynamoDbConfig;
 pub use self::embedded::{EmbeddedReader, EmbeddedStore, Entry};
+pub use self::reader::KvReader;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisConfig;
 pub use self::sink::KvSink;
 
 /// One change to a key's value.
@@ -28,4 +39,11 @@ pub(crate) struct KvWrite {
     pub(crate) version: Option<i64>,
     /// When the value expires (ms since the epoch), if it does.
     pub(crate) expires_at: Option<i64>,
+}
+
+/// Now, in ms since the epoch: when values expire is wall-clock time.
+pub(crate) fn wall_clock_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

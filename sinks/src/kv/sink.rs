@@ -14,16 +14,18 @@ use flumen_core::prelude::*;
 use flumen_core::schema::column_index;
 use flumen_core::writable::split_writable;
 
-use super::KvWrite;
-use super::config::{KvSinkConfig, Ttl};
-use super::embedded::EmbeddedStore;
+use super::config::{Backend, KvSinkConfig, Ttl};
+use super::embedded::{Embedded, EmbeddedStore};
+use super::store::Store;
 use super::template::KeyTemplate;
+use super::{KvWrite, wall_clock_millis};
 
 /// The key-value sink. Built from a [`KvSinkConfig`].
 #[derive(Debug, Clone)]
 pub struct KvSink {
     config: KvSinkConfig,
     template: KeyTemplate,
+    backend: Backend,
 }
 
 /// Where in the input each part of a write comes from.
@@ -36,8 +38,24 @@ struct Columns {
 }
 
 impl KvSink {
-    pub(super) fn new(config: KvSinkConfig, template: KeyTemplate) -> Self {
-        KvSink { config, template }
+    pub(super) fn new(config: KvSinkConfig, template: KeyTemplate, backend: Backend) -> Self {
+        KvSink {
+            config,
+            template,
+            backend,
+        }
+    }
+
+    fn store(&self) -> Result<Arc<dyn Store>> {
+        Ok(match &self.backend {
+            Backend::Embedded(path) => Arc::new(Embedded(Arc::new(EmbeddedStore::open(path)?))),
+            #[cfg(feature = "redis")]
+            Backend::Redis(settings) => Arc::new(super::redis::RedisStore::new(settings.clone())),
+            #[cfg(feature = "dynamodb")]
+            Backend::DynamoDb(config) => {
+                Arc::new(super::dynamodb::DynamoDbStore::new(config.clone()))
+            }
+        })
     }
 
     fn columns(&self, schema: &SchemaRef) -> Result<Columns> {
@@ -111,20 +129,28 @@ impl SinkFactory for KvSink {
                 Some(Ttl::For(ttl)) => Some(ttl.as_millis() as i64),
                 _ => None,
             },
-            store: Arc::new(EmbeddedStore::open(&self.config.path)?),
+            store: self.store()?,
             pending: HashMap::new(),
             writing: None,
             rejected: Vec::new(),
         }))
     }
 
-    /// One writer per store file.
+    /// One writer per store: a checkpoint's writes are applied as one.
     fn max_parallelism(&self) -> Option<usize> {
         Some(1)
     }
 
     fn exactly_once(&self) -> bool {
-        true
+        match self.backend {
+            Backend::Embedded(_) => true,
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => true,
+            // Delivery is at least once; conditional writes on the version
+            // make the effect exactly once where there is one.
+            #[cfg(feature = "dynamodb")]
+            Backend::DynamoDb(_) => false,
+        }
     }
 }
 
@@ -133,7 +159,7 @@ struct KvInstance {
     template: KeyTemplate,
     /// A fixed time to live, in ms.
     ttl: Option<i64>,
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn Store>,
     /// The writes of the checkpoint under way, the last per key.
     pending: HashMap<String, KvWrite>,
     /// Without checkpoints: the batch the store is writing.
@@ -187,12 +213,17 @@ impl KvInstance {
                     .as_ref()
                     .and_then(|c| c.is_valid(row).then(|| c.value(row)))
             };
-            writes.push(KvWrite {
+            let write = KvWrite {
                 key,
                 value: (op == Op::Upsert).then(|| values[row].to_vec()),
                 version: at(&versions),
                 expires_at: at(&expiries).or(self.ttl.map(|ttl| now + ttl)),
-            });
+            };
+            if let Some(reason) = self.store.refusal(&write) {
+                rejected.extend(Rejected::rows(&batch.slice(row, 1), &reason)?);
+                continue;
+            }
+            writes.push(write);
         }
         Ok((writes, rejected))
     }
@@ -206,16 +237,6 @@ impl KvInstance {
             None => Ok(()),
         }
     }
-
-    async fn on_store<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&EmbeddedStore) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| Error::internal(format!("the key-value store's writer failed: {e}")))?
-    }
 }
 
 #[async_trait]
@@ -227,9 +248,7 @@ impl Sink for KvInstance {
             // The store writes this batch while the next one is encoded.
             self.written().await?;
             let store = self.store.clone();
-            self.writing = Some(tokio::task::spawn_blocking(move || {
-                store.write_now(&writes)
-            }));
+            self.writing = Some(tokio::spawn(async move { store.write_now(writes).await }));
             return Ok(());
         }
         for write in writes {
@@ -265,15 +284,13 @@ impl Sink for KvInstance {
         self.written().await?;
         let mut writes: Vec<KvWrite> = self.pending.drain().map(|(_, w)| w).collect();
         writes.sort_by(|a, b| a.key.cmp(&b.key));
-        self.on_store(move |store| store.stage(checkpoint, &writes))
-            .await?;
-        Ok(serde_json::json!({ "checkpoint": checkpoint }))
+        let staged = self.store.stage(checkpoint, writes).await?;
+        Ok(serde_json::json!({ "checkpoint": checkpoint, "staged": staged }))
     }
 
     async fn commit(&mut self, transaction: serde_json::Value, _ctx: &mut Context) -> Result<()> {
         let checkpoint = staged_checkpoint(&transaction)?;
-        self.on_store(move |store| store.apply(checkpoint).map(|_| ()))
-            .await
+        self.store.apply(checkpoint, &transaction["staged"]).await
     }
 
     async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
@@ -293,10 +310,13 @@ impl Sink for KvInstance {
         _ctx: &mut Context,
     ) -> Result<()> {
         let from = match from {
-            Some((_, transaction)) => Some(staged_checkpoint(&transaction)?),
+            Some((_, mut transaction)) => Some((
+                staged_checkpoint(&transaction)?,
+                transaction["staged"].take(),
+            )),
             None => None,
         };
-        self.on_store(move |store| store.recover(from)).await
+        self.store.recover(from).await
     }
 }
 
@@ -305,10 +325,4 @@ fn staged_checkpoint(transaction: &serde_json::Value) -> Result<u64> {
     transaction["checkpoint"].as_u64().ok_or_else(|| {
         Error::Checkpoint(format!("not a key-value sink's transaction: {transaction}"))
     })
-}
-
-fn wall_clock_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

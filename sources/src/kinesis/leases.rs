@@ -28,11 +28,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
+use flumen_clients::aws::dynamodb::ensure_table;
 use flumen_clients::aws::{ErrorClass, classify, describe, jittered};
 use flumen_core::prelude::*;
 
@@ -189,81 +187,13 @@ impl LeaseTable {
     /// Creates the table (on-demand billing) unless it exists, and waits
     /// until it can be used.
     pub(crate) async fn ensure(&self) -> Result<()> {
-        let mut created = false;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for attempt in 1u32.. {
-            if Instant::now() > deadline {
-                break;
+        match ensure_table(&self.client, &self.name, "leaseKey").await {
+            Ok(true) => {
+                tracing::info!(table = %self.name, "created the lease table");
+                Ok(())
             }
-            match self
-                .client
-                .describe_table()
-                .table_name(&self.name)
-                .send()
-                .await
-            {
-                Ok(output) => {
-                    let status = output.table().and_then(|t| t.table_status());
-                    if status == Some(&TableStatus::Active) {
-                        if created {
-                            tracing::info!(table = %self.name, "created the lease table");
-                        }
-                        return Ok(());
-                    }
-                }
-                Err(error) if error.code() == Some("ResourceNotFoundException") && !created => {
-                    self.create().await?;
-                    created = true;
-                    continue;
-                }
-                Err(error) => match classify(&error) {
-                    ErrorClass::Throttled(text) | ErrorClass::Transient(text) => {
-                        tracing::warn!(table = %self.name, error = %text, "could not reach the lease table; trying again");
-                    }
-                    _ => return Err(self.failed("describing the table", describe(&error))),
-                },
-            }
-            tokio::time::sleep(jittered(attempt.min(4), Duration::from_millis(250))).await;
-        }
-        Err(Error::connector(
-            "kinesis",
-            true,
-            format!(
-                "lease table `{}` could not be reached, or did not become active, within 30s",
-                self.name
-            ),
-        ))
-    }
-
-    async fn create(&self) -> Result<()> {
-        let key = "leaseKey";
-        let built = |e: aws_sdk_dynamodb::error::BuildError| Error::internal(e.to_string());
-        let result = self
-            .client
-            .create_table()
-            .table_name(&self.name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(key)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(built)?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(key)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(built)?,
-            )
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Another process created it first.
-            Err(error) if error.code() == Some("ResourceInUseException") => Ok(()),
-            Err(error) => Err(self.failed("creating the table", describe(&error))),
+            Ok(false) => Ok(()),
+            Err(text) => Err(self.failed("preparing the table", text)),
         }
     }
 
