@@ -24,6 +24,8 @@
 //! [`operators`], [`sources`] and [`sinks`].
 
 pub mod config;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use flumen_core as core;
 pub use flumen_operators as operators;

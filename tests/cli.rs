@@ -36,6 +36,9 @@ mod kafka;
 mod kinesis;
 #[path = "cli/lake.rs"]
 mod lake;
+#[cfg(feature = "serve")]
+#[path = "cli/serve.rs"]
+mod serve;
 #[path = "cli/sql.rs"]
 mod sql;
 #[cfg(any(feature = "kafka", feature = "kinesis"))]

@@ -23,6 +23,8 @@ pub mod partition;
 pub mod runtime;
 pub mod sample;
 pub mod schema;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod storage;
 pub mod testing;
 pub mod watermark;

@@ -24,8 +24,7 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::prelude::SessionContext;
 use flumen_core::prelude::*;
-
-use crate::planning::planning_error;
+use flumen_core::sql::planning_error;
 
 /// One planned aggregate.
 #[derive(Debug, Clone)]

@@ -7,7 +7,6 @@ pub mod buffer;
 mod config;
 pub mod dedupe;
 pub mod join;
-mod planning;
 pub mod route;
 pub mod running;
 pub mod top_n;

@@ -7,11 +7,10 @@ use arrow::compute::{and, filter_record_batch, not};
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_core::prelude::*;
+use flumen_core::sql::{conditions, evaluate_condition};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
-
-use crate::transform::sql::{conditions, evaluate_condition};
 
 /// Sends rows to named outputs by SQL conditions, as a strangler façade
 /// sends requests to the new or the legacy service.

@@ -2,7 +2,7 @@
 //! beside the pipeline that writes it: an embedded store's file, Redis
 //! or DynamoDB. Readers see committed checkpoints only.
 
-use flumen_sinks::kv::{Entry, KvReader};
+use flumen_sinks::kv::KvReader;
 
 use super::Failure;
 
@@ -57,7 +57,7 @@ async fn read(command: KvCommand) -> Result<(), Failure> {
         KvCommand::Get { store, key } => {
             match open(&store).await?.get(&key).await.map_err(failed)? {
                 Some(entry) => {
-                    println!("{}", line(&entry));
+                    println!("{}", entry.to_json());
                     Ok(())
                 }
                 None => Err(Failure::Runtime(format!("no key `{key}` in {store}"))),
@@ -75,7 +75,7 @@ async fn read(command: KvCommand) -> Result<(), Failure> {
                 .await
                 .map_err(failed)?;
             for entry in &entries {
-                println!("{}", line(entry));
+                println!("{}", entry.to_json());
             }
             if let Some(next) = next {
                 eprintln!("more: --cursor {}", shell_word(&next));
@@ -98,19 +98,6 @@ async fn open(store: &str) -> Result<KvReader, Failure> {
 
 fn failed(error: flumen_core::error::Error) -> Failure {
     Failure::Runtime(error.to_string())
-}
-
-/// An entry as one JSON line: key, value, and version and expiry where
-/// the store has them.
-fn line(entry: &Entry) -> String {
-    let mut object = serde_json::json!({ "key": entry.key, "value": entry.value });
-    if let Some(version) = entry.version {
-        object["version"] = version.into();
-    }
-    if let Some(expires_at) = entry.expires_at {
-        object["expires_at"] = expires_at.into();
-    }
-    object.to_string()
 }
 
 /// `text` as one word for a shell.

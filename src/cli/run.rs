@@ -64,6 +64,22 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
             super::metrics::install(address).map_err(Failure::Runtime)?;
             tracing::info!("serving metrics at http://{address}/metrics");
         }
+        #[cfg(feature = "serve")]
+        let server = match &loaded.serve {
+            Some(served) => {
+                let server = flumen::serve::ViewServer::start(&served.config, served.views.clone())
+                    .await
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                let views: Vec<&str> = served.views.keys().map(String::as_str).collect();
+                tracing::info!(
+                    views = %views.join(", "),
+                    "serving views at http://{}/v1/views",
+                    server.address()
+                );
+                Some((server, served.config.linger))
+            }
+            None => None,
+        };
         let LoadedPipeline {
             pipeline,
             checkpoint,
@@ -140,6 +156,19 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
             );
         }
         summary.print(log_format);
+        #[cfg(feature = "serve")]
+        if let Some((server, Some(linger))) = &server {
+            server.pipeline_finished();
+            tracing::info!(
+                "serving views at http://{}/v1/views for {}",
+                server.address(),
+                humantime::format_duration(*linger)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(*linger) => {}
+                _ = interrupted() => {}
+            }
+        }
         if let Some(linger) = args.metrics_linger {
             tracing::info!(
                 "serving final metrics for {}",

@@ -15,6 +15,8 @@ mod unknown;
 mod yaml;
 
 pub use self::error::{ConfigError, did_you_mean};
+#[cfg(feature = "serve")]
+pub use self::pipeline::Served;
 pub use self::pipeline::{
     CommonKeys, Component, DeadLetterOutput, LoadedPipeline, PartitioningConfig, common_keys,
 };

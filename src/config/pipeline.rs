@@ -221,8 +221,22 @@ pub struct LoadedPipeline {
     pub state_dir: PathBuf,
     /// Where rejected records go.
     pub dead_letters: DeadLetterOutput,
+    /// The `serve:` section, if the file has one, with the views it
+    /// serves.
+    #[cfg(feature = "serve")]
+    pub serve: Option<Served>,
     /// The file as read, to point errors found later at their lines.
     source: FileText,
+}
+
+/// What a pipeline's `serve:` section serves.
+#[cfg(feature = "serve")]
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The section's settings.
+    pub config: crate::serve::ServeConfig,
+    /// The views: `kv` sinks' names, and their stores' paths.
+    pub views: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// A pipeline file's name, text, and parsed document.
@@ -307,12 +321,16 @@ impl LoadedPipeline {
         parser.resolve_paths(&mut components, registry);
         let checkpoint = parser.checkpoint(&state_dir)?;
         let (pipeline, dead_letters) = parser.build(&components, registry, &state_dir)?;
+        #[cfg(feature = "serve")]
+        let serve = parser.serve(&components)?;
         Ok(LoadedPipeline {
             components,
             pipeline,
             checkpoint,
             state_dir,
             dead_letters,
+            #[cfg(feature = "serve")]
+            serve,
             source: FileText {
                 file: file.to_string(),
                 text: text.to_string(),
@@ -427,6 +445,62 @@ impl FileParser<'_> {
         Ok(Some(config))
     }
 
+    /// The `serve:` section, and the views it serves: those it names, or
+    /// every `kv` sink with a `path`.
+    #[cfg(feature = "serve")]
+    fn serve(&self, components: &[Component]) -> Result<Option<Served>, ConfigError> {
+        use crate::serve::ServeConfig;
+        let Some(value) = self.document.value.get("serve") else {
+            return Ok(None);
+        };
+        let mut value = value.clone();
+        KnownNames::of::<ServeConfig>().resolve_paths(&mut value, self.base);
+        let config: ServeConfig = self.typed("serve", &value)?;
+        let embedded: std::collections::BTreeMap<String, PathBuf> = components
+            .iter()
+            .filter(|c| c.section == Section::Sinks && c.type_name == "kv")
+            .filter_map(|c| {
+                let path = c.settings.get("path")?.as_str()?;
+                Some((c.name.clone(), PathBuf::from(path)))
+            })
+            .collect();
+        let views = match &config.views {
+            None if embedded.is_empty() => {
+                return Err(self.error(
+                    "serve",
+                    Target::Key,
+                    "there is nothing to serve: no `kv` sink has a `path` (an embedded store)",
+                ));
+            }
+            None => embedded,
+            Some(names) => {
+                let mut views = std::collections::BTreeMap::new();
+                for (i, name) in names.iter().enumerate() {
+                    let Some(path) = embedded.get(name) else {
+                        let served: Vec<&str> = embedded.keys().map(String::as_str).collect();
+                        return Err(self
+                            .error(
+                                format!("serve.views[{i}]"),
+                                Target::Value,
+                                format!(
+                                    "`{name}` is not a `kv` sink with a `path`; those are: {}",
+                                    if served.is_empty() {
+                                        "none".into()
+                                    } else {
+                                        served.join(", ")
+                                    }
+                                ),
+                            )
+                            .maybe_help(did_you_mean(name, served.iter().copied())));
+                    };
+                    views.insert(name.clone(), path.clone());
+                }
+                views
+            }
+        };
+        Ok(Some(Served { config, views }))
+    }
+
     fn components(&self) -> Result<Vec<Component>, ConfigError> {
         let root = match &self.document.value {
             Value::Object(root) => root,
@@ -448,6 +522,8 @@ impl FileParser<'_> {
         let mut sections: Vec<&str> = Section::ALL.iter().map(|s| s.key()).collect();
         sections.push("checkpoint");
         sections.push("dead_letter");
+        #[cfg(feature = "serve")]
+        sections.push("serve");
         for key in root.keys() {
             if !sections.contains(&key.as_str()) {
                 return Err(self

@@ -138,6 +138,19 @@ fn settings_schema(registry: &Registry) -> Value {
         );
     }
     sections.insert("checkpoint".into(), checkpoint);
+    #[cfg(feature = "serve")]
+    {
+        let mut serve = generator
+            .subschema_for::<crate::serve::ServeConfig>()
+            .to_value();
+        if let Some(object) = serve.as_object_mut() {
+            object.insert(
+                "description".into(),
+                "HTTP reads of the pipeline's embedded views while it runs.".into(),
+            );
+        }
+        sections.insert("serve".into(), serve);
+    }
     sections.insert(
         "dead_letter".into(),
         json!({
@@ -206,6 +219,20 @@ pub fn reference_markdown(registry: &Registry) -> String {
     if let Some(properties) = checkpoint["properties"].as_object() {
         for (key, property) in properties {
             push_rows(&mut out, key, property, false, &definitions);
+        }
+    }
+    #[cfg(feature = "serve")]
+    {
+        out.push_str(
+            "\n## Serving views\n\nThe top-level `serve` section answers HTTP reads of the \
+             pipeline's embedded views while it runs. See [views](views.md#serving-views).\n\n\
+             | key | type | default | description |\n| --- | --- | --- | --- |\n",
+        );
+        let serve = resolve(&schema["properties"]["serve"], &definitions);
+        if let Some(properties) = serve["properties"].as_object() {
+            for (key, property) in properties {
+                push_rows(&mut out, key, property, false, &definitions);
+            }
         }
     }
     for section in Section::ALL {

@@ -370,3 +370,51 @@ fn the_top_thousand_through_sigkills_equals_rank_over_the_events() {
         "the top thousand differs from DataFusion's ranking"
     );
 }
+
+/// `delete_when` turns rows into deletes of their keys.
+#[test]
+fn rows_matching_delete_when_delete_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stock.jsonl"),
+        "{\"item\":1,\"stock\":5}\n{\"item\":2,\"stock\":3}\n{\"item\":1,\"stock\":0}\n{\"item\":3,\"stock\":0}\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"
+sources:
+  stock:
+    type: file
+    path: {dir}/stock.jsonl
+    schema: {{ item: int64, stock: int64 }}
+sinks:
+  in_stock:
+    type: kv
+    inputs: [stock]
+    path: {dir}/in_stock.redb
+    key: "item:{{item}}"
+    delete_when: stock = 0
+"#,
+        dir = dir.path().display()
+    );
+    let file = dir.path().join("in_stock.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    run_to_end(&file);
+    let reader = EmbeddedReader::open(&dir.path().join("in_stock.redb")).unwrap();
+    let (entries, _) = reader.scan("", None, 10).unwrap();
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["item:2"]);
+
+    // A condition that is not one is refused before anything runs.
+    let bad = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("delete_when: stock = 0", "delete_when: stock + 1");
+    std::fs::write(&file, bad).unwrap();
+    let output = flumen().arg("validate").arg(&file).output().unwrap();
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        error.contains("delete_when") && error.contains("true/false"),
+        "{error}"
+    );
+}

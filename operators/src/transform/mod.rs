@@ -1,7 +1,7 @@
 //! Stateless transforms: SQL expressions, Rust closures, unnest.
 
 mod map;
-pub(crate) mod sql;
+mod sql;
 mod unnest;
 
 pub use self::map::MapBatches;

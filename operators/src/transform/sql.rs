@@ -6,20 +6,17 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use datafusion::common::DFSchema;
-use datafusion::logical_expr::simplify::SimplifyContext;
-use datafusion::logical_expr::{Expr, ExprSchemable};
-use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::prelude::SessionContext;
 use flumen_core::event_time::{event_time_column, with_event_time};
 use flumen_core::prelude::*;
-
-use crate::planning::planning_error;
+use flumen_core::sql::{condition, parse, physical};
 
 /// Keeps the rows matching a SQL predicate and/or computes new columns from
 /// SQL expressions.
@@ -155,82 +152,6 @@ impl SqlTransform {
             schema,
         })
     }
-}
-
-/// Coerces and simplifies `expr` as DataFusion's planner does (some
-/// functions, such as `coalesce`, only exist in simplified form), then
-/// plans it as a physical expression.
-fn physical(ctx: &SessionContext, expr: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-    let simplifier = ExprSimplifier::new(
-        SimplifyContext::builder()
-            .with_schema(Arc::new(schema.clone()))
-            .with_config_options(ctx.copied_config().options().clone())
-            .build(),
-    );
-    let expr = simplifier.coerce(expr, schema)?;
-    let expr = simplifier.simplify(expr)?;
-    Ok(ctx.create_physical_expr(expr, schema)?)
-}
-
-/// Plans a SQL condition, which must be true/false.
-fn condition(
-    ctx: &SessionContext,
-    sql: &str,
-    schema: &DFSchema,
-    key: &str,
-) -> Result<Arc<dyn PhysicalExpr>> {
-    let expr = parse(ctx, sql, schema, key)?;
-    let data_type = expr.get_type(schema)?;
-    if !matches!(data_type, DataType::Boolean | DataType::Null) {
-        return Err(Error::config(
-            key,
-            format!("`{sql}` is {data_type}, expected a true/false condition"),
-        ));
-    }
-    physical(ctx, expr, schema)
-}
-
-/// Plans SQL conditions against `input`, each reported at `key(i)` in
-/// errors.
-pub(crate) fn conditions<'a>(
-    sqls: impl IntoIterator<Item = (String, &'a str)>,
-    input: &SchemaRef,
-) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
-    let ctx = SessionContext::new();
-    let df_schema = DFSchema::try_from(input.as_ref().clone())?;
-    sqls.into_iter()
-        .map(|(key, sql)| condition(&ctx, sql, &df_schema, &key))
-        .collect()
-}
-
-/// Evaluates a condition on `batch`: true rows are `true`, false and null
-/// rows `false`.
-pub(crate) fn evaluate_condition(
-    condition: &Arc<dyn PhysicalExpr>,
-    batch: &RecordBatch,
-) -> Result<arrow::array::BooleanArray> {
-    let mask = condition.evaluate(batch)?.into_array(batch.num_rows())?;
-    let mask = mask.as_boolean_opt().ok_or_else(|| {
-        Error::internal(format!(
-            "condition evaluated to {}, not a boolean",
-            mask.data_type()
-        ))
-    })?;
-    Ok(match mask.null_count() {
-        0 => mask.clone(),
-        _ => arrow::compute::prep_null_mask_filter(mask),
-    })
-}
-
-fn parse(ctx: &SessionContext, sql: &str, schema: &DFSchema, key: &str) -> Result<Expr> {
-    let invalid = |e, expr| planning_error(key, sql, expr, schema.as_arrow(), e);
-    let expr = ctx
-        .parse_sql_expr(sql, schema)
-        .map_err(|e| invalid(e, None))?;
-    // Resolve the type now, so an ill-typed expression fails here rather
-    // than on the first batch.
-    expr.get_type(schema).map_err(|e| invalid(e, Some(&expr)))?;
-    Ok(expr)
 }
 
 /// The alias if there is one, the column name for a bare column, the SQL

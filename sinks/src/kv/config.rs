@@ -45,6 +45,12 @@ pub struct KvSinkConfig {
     #[serde(default)]
     pub value: Option<Vec<String>>,
 
+    /// A SQL condition over the input's columns that makes a row delete
+    /// its key, e.g. `stock = 0`; other rows are upserts (and a
+    /// changelog's deletes stay deletes).
+    #[serde(default)]
+    pub delete_when: Option<String>,
+
     /// A column (integer, or a timestamp) whose higher value wins: a row
     /// older than what the store holds for its key changes nothing, so a
     /// replay or a late row never regresses a value. Default: the input's
@@ -86,6 +92,7 @@ impl KvSinkConfig {
             #[cfg(feature = "dynamodb")]
             dynamodb: None,
             key: key.into(),
+            delete_when: None,
             value: None,
             version: None,
             ttl: None,

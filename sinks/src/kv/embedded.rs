@@ -45,9 +45,15 @@ fn store_error(path: &Path, error: impl std::fmt::Display) -> Error {
 
 /// A store a sink writes.
 pub struct EmbeddedStore {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
 }
+
+/// The stores this process has open for writing, by canonical path, for
+/// readers in the same process (the `serve:` server) to share: a second
+/// handle on the file in one process could disturb the writer's locks.
+static OPEN: std::sync::Mutex<Vec<(PathBuf, std::sync::Weak<Database>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,10 +70,17 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| store_error(path, e))?;
         }
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .create(path)
-            .map_err(|e| store_error(path, e))?;
+        let db = Arc::new(
+            Database::builder()
+                .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                .create(path)
+                .map_err(|e| store_error(path, e))?,
+        );
+        if let Ok(canonical) = path.canonicalize() {
+            let mut open = OPEN.lock().expect("open stores");
+            open.retain(|(_, db)| db.strong_count() > 0);
+            open.push((canonical, Arc::downgrade(&db)));
+        }
         let store = EmbeddedStore {
             db,
             path: path.to_path_buf(),
@@ -256,10 +269,33 @@ pub struct Entry {
     pub expires_at: Option<i64>,
 }
 
-/// A store opened for reading, beside the process that writes it.
+impl Entry {
+    /// The entry as readers show it: `{"key", "value"}`, with `version`
+    /// and `expires_at` where it has them.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut object = serde_json::json!({ "key": self.key, "value": self.value });
+        if let Some(version) = self.version {
+            object["version"] = version.into();
+        }
+        if let Some(expires_at) = self.expires_at {
+            object["expires_at"] = expires_at.into();
+        }
+        object
+    }
+}
+
+/// A store opened for reading, beside the process that writes it, or in
+/// it.
 pub struct EmbeddedReader {
-    db: ReadOnlyDatabase,
+    db: ReaderDb,
     path: PathBuf,
+}
+
+enum ReaderDb {
+    /// A read-only handle, following another process's commits.
+    ReadOnly(ReadOnlyDatabase),
+    /// The writer's own handle, in this process.
+    Shared(Arc<Database>),
 }
 
 impl EmbeddedReader {
@@ -280,7 +316,23 @@ impl EmbeddedReader {
             .open_read_only(path)
             .map_err(|e| store_error(path, e))?;
         Ok(EmbeddedReader {
-            db,
+            db: ReaderDb::ReadOnly(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Reads the store a sink of this process has open at `path`, if one
+    /// has.
+    pub fn of_this_process(path: &Path) -> Option<Self> {
+        let canonical = path.canonicalize().ok()?;
+        let open = OPEN.lock().expect("open stores");
+        let db = open
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == canonical)
+            .and_then(|(_, db)| db.upgrade())?;
+        Some(EmbeddedReader {
+            db: ReaderDb::Shared(db),
             path: path.to_path_buf(),
         })
     }
@@ -295,10 +347,11 @@ impl EmbeddedReader {
             &redb::ReadOnlyTable<&str, (i64, i64, Option<&[u8]>)>,
         ) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| store_error(&self.path, e))?;
+        let txn = match &self.db {
+            ReaderDb::ReadOnly(db) => db.begin_read(),
+            ReaderDb::Shared(db) => db.begin_read(),
+        }
+        .map_err(|e| store_error(&self.path, e))?;
         let table = match txn.open_table(VALUES) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(empty),

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
+use datafusion::physical_expr::PhysicalExpr;
 
 use flumen_core::changelog::{self, Op};
 use flumen_core::event_time::{event_time_column, to_millis};
 use flumen_core::prelude::*;
 use flumen_core::schema::column_index;
+use flumen_core::sql::{conditions, evaluate_condition};
 use flumen_core::writable::split_writable;
 
 use super::config::{Backend, KvSinkConfig, Ttl};
@@ -35,6 +37,8 @@ struct Columns {
     value: Vec<usize>,
     version: Option<usize>,
     expires: Option<usize>,
+    /// `delete_when`, planned.
+    delete_when: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl KvSink {
@@ -107,11 +111,16 @@ impl KvSink {
             )?),
             _ => None,
         };
+        let delete_when = match &self.config.delete_when {
+            Some(sql) => conditions([("delete_when".to_string(), sql.as_str())], schema)?.pop(),
+            None => None,
+        };
         Ok(Columns {
             key,
             value,
             version,
             expires,
+            delete_when,
         })
     }
 }
@@ -173,6 +182,12 @@ impl KvInstance {
         let (batch, mut rejected) = split_writable(batch)?;
         let rows = batch.num_rows();
         let ops = changelog::ops(&batch)?;
+        let deleting = self
+            .columns
+            .delete_when
+            .as_ref()
+            .map(|condition| evaluate_condition(condition, &batch))
+            .transpose()?;
         let keys = self
             .columns
             .key
@@ -207,7 +222,10 @@ impl KvInstance {
                 )?);
                 continue;
             };
-            let op = ops.as_ref().map_or(Op::Upsert, |ops| ops[row]);
+            let op = match &deleting {
+                Some(deleting) if deleting.value(row) => Op::Delete,
+                _ => ops.as_ref().map_or(Op::Upsert, |ops| ops[row]),
+            };
             let at = |column: &Option<Int64Array>| {
                 column
                     .as_ref()

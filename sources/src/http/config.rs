@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -12,6 +11,10 @@ use flumen_core::schema::SchemaSpec;
 use serde::Deserialize;
 
 use super::source::HttpSource;
+
+// Who may post, at what rate, and over TLS: what every HTTP server of
+// Flumen's shares.
+pub use flumen_clients::http::{AuthConfig, RateLimitConfig, TlsConfig};
 
 /// Accepts events over HTTP into a durable buffer on disk, and reads them
 /// from there at the pipeline's pace.
@@ -91,47 +94,6 @@ pub struct HttpSourceConfig {
     pub tls: Option<TlsConfig>,
 }
 
-/// A certificate and its private key, as PEM files.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The certificate chain, leaf first.
-    #[schemars(extend("format" = "path"))]
-    pub cert: PathBuf,
-    /// The private key (PKCS#8, PKCS#1 or SEC1).
-    #[schemars(extend("format" = "path"))]
-    pub key: PathBuf,
-}
-
-impl TlsConfig {
-    /// Reads the files into a TLS acceptor.
-    pub(crate) fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(|e| Error::config("tls.cert", format!("{}: {e}", self.cert.display())))?;
-        if certs.is_empty() {
-            return Err(Error::config(
-                "tls.cert",
-                format!("{} holds no certificate", self.cert.display()),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| Error::config("tls.key", format!("{}: {e}", self.key.display())))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Internal(format!("TLS protocol versions: {e}")))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| {
-                Error::config("tls", format!("the certificate and key do not fit: {e}"))
-            })?;
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-    }
-}
-
 /// The durable buffer behind HTTP ingest.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -173,49 +135,6 @@ pub struct IngestBufferConfig {
     pub preallocate: bool,
 }
 
-/// Who may post events.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Tokens accepted in `Authorization: Bearer <token>`.
-    #[serde(default)]
-    pub bearer_tokens: Vec<String>,
-
-    /// Secrets for signed requests (the Standard Webhooks scheme): the
-    /// headers `webhook-id`, `webhook-timestamp` (Unix seconds) and
-    /// `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
-    /// A secret written `whsec_<base64>` is decoded; any other string is
-    /// used as its bytes.
-    #[serde(default)]
-    pub hmac_secrets: Vec<String>,
-
-    /// How far a signed request's timestamp may be from now. A signed
-    /// request's `webhook-id` is remembered for twice as long once it is
-    /// admitted, so that a replay is refused.
-    #[serde(default = "default_tolerance", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub tolerance: Duration,
-
-    /// Failed attempts (no, wrong or malformed credentials) each client
-    /// address may make. Past them it is answered 429 with `Retry-After`,
-    /// before its credentials are looked at, until its allowance refills;
-    /// a request with a valid bearer token is never held back. Default:
-    /// 20 at once, then 1 per second.
-    #[serde(default = "default_failed_attempts")]
-    pub failed_attempts: RateLimitConfig,
-}
-
-/// A token bucket per client.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Requests per second, sustained.
-    pub per_second: u32,
-    /// Requests allowed at once after a quiet spell. Default: `per_second`.
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
 fn default_max_body_bytes() -> u64 {
     1 << 20
 }
@@ -236,15 +155,6 @@ fn default_preallocate() -> bool {
 }
 fn default_segment_bytes() -> u64 {
     64 << 20
-}
-fn default_tolerance() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_failed_attempts() -> RateLimitConfig {
-    RateLimitConfig {
-        per_second: 1,
-        burst: Some(20),
-    }
 }
 fn default_max_connections() -> usize {
     512
@@ -306,7 +216,7 @@ impl SourceConfig for HttpSourceConfig {
                 ));
             }
             for (i, secret) in auth.hmac_secrets.iter().enumerate() {
-                super::auth::secret_bytes(secret)
+                flumen_clients::http::auth::secret_bytes(secret)
                     .map_err(|message| Error::config(format!("auth.hmac_secrets[{i}]"), message))?;
             }
         }

@@ -11,7 +11,6 @@
 //! The buffer is bounded: when it is full, ingest answers 503 with
 //! `Retry-After` instead of accepting what it could not keep.
 
-mod auth;
 mod config;
 mod events;
 #[cfg(test)]
@@ -21,8 +20,8 @@ mod ingest;
 mod keys;
 mod source;
 
-pub use self::auth::sign;
 pub use self::config::{
     AuthConfig, HttpSourceConfig, IngestBufferConfig, RateLimitConfig, TlsConfig,
 };
 pub use self::source::HttpSource;
+pub use flumen_clients::http::auth::sign;

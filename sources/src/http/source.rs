@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
+use flumen_clients::http::server::{self, ConnectionLimits};
 use flumen_core::component::SourceContext;
 use flumen_core::dead_letter::Rejected;
 use flumen_core::log::{DurableLog, LogRecord};
@@ -14,7 +15,7 @@ use serde_json::json;
 
 use super::config::HttpSourceConfig;
 use super::events::{EventDecoder, record_events};
-use super::ingest::{self, ConnectionLimits, Stream};
+use super::ingest::{self, Stream};
 
 /// The HTTP ingest source. Built from an [`HttpSourceConfig`].
 #[derive(Debug, Clone)]
@@ -305,12 +306,14 @@ impl Source for HttpIngest {
             deadline: self.config.request_timeout,
             max_connections: self.config.max_connections,
         };
-        self.server = Some(tokio::spawn(ingest::serve(
-            listener,
-            stream.clone(),
-            limits,
-            tls,
-        )));
+        let handler = {
+            let stream = stream.clone();
+            move |peer, request| {
+                let stream = stream.clone();
+                async move { ingest::handle(&stream, peer, request).await }
+            }
+        };
+        self.server = Some(tokio::spawn(server::serve(listener, limits, tls, handler)));
         self.stream = Some(stream);
         Ok(())
     }

@@ -1,11 +1,12 @@
-//! Who may post: bearer tokens and signed requests.
+//! Who may call a server: bearer tokens and signed requests.
 //!
 //! Signatures follow the Standard Webhooks scheme: HMAC-SHA256 over
 //! `webhook-id.webhook-timestamp.body`, sent as `v1,<base64>` in
 //! `webhook-signature` (several may be listed, space-separated, while a
 //! secret is being rotated). A timestamp further than the tolerance from
-//! now is refused; an id already admitted is refused too (a replay, see
-//! [`super::keys`]).
+//! now is refused; an id already admitted is to be refused too (a
+//! replay): the server remembers the [`Signed::id`]s it admitted (HTTP
+//! ingest keeps them with its idempotency keys).
 //!
 //! Checking credentials must cost an attacker more than it costs the
 //! server:
@@ -33,13 +34,13 @@ use super::config::{AuthConfig, RateLimitConfig};
 
 /// Most signatures a signed request may list (a sender rotating secrets
 /// lists two or three).
-pub(crate) const MAX_SIGNATURES: usize = 8;
+pub const MAX_SIGNATURES: usize = 8;
 
 /// Longest `webhook-id` taken, in bytes.
 const MAX_WEBHOOK_ID: usize = 255;
 
 /// Checks requests against the configured tokens and secrets.
-pub(crate) struct Authenticator {
+pub struct Authenticator {
     tokens: Vec<Vec<u8>>,
     secrets: Vec<Vec<u8>>,
     tolerance: Duration,
@@ -49,7 +50,7 @@ pub(crate) struct Authenticator {
 /// Who a request is from, once authenticated: what its rate limit, its
 /// idempotency keys and its request ids belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Client {
+pub enum Client {
     /// The bearer token at this index of `bearer_tokens`.
     Token(usize),
     /// Signed with the secret at this index of `hmac_secrets`.
@@ -60,16 +61,16 @@ pub(crate) enum Client {
 
 /// A signed request's headers, read; its signature waits for the body.
 #[derive(Debug)]
-pub(crate) struct Signed {
+pub struct Signed {
     /// The `webhook-id`: what a replay repeats.
-    pub(crate) id: String,
+    pub id: String,
     timestamp: String,
     signatures: Vec<Vec<u8>>,
 }
 
 /// What a request's headers say about its sender.
 #[derive(Debug)]
-pub(crate) enum Screened {
+pub enum Screened {
     /// Known from the headers alone.
     Client(Client),
     /// A signed request, to verify against its body.
@@ -78,7 +79,7 @@ pub(crate) enum Screened {
 
 /// Why a request's credentials were refused.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// 401, saying why.
     Unauthorized(String),
     /// 429: the address failed too often; it may try again after this.
@@ -86,7 +87,7 @@ pub(crate) enum Refusal {
 }
 
 /// The secret's bytes: `whsec_<base64>` decoded, anything else as is.
-pub(crate) fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
+pub fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
     match secret.strip_prefix("whsec_") {
         Some(encoded) => STANDARD
             .decode(encoded)
@@ -97,7 +98,10 @@ pub(crate) fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
 }
 
 impl Authenticator {
-    pub(crate) fn new(config: &AuthConfig) -> Authenticator {
+    /// Checks requests against `config`'s tokens and secrets. A secret
+    /// that does not decode is left out: check them first with
+    /// [`secret_bytes`].
+    pub fn new(config: &AuthConfig) -> Authenticator {
         Authenticator {
             tokens: config
                 .bearer_tokens
@@ -116,7 +120,7 @@ impl Authenticator {
 
     /// The credential a client authenticated with, and what kind it is:
     /// what its scope is derived from.
-    pub(crate) fn credential(&self, client: Client) -> (&'static str, &[u8]) {
+    pub fn credential(&self, client: Client) -> (&'static str, &[u8]) {
         match client {
             Client::Token(index) => ("token", &self.tokens[index]),
             Client::Signer(index) => ("secret", &self.secrets[index]),
@@ -125,7 +129,7 @@ impl Authenticator {
     }
 
     /// Looks at a request's headers, before its body is read.
-    pub(crate) fn screen(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Screened, Refusal> {
+    pub fn screen(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Screened, Refusal> {
         if let Some(authorization) = headers.get(hyper::http::header::AUTHORIZATION) {
             let token = bearer(authorization.as_bytes());
             let valid = token.and_then(|token| {
@@ -160,12 +164,7 @@ impl Authenticator {
 
     /// Verifies a signed request against its body: one MAC per secret,
     /// compared with each signature listed.
-    pub(crate) fn verify(
-        &self,
-        signed: &Signed,
-        body: &[u8],
-        peer: IpAddr,
-    ) -> Result<Client, Refusal> {
+    pub fn verify(&self, signed: &Signed, body: &[u8], peer: IpAddr) -> Result<Client, Refusal> {
         for (index, secret) in self.secrets.iter().enumerate() {
             let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
             mac.update(signed.id.as_bytes());

@@ -1,0 +1,283 @@
+//! The `serve:` server: HTTP reads of a running pipeline's embedded views.
+//!
+//! - `GET /v1/views`: the views served, by name;
+//! - `GET /v1/views/{sink}/{key}`: one key's value (404 if it has none);
+//! - `GET /v1/views/{sink}?prefix=&limit=&cursor=`: keys in order, a page
+//!   at a time.
+//!
+//! Reads run in redb read transactions beside the sink's writer, on the
+//! writer's own database handle: a reader sees the store as the last
+//! committed checkpoint left it, never part of one. Connections, TLS and
+//! authentication are the HTTP source's ([`flumen_clients::http`]).
+
+mod config;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper::body::Incoming;
+use hyper::http::{Method, StatusCode};
+use serde_json::json;
+
+use flumen_clients::http::auth::{Authenticator, Client, Screened};
+use flumen_clients::http::server::{
+    ConnectionLimits, Response, allow, json_answer, refuse, refused, retry_after, serve,
+};
+use flumen_core::prelude::*;
+use flumen_sinks::kv::{EmbeddedReader, Entry};
+
+pub use self::config::ServeConfig;
+
+/// A view the server answers reads of: a `kv` sink's embedded store.
+struct View {
+    path: PathBuf,
+    /// Opened once the sink has opened its store.
+    reader: OnceLock<EmbeddedReader>,
+}
+
+impl View {
+    /// The reader, once the sink has opened its store; after the pipeline
+    /// has finished, the file as it left it.
+    fn reader(&self, finished: bool) -> Option<&EmbeddedReader> {
+        if let Some(reader) = self.reader.get() {
+            return Some(reader);
+        }
+        let reader = match EmbeddedReader::of_this_process(&self.path) {
+            Some(reader) => reader,
+            None if finished => EmbeddedReader::open(&self.path).ok()?,
+            None => return None,
+        };
+        Some(self.reader.get_or_init(|| reader))
+    }
+}
+
+/// What every request needs.
+struct Served {
+    views: BTreeMap<String, View>,
+    max_limit: usize,
+    auth: Option<Authenticator>,
+    limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
+    /// Whether the pipeline has finished: its sinks have closed their
+    /// stores.
+    finished: AtomicBool,
+}
+
+/// A running `serve:` server; dropping it stops it.
+pub struct ViewServer {
+    address: SocketAddr,
+    served: Arc<Served>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ViewServer {
+    /// Starts serving `views` (sink name → embedded store path) as
+    /// `config` says. The views answer 503 until their sinks have opened
+    /// their stores in this process.
+    pub async fn start(config: &ServeConfig, views: BTreeMap<String, PathBuf>) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::config("serve.listen", format!("{}: {e}", config.listen)))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::config("serve.listen", e.to_string()))?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| tls.acceptor())
+            .transpose()
+            .map_err(|e| match e.setting() {
+                Some((key, message)) => Error::config(format!("serve.{key}"), message),
+                None => e,
+            })?;
+        let limiter = config.rate_limit.as_ref().map(|rate| {
+            let per_second = std::num::NonZeroU32::new(rate.per_second.max(1)).expect("positive");
+            let burst = std::num::NonZeroU32::new(rate.burst.unwrap_or(rate.per_second).max(1))
+                .expect("positive");
+            RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+        });
+        let served = Arc::new(Served {
+            views: views
+                .into_iter()
+                .map(|(name, path)| {
+                    let view = View {
+                        path,
+                        reader: OnceLock::new(),
+                    };
+                    (name, view)
+                })
+                .collect(),
+            max_limit: config.max_limit.max(1),
+            auth: config.auth.as_ref().map(Authenticator::new),
+            limiter,
+            finished: AtomicBool::new(false),
+        });
+        let limits = ConnectionLimits {
+            deadline: config.request_timeout,
+            max_connections: config.max_connections,
+        };
+        let task = tokio::spawn(serve(listener, limits, tls, {
+            let served = served.clone();
+            move |peer, request| {
+                let served = served.clone();
+                async move { handle(&served, peer, request) }
+            }
+        }));
+        Ok(ViewServer {
+            address,
+            served,
+            task,
+        })
+    }
+
+    /// Says the pipeline has finished, so that views no reader has opened
+    /// yet are read from their files.
+    pub fn pipeline_finished(&self) {
+        self.served.finished.store(true, Ordering::Release);
+    }
+
+    /// The address it listens on (with the port, if `listen` asked for
+    /// port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for ViewServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Answers one read.
+fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) -> Response {
+    let (parts, _body) = request.into_parts();
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return allow(
+            "GET, HEAD",
+            refuse(StatusCode::METHOD_NOT_ALLOWED, "views are read with GET"),
+        );
+    }
+    let client = match &served.auth {
+        None => Client::Anyone,
+        Some(auth) => match auth.screen(&parts.headers, peer.ip()) {
+            Ok(Screened::Client(client)) => client,
+            // A signed read signs its empty body.
+            Ok(Screened::Signed(signed)) => match auth.verify(&signed, b"", peer.ip()) {
+                Ok(client) => client,
+                Err(refusal) => return refused(refusal),
+            },
+            Err(refusal) => return refused(refusal),
+        },
+    };
+    if let Some(limiter) = &served.limiter {
+        // Authenticated clients are limited per credential, others per
+        // address.
+        let key = match client {
+            Client::Anyone => (client, Some(peer.ip())),
+            known => (known, None),
+        };
+        if let Err(not_until) = limiter.check_key(&key) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return retry_after(
+                refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
+                wait,
+            );
+        }
+    }
+    let path = parts.uri.path();
+    let Some(rest) = path
+        .strip_prefix("/v1/views")
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    else {
+        return refuse(StatusCode::NOT_FOUND, format!("no route `{path}`"));
+    };
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        let names: Vec<&String> = served.views.keys().collect();
+        return answer(json!({ "views": names }));
+    }
+    let (name, key) = match rest.split_once('/') {
+        Some((name, key)) => (name, Some(key)),
+        None => (rest, None),
+    };
+    let name = decoded(name);
+    let Some(view) = served.views.get(name.as_str()) else {
+        let names: Vec<&str> = served.views.keys().map(String::as_str).collect();
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no view `{name}`; served: {}", names.join(", ")),
+        );
+    };
+    let Some(reader) = view.reader(served.finished.load(Ordering::Acquire)) else {
+        return retry_after(
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("view `{name}` is not open yet: its sink is starting"),
+            ),
+            Duration::from_secs(1),
+        );
+    };
+    let result = match key {
+        Some(key) => get(reader, &decoded(key)),
+        None => scan(reader, parts.uri.query().unwrap_or(""), served.max_limit),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::warn!(view = %name, error = %e, "a read of a view failed");
+        refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })
+}
+
+fn get(reader: &EmbeddedReader, key: &str) -> Result<Response> {
+    Ok(match reader.get(key)? {
+        Some(entry) => answer(entry.to_json()),
+        None => refuse(StatusCode::NOT_FOUND, format!("no key `{key}`")),
+    })
+}
+
+fn scan(reader: &EmbeddedReader, query: &str, max_limit: usize) -> Result<Response> {
+    let mut prefix = String::new();
+    let mut cursor = None;
+    let mut limit = 100.min(max_limit);
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "prefix" => prefix = value.into_owned(),
+            "cursor" => cursor = Some(value.into_owned()),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) => limit = n.min(max_limit),
+                Err(_) => {
+                    return Ok(refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("`limit={value}` is not a number"),
+                    ));
+                }
+            },
+            other => {
+                return Ok(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter `{other}`; expected prefix, limit, cursor"),
+                ));
+            }
+        }
+    }
+    let (entries, next) = reader.scan(&prefix, cursor.as_deref(), limit)?;
+    let entries: Vec<serde_json::Value> = entries.iter().map(Entry::to_json).collect();
+    Ok(answer(json!({ "entries": entries, "cursor": next })))
+}
+
+fn answer(body: serde_json::Value) -> Response {
+    json_answer(StatusCode::OK, serde_json::to_vec(&body).expect("JSON"))
+}
+
+/// A path segment with its `%XX` escapes decoded.
+fn decoded(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
