@@ -4,7 +4,8 @@
 # them. What a server needs is installed once into ~/.cache/flumen.
 #
 #   S3 and DynamoDB APIs: moto server (PyPI, in a virtualenv); bucket `flumen-test`
-#              -> FLUMEN_TEST_S3_ENDPOINT, FLUMEN_TEST_S3_PID
+#              -> FLUMEN_TEST_S3_ENDPOINT, FLUMEN_TEST_MOTO_SERVER (the binary,
+#                 for tests that run their own server to pause it)
 #   Kafka API: tansu broker (crates.io), in-memory storage
 #              -> FLUMEN_TEST_KAFKA_BROKERS, FLUMEN_TEST_TANSU (the binary,
 #                 for tests that run their own broker)
@@ -99,9 +100,10 @@ launch_s3() {
   port=$(free_port) || return
   "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
   echo $! >>"$SERVICES_DIR/pids"
-  # For tests that pause the server (SIGSTOP) to see requests time out.
-  export FLUMEN_TEST_S3_PID=$!
   export FLUMEN_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  # For tests that run their own, to pause it (SIGSTOP) without holding up
+  # the others.
+  export FLUMEN_TEST_MOTO_SERVER="$venv/bin/moto_server"
 }
 
 ready_s3() {

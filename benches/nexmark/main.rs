@@ -8,7 +8,7 @@
 //! cargo bench --bench nexmark -- kafka         # Kafka source and sink (starts tansu)
 //! cargo bench --bench nexmark -- kinesis       # Kinesis source and sink (starts kinesis-local)
 //! cargo bench --bench nexmark -- ingest drain  # HTTP ingest, the buffer's drain rate
-//! cargo bench --bench nexmark -- kv            # the key-value sink's embedded store
+//! cargo bench --bench nexmark -- kv            # the key-value sink (kv_embedded, kv_redis) and serving (kv_serve)
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
 //!
@@ -77,11 +77,12 @@ fn main() {
     }
     let stateless = [("q0", Query::Q0), ("q1", Query::Q1), ("q2", Query::Q2)];
     let stateful = ["q4", "q5", "q7", "q8"];
+    let kv_sections = ["kv_embedded", "kv_redis", "kv_serve"];
     let needs_events = stateless.iter().any(|(name, _)| wanted(name))
         || stateful.iter().any(|name| wanted(name))
         || wanted("checkpoints")
         || wanted("parquet")
-        || wanted("kv");
+        || kv_sections.iter().any(|name| wanted(name));
     if needs_events {
         let events = stateful::Events::generate(events());
         if stateless.iter().any(|(name, _)| wanted(name)) {
@@ -106,8 +107,8 @@ fn main() {
             parquet_sink::run(&runtime, &events);
         }
         #[cfg(feature = "kv")]
-        if wanted("kv") {
-            kv::run(&runtime, &events);
+        if kv_sections.iter().any(|name| wanted(name)) {
+            kv::run(&runtime, &events, &wanted);
         }
     }
     if wanted("json") {
@@ -123,6 +124,17 @@ fn main() {
     if wanted("kinesis") {
         kinesis::run(&runtime);
     }
+}
+
+/// Runs `graph` to its end, leaving the process's signals alone.
+fn run_graph(runtime: &tokio::runtime::Runtime, graph: GraphBuilder) {
+    let options = RunOptions {
+        handle_signals: false,
+        ..RunOptions::default()
+    };
+    runtime
+        .block_on(graph.build().expect("valid pipeline").run_with(options))
+        .expect("run");
 }
 
 /// The best of several timings of `f`, which returns how many events it

@@ -40,13 +40,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, events: &Events) {
         let mut graph = GraphBuilder::new();
         graph.source("bids", MemorySource::new(schema.clone(), batches.clone()));
         graph.sink("lake", config.build().expect("sink"), ["bids"]);
-        let options = RunOptions {
-            handle_signals: false,
-            ..RunOptions::default()
-        };
-        runtime
-            .block_on(graph.build().expect("valid pipeline").run_with(options))
-            .expect("run");
+        super::run_graph(runtime, graph);
     };
     let engine = best_seconds(|| {
         let dir = tempfile::tempdir().expect("temporary directory");

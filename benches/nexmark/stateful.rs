@@ -123,13 +123,7 @@ fn run_graph(
     graph: GraphBuilder,
     collected: &flumen_core::testing::Collected,
 ) -> Vec<RecordBatch> {
-    let options = RunOptions {
-        handle_signals: false,
-        ..RunOptions::default()
-    };
-    runtime
-        .block_on(graph.build().expect("valid pipeline").run_with(options))
-        .expect("run");
+    super::run_graph(runtime, graph);
     collected.batches()
 }
 

@@ -157,7 +157,9 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
         }
         summary.print(log_format);
         #[cfg(feature = "serve")]
-        if let Some((server, Some(linger))) = &server {
+        if let Some((server, Some(linger))) = &server
+            && !linger.is_zero()
+        {
             server.pipeline_finished();
             tracing::info!(
                 "serving views at http://{}/v1/views for {}",

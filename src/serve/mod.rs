@@ -208,7 +208,7 @@ fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) 
         None => (rest, None),
     };
     let name = decoded(name);
-    let Some(view) = served.views.get(name.as_str()) else {
+    let Some(view) = served.views.get(name.as_ref()) else {
         let names: Vec<&str> = served.views.keys().map(String::as_str).collect();
         return refuse(
             StatusCode::NOT_FOUND,
@@ -235,8 +235,8 @@ fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) 
 }
 
 fn get(reader: &EmbeddedReader, key: &str) -> Result<Response> {
-    Ok(match reader.get(key)? {
-        Some(entry) => answer(entry.to_json()),
+    Ok(match reader.get_json(key)? {
+        Some(json) => json_answer(StatusCode::OK, json),
         None => refuse(StatusCode::NOT_FOUND, format!("no key `{key}`")),
     })
 }
@@ -276,8 +276,6 @@ fn answer(body: serde_json::Value) -> Response {
 }
 
 /// A path segment with its `%XX` escapes decoded.
-fn decoded(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8_lossy()
-        .into_owned()
+fn decoded(segment: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }

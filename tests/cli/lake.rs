@@ -12,10 +12,15 @@ fn s3_endpoint() -> String {
 
 /// Runs `flumen sql` with the test server's credentials; returns stdout.
 fn sql(args: &[&str]) -> String {
+    sql_at(&s3_endpoint(), args)
+}
+
+/// `flumen sql ARGS` against the S3 API at `endpoint`.
+fn sql_at(endpoint: &str, args: &[&str]) -> String {
     let output = flumen()
         .arg("sql")
         .args(args)
-        .env("AWS_ENDPOINT_URL", s3_endpoint())
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "flumen")
         .env("AWS_SECRET_ACCESS_KEY", "flumen")
         .env("AWS_REGION", "us-east-1")
@@ -220,11 +225,61 @@ fn a_crash_between_pre_commit_and_commit_publishes_on_restart() {
     );
 }
 
+/// An S3-API server (moto) of a test's own, which it may pause without
+/// holding up the tests that share the suite's; with bucket `flumen-test`.
+struct OwnMoto {
+    endpoint: String,
+    server: std::process::Child,
+}
+
+impl OwnMoto {
+    fn start() -> OwnMoto {
+        let binary = std::env::var("FLUMEN_TEST_MOTO_SERVER")
+            .expect("FLUMEN_TEST_MOTO_SERVER is not set: run the tests with scripts/test.sh");
+        let port = flumen_core::testing::free_port();
+        let server = std::process::Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = OwnMoto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            server,
+        };
+        // Up once it makes the bucket.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let made = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut socket| {
+                use std::io::{Read, Write};
+                socket.write_all(
+                    b"PUT /flumen-test HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )?;
+                let mut answer = String::new();
+                socket.read_to_string(&mut answer)?;
+                Ok(answer.starts_with("HTTP/1.1 200"))
+            });
+            if made.unwrap_or(false) {
+                return moto;
+            }
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 #[test]
 fn a_paused_s3_server_is_waited_out_and_nothing_is_lost() {
-    let endpoint = s3_endpoint();
-    let pid = std::env::var("FLUMEN_TEST_S3_PID")
-        .expect("the S3 server's pid: run through scripts/test.sh");
+    let moto = OwnMoto::start();
+    let endpoint = moto.endpoint.clone();
+    let pid = moto.server.id().to_string();
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir
         .path()
@@ -299,12 +354,15 @@ sinks:
         "the run gave up instead of retrying: {log}"
     );
     let table = format!("bids={lake}/");
-    let counted = sql(&[
-        "--table",
-        &table,
-        "--format",
-        "csv",
-        "SELECT count(*) FROM bids",
-    ]);
+    let counted = sql_at(
+        &endpoint,
+        &[
+            "--table",
+            &table,
+            "--format",
+            "csv",
+            "SELECT count(*) FROM bids",
+        ],
+    );
     assert_eq!(counted.lines().nth(1), Some("55200"), "{counted}");
 }

@@ -372,6 +372,35 @@ impl EmbeddedReader {
         found.transpose()
     }
 
+    /// The entry of `key` as the JSON text [`Entry::to_json`] makes, built
+    /// around the stored value without parsing it (the `serve:` server's
+    /// lookups); `None` unless live.
+    pub fn get_json(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let now = wall_clock_millis();
+        self.read(None, |table| {
+            let Some(stored) = table.get(key)? else {
+                return Ok(None);
+            };
+            let (version, expires, value) = stored.value();
+            let Some(value) = value.filter(|_| expires > now) else {
+                return Ok(None);
+            };
+            let mut json = Vec::with_capacity(value.len() + key.len() + 64);
+            json.extend_from_slice(b"{\"key\":");
+            json.extend_from_slice(serde_json::Value::from(key).to_string().as_bytes());
+            json.extend_from_slice(b",\"value\":");
+            json.extend_from_slice(value);
+            if version != UNVERSIONED {
+                json.extend_from_slice(format!(",\"version\":{version}").as_bytes());
+            }
+            if expires != NEVER {
+                json.extend_from_slice(format!(",\"expires_at\":{expires}").as_bytes());
+            }
+            json.push(b'}');
+            Ok(Some(json))
+        })
+    }
+
     /// Up to `limit` live keys that start with `prefix`, in key order,
     /// after `after` (a cursor: the last key of the previous page). Also
     /// returns the cursor of the next page, if there may be one.
@@ -570,6 +599,13 @@ mod tests {
             2,
             "older loses"
         );
+        // The server's raw answer is the entry's JSON.
+        let raw = reader.get_json("k").unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&raw).unwrap(),
+            reader.get("k").unwrap().unwrap().to_json()
+        );
+        assert_eq!(reader.get_json("absent").unwrap(), None);
         let delete = KvWrite {
             key: "k".into(),
             value: None,
@@ -585,6 +621,7 @@ mod tests {
             None,
             "a late upsert does not resurrect"
         );
+        assert_eq!(reader.get_json("k").unwrap(), None, "nor for the server");
         assert_eq!(reader.count("").unwrap(), 0);
     }
 

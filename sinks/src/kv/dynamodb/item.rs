@@ -53,12 +53,18 @@ pub(crate) fn json(attribute: &AttributeValue) -> Json {
     }
 }
 
-/// The value columns of an item: all but the key and the sink's own.
+/// The value columns of an item: all but the key and the sink's own, by
+/// name (DynamoDB keeps no order).
 pub(crate) fn value_of(item: &HashMap<String, AttributeValue>, key_attribute: &str) -> Json {
+    let mut names: Vec<&String> = item
+        .keys()
+        .filter(|name| !is_own(name, key_attribute))
+        .collect();
+    names.sort();
     Json::Object(
-        item.iter()
-            .filter(|(name, _)| !is_own(name, key_attribute))
-            .map(|(name, value)| (name.clone(), json(value)))
+        names
+            .into_iter()
+            .map(|name| (name.clone(), json(&item[name])))
             .collect(),
     )
 }

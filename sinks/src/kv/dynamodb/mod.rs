@@ -394,7 +394,9 @@ impl Store for DynamoDbStore {
         self.write_all(writes).await
     }
 
+    /// Nothing to recover; but the table is made ready before the first
+    /// rows arrive, and an unreachable DynamoDB fails the run at once.
     async fn recover(&self, _from: Option<(u64, serde_json::Value)>) -> Result<()> {
-        Ok(())
+        self.client().await.map(|_| ())
     }
 }

@@ -199,10 +199,14 @@ impl ConnectionLike for Connection {
 }
 
 /// Errors that may pass: a connection lost or refused, a server loading
-/// its data after a restart, a cluster moving slots.
+/// its data after a restart (also when it aborts a transaction for it), a
+/// cluster moving slots.
 pub(crate) fn is_transient(error: &RedisError) -> bool {
     use redis::ServerErrorKind::*;
-    error.is_io_error()
+    let aborted_while_loading = matches!(error.kind(), redis::ErrorKind::Server(ExecAbort))
+        && error.to_string().contains("BusyLoading");
+    aborted_while_loading
+        || error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
@@ -225,6 +229,8 @@ fn redis_error(what: &str, error: RedisError) -> Error {
 
 /// How long staged writes of a checkpoint that never completed stay.
 const STAGED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most texts one `RPUSH` of staged writes carries.
+const STAGED_CHUNK: usize = 50_000;
 
 /// The key-value sink's Redis backend.
 pub(crate) struct RedisStore {
@@ -269,68 +275,111 @@ impl RedisStore {
 
     /// `writes` by the slot they go to (one group on one server), each
     /// encoded as `apply.lua` reads them.
-    fn groups(&self, writes: Vec<KvWrite>) -> Result<BTreeMap<Option<u16>, String>> {
-        let mut groups: BTreeMap<Option<u16>, Vec<serde_json::Value>> = BTreeMap::new();
+    fn groups(&self, writes: Vec<KvWrite>) -> Result<BTreeMap<Option<u16>, Vec<Vec<u8>>>> {
+        let mut groups: BTreeMap<Option<u16>, Vec<Vec<u8>>> = BTreeMap::new();
         for write in writes {
             let slot = self.settings.cluster.then(|| slots::slot(&write.key));
-            groups.entry(slot).or_default().push(self.encode(write)?);
+            self.encode(write, groups.entry(slot).or_default())?;
         }
-        groups
-            .into_iter()
-            .map(|(slot, writes)| Ok((slot, serde_json::Value::Array(writes).to_string())))
-            .collect()
+        Ok(groups)
     }
 
-    fn encode(&self, write: KvWrite) -> Result<serde_json::Value> {
-        use serde_json::Value as Json;
-        let value = match write.value {
-            None => Json::Null,
-            Some(json) if self.settings.hash => {
-                let object: serde_json::Map<String, Json> =
-                    serde_json::from_slice(&json).map_err(not_json)?;
-                let mut fields = Vec::with_capacity(object.len() * 2);
-                for (name, value) in object {
-                    let text = match value {
-                        Json::Null => continue,
-                        Json::String(text) => text,
-                        other => other.to_string(),
-                    };
-                    fields.push(Json::String(name));
-                    fields.push(Json::String(text));
-                }
-                Json::Array(fields)
-            }
-            Some(json) => Json::String(String::from_utf8(json).map_err(|e| {
-                Error::internal(format!("a key-value sink's value is not UTF-8: {e}"))
-            })?),
-        };
-        let text = |n: Option<i64>| n.map_or(Json::Null, |n| Json::String(n.to_string()));
+    /// Appends `write` to `encoded` as five texts, an empty one for none:
+    /// key, value, version, expiry, version key.
+    fn encode(&self, write: KvWrite, encoded: &mut Vec<Vec<u8>>) -> Result<()> {
         let version_key = match write.version {
-            Some(_) => Json::String(version_key(&write.key)),
-            None => Json::Null,
+            Some(_) => version_key(&write.key).into_bytes(),
+            None => Vec::new(),
         };
-        Ok(Json::Array(vec![
-            Json::String(write.key),
+        let value = match write.value {
+            None => Vec::new(),
+            Some(json) if self.settings.hash => {
+                serde_json::to_vec(&hash_fields(&json)?).map_err(not_json)?
+            }
+            Some(json) => json,
+        };
+        let text = |n: Option<i64>| n.map_or(Vec::new(), |n| n.to_string().into_bytes());
+        encoded.extend([
+            write.key.into_bytes(),
             value,
             text(write.version),
             text(write.expires_at),
             version_key,
-        ]))
+        ]);
+        Ok(())
     }
 
-    /// Runs `apply.lua` for one slot, retrying while Redis is away.
-    async fn run_script(&self, slot: Option<u16>, args: &[&str], staged_key: &str) -> Result<i64> {
+    /// Sends unversioned `writes` as one pipeline of `SET`s, `HSET`s and
+    /// `DEL`s (a run without checkpoints: at least once).
+    async fn pipeline_now(&self, writes: Vec<KvWrite>) -> Result<()> {
+        let mut pipeline = redis::pipe();
+        for write in writes {
+            let key = write.key;
+            match write.value {
+                None => {
+                    pipeline.del(&key).ignore();
+                }
+                Some(json) if self.settings.hash => {
+                    let fields = hash_fields(&json)?;
+                    pipeline.del(&key).ignore();
+                    if !fields.is_empty() {
+                        pipeline.cmd("HSET").arg(&key).arg(fields).ignore();
+                        if let Some(at) = write.expires_at {
+                            pipeline.cmd("PEXPIREAT").arg(&key).arg(at).ignore();
+                        }
+                    }
+                }
+                Some(json) => {
+                    let set = pipeline.cmd("SET").arg(&key).arg(json);
+                    if let Some(at) = write.expires_at {
+                        set.arg("PXAT").arg(at);
+                    }
+                    set.ignore();
+                }
+            }
+        }
+        let connection = self.connection().await?;
+        with_retries(
+            "writing to Redis",
+            self.settings.retry_for,
+            is_transient,
+            || {
+                let mut connection = connection.clone();
+                let pipeline = &pipeline;
+                async move { pipeline.query_async::<()>(&mut connection).await }
+            },
+        )
+        .await
+        .map_err(|e| redis_error("writing to Redis", e))
+    }
+
+    /// Runs `apply.lua` for one slot: checkpoint `checkpoint`'s staged
+    /// writes, or with checkpoint 0 the encoded `writes`; retries while
+    /// Redis is away.
+    async fn run_script(
+        &self,
+        slot: Option<u16>,
+        run: &str,
+        checkpoint: u64,
+        writes: &[Vec<u8>],
+    ) -> Result<i64> {
         let connection = self.connection().await?;
         let marker = self.marker(slot);
+        let staged_key = self.staged_key(slot, checkpoint);
+        let hash = if self.settings.hash { "1" } else { "0" };
         with_retries(
             "applying writes to Redis",
             self.settings.retry_for,
             is_transient,
             || {
                 let mut invocation = self.script.key(&marker);
-                invocation.key(staged_key);
-                for arg in args {
-                    invocation.arg(*arg);
+                invocation
+                    .key(&staged_key)
+                    .arg(run)
+                    .arg(checkpoint)
+                    .arg(hash);
+                for arg in writes {
+                    invocation.arg(arg);
                 }
                 let mut connection = connection.clone();
                 async move { invocation.invoke_async::<i64>(&mut connection).await }
@@ -343,6 +392,24 @@ impl RedisStore {
     fn staged_key(&self, slot: Option<u16>, checkpoint: u64) -> String {
         format!("{}:staged:{checkpoint}", self.marker(slot))
     }
+}
+
+/// A value (a JSON object) as a hash's fields and values, in turn: text
+/// as it is, other values as JSON, nulls left out.
+fn hash_fields(json: &[u8]) -> Result<Vec<String>> {
+    use serde_json::Value as Json;
+    let object: serde_json::Map<String, Json> = serde_json::from_slice(json).map_err(not_json)?;
+    let mut fields = Vec::with_capacity(object.len() * 2);
+    for (name, value) in object {
+        let text = match value {
+            Json::Null => continue,
+            Json::String(text) => text,
+            other => other.to_string(),
+        };
+        fields.push(name);
+        fields.push(text);
+    }
+    Ok(fields)
 }
 
 /// Where the version of `key` is kept: beside it, in its hash slot.
@@ -365,8 +432,9 @@ fn new_run() -> String {
 #[derive(Debug, serde::Serialize, Deserialize)]
 struct Staged {
     run: String,
-    /// The hash slots written to (a cluster), or none (one server).
-    slots: Option<Vec<u16>>,
+    /// The groups staged: hash slots in a cluster, `null` for all keys of
+    /// one server; none if the checkpoint wrote nothing.
+    groups: Vec<Option<u16>>,
 }
 
 #[async_trait]
@@ -387,28 +455,28 @@ impl Store for RedisStore {
         let groups = self.groups(writes)?;
         let staged = Staged {
             run: self.run.lock().await.clone(),
-            slots: self
-                .settings
-                .cluster
-                .then(|| groups.keys().flatten().copied().collect()),
+            groups: groups.keys().copied().collect(),
         };
         let connection = &self.connection().await?;
         futures::stream::iter(groups)
             .map(|(slot, encoded)| async move {
-                let command = redis::cmd("SET")
-                    .arg(self.staged_key(slot, checkpoint))
-                    .arg(encoded)
-                    .arg("EX")
-                    .arg(STAGED_FOR.as_secs())
-                    .to_owned();
+                // All of a group, or none of it: a partly staged checkpoint
+                // staged again starts afresh.
+                let key = self.staged_key(slot, checkpoint);
+                let mut staging = redis::pipe();
+                staging.atomic().del(&key).ignore();
+                for chunk in encoded.chunks(STAGED_CHUNK) {
+                    staging.rpush(&key, chunk).ignore();
+                }
+                staging.expire(&key, STAGED_FOR.as_secs() as i64).ignore();
                 with_retries(
                     "staging writes in Redis",
                     self.settings.retry_for,
                     is_transient,
                     || {
                         let mut connection = connection.clone();
-                        let command = &command;
-                        async move { command.query_async::<()>(&mut connection).await }
+                        let staging = &staging;
+                        async move { staging.query_async::<()>(&mut connection).await }
                     },
                 )
                 .await
@@ -424,18 +492,9 @@ impl Store for RedisStore {
         let staged: Staged = serde_json::from_value(staged.clone()).map_err(|e| {
             Error::Checkpoint(format!("not a Redis key-value sink's checkpoint: {e}"))
         })?;
-        let slots: Vec<Option<u16>> = match staged.slots {
-            Some(slots) => slots.into_iter().map(Some).collect(),
-            None => vec![None],
-        };
-        let checkpoint_text = checkpoint.to_string();
-        let (run, checkpoint_text) = (staged.run.as_str(), checkpoint_text.as_str());
-        futures::stream::iter(slots)
-            .map(|slot| async move {
-                let staged_key = self.staged_key(slot, checkpoint);
-                self.run_script(slot, &[run, checkpoint_text], &staged_key)
-                    .await
-            })
+        let run = staged.run.as_str();
+        futures::stream::iter(staged.groups.iter().copied())
+            .map(|slot| self.run_script(slot, run, checkpoint, &[]))
             .buffer_unordered(16)
             .try_collect::<Vec<i64>>()
             .await?;
@@ -443,14 +502,16 @@ impl Store for RedisStore {
     }
 
     async fn write_now(&self, writes: Vec<KvWrite>) -> Result<()> {
+        // Without versions to compare there is nothing for a script to
+        // do that a pipeline of plain commands does not.
+        if writes.iter().all(|w| w.version.is_none()) {
+            return self.pipeline_now(writes).await;
+        }
         let groups = self.groups(writes)?;
         let run = self.run.lock().await.clone();
         let run = run.as_str();
         futures::stream::iter(groups)
-            .map(|(slot, encoded)| async move {
-                let marker = self.marker(slot);
-                self.run_script(slot, &[run, "0", &encoded], &marker).await
-            })
+            .map(|(slot, encoded)| async move { self.run_script(slot, run, 0, &encoded).await })
             .buffer_unordered(16)
             .try_collect::<Vec<i64>>()
             .await?;
@@ -470,5 +531,93 @@ impl Store for RedisStore {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str, value: &str, version: Option<i64>) -> KvWrite {
+        KvWrite {
+            key: key.into(),
+            value: Some(value.as_bytes().to_vec()),
+            version,
+            expires_at: None,
+        }
+    }
+
+    /// Needs the test services' Redis (`scripts/test.sh` starts it).
+    fn store(database: u8) -> RedisStore {
+        let url = std::env::var("FLUMEN_TEST_REDIS")
+            .expect("FLUMEN_TEST_REDIS is not set: run the tests with scripts/test.sh");
+        RedisStore::new(RedisSettings {
+            urls: vec![format!("{url}/{database}")],
+            cluster: false,
+            hash: false,
+            retry_for: Duration::from_secs(5),
+            marker: "flumen:kv:test:script".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_applied_again_changes_nothing() {
+        let store = store(9);
+        let mut connection = store.connection().await.unwrap();
+        redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut connection)
+            .await
+            .unwrap();
+        store.recover(None).await.unwrap();
+        let run = store.run.lock().await.clone();
+        let apply = |checkpoint: u64| {
+            let (store, run) = (&store, run.clone());
+            async move { store.run_script(None, &run, checkpoint, &[]).await }
+        };
+        store
+            .stage(5, vec![write("k", "{\"n\":5}", Some(5))])
+            .await
+            .unwrap();
+        assert_eq!(apply(5).await.unwrap(), 1);
+        assert_eq!(apply(5).await.unwrap(), 0, "a replay applies nothing");
+        store
+            .stage(6, vec![write("k", "{\"n\":6}", Some(6))])
+            .await
+            .unwrap();
+        assert_eq!(apply(6).await.unwrap(), 1);
+        let value: String = redis::cmd("GET")
+            .arg("k")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(value, "{\"n\":6}");
+        // A checkpoint that wrote nothing commits too.
+        let staged = store.stage(7, Vec::new()).await.unwrap();
+        store.apply(7, &staged).await.unwrap();
+
+        // An older version changes nothing; a fresh start's checkpoints
+        // count again.
+        store
+            .write_now(vec![write("k", "{\"n\":4}", Some(4))])
+            .await
+            .unwrap();
+        store.recover(None).await.unwrap();
+        let run = store.run.lock().await.clone();
+        store
+            .stage(1, vec![write("j", "{\"n\":1}", None)])
+            .await
+            .unwrap();
+        let applied = store.run_script(None, &run, 1, &[]).await.unwrap();
+        assert_eq!(applied, 1, "a new run's checkpoint 1 is applied");
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg("k")
+            .arg("j")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(
+            values,
+            [Some("{\"n\":6}".to_string()), Some("{\"n\":1}".to_string())]
+        );
     }
 }
