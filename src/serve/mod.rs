@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::body::Incoming;
 use hyper::http::{Method, StatusCode};
 use serde_json::json;
 
+use flumen_clients::http::ClientRateLimit;
 use flumen_clients::http::auth::{Authenticator, Client, Screened};
 use flumen_clients::http::server::{
     ConnectionLimits, Response, allow, json_answer, refuse, refused, retry_after, serve,
@@ -61,7 +61,7 @@ struct Served {
     views: BTreeMap<String, View>,
     max_limit: usize,
     auth: Option<Authenticator>,
-    limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
+    limiter: Option<ClientRateLimit>,
     /// Whether the pipeline has finished: its sinks have closed their
     /// stores.
     finished: AtomicBool,
@@ -94,12 +94,7 @@ impl ViewServer {
                 Some((key, message)) => Error::config(format!("serve.{key}"), message),
                 None => e,
             })?;
-        let limiter = config.rate_limit.as_ref().map(|rate| {
-            let per_second = std::num::NonZeroU32::new(rate.per_second.max(1)).expect("positive");
-            let burst = std::num::NonZeroU32::new(rate.burst.unwrap_or(rate.per_second).max(1))
-                .expect("positive");
-            RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
-        });
+        let limiter = config.rate_limit.as_ref().map(ClientRateLimit::new);
         let served = Arc::new(Served {
             views: views
                 .into_iter()
@@ -174,22 +169,12 @@ fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) 
             Err(refusal) => return refused(refusal),
         },
     };
-    if let Some(limiter) = &served.limiter {
-        // Authenticated clients are limited per credential, others per
-        // address.
-        let key = match client {
-            Client::Anyone => (client, Some(peer.ip())),
-            known => (known, None),
-        };
-        if let Err(not_until) = limiter.check_key(&key) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            return retry_after(
-                refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
-                wait,
-            );
-        }
+    if let Some(over) = served
+        .limiter
+        .as_ref()
+        .and_then(|limiter| limiter.refuse_over_rate(client, peer.ip()))
+    {
+        return over;
     }
     let path = parts.uri.path();
     let Some(rest) = path

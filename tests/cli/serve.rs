@@ -83,6 +83,29 @@ sinks:
     path
 }
 
+/// `flumen run FILE`, its log in `log`; killed when dropped (its server
+/// lingers after the pipeline).
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(file: &Path, log: &Path) -> Running {
+        let child = super::flumen()
+            .args(["run", "--progress", "off"])
+            .arg(file)
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Running(child)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `GET path` with `token`: the status and the JSON body.
 fn get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -137,26 +160,13 @@ fn views_read_over_http_during_the_run_are_whole_checkpoints() {
     let port = free_port();
     let file = pipeline(dir.path(), port);
     let log_file = dir.path().join("run.log");
-    let mut run = super::flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .stderr(std::fs::File::create(&log_file).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let mut run = Running::start(&file, &log_file);
     let deadline = Instant::now() + Duration::from_secs(120);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the server did not start");
-        assert!(run.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(run.0.try_wait().unwrap().is_none(), "the run ended early");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut run = Kill(run);
 
     // Until every event is counted: read both views, in turn.
     let mut sums = std::collections::BTreeSet::new();
@@ -252,4 +262,64 @@ fn views_read_over_http_during_the_run_are_whole_checkpoints() {
     assert!(run.0.try_wait().unwrap().is_none());
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(log.contains("serving views at"), "{log}");
+}
+
+/// Past its `rate_limit` a client is answered 429 with `Retry-After`; a
+/// view served after the pipeline finished reads the file it left.
+#[test]
+fn a_reader_over_its_rate_is_answered_429() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stock.jsonl"), "{\"item\":1,\"stock\":5}\n").unwrap();
+    let port = free_port();
+    let yaml = format!(
+        r#"
+serve:
+  listen: 127.0.0.1:{port}
+  rate_limit: {{ per_second: 1, burst: 2 }}
+  linger: 5m
+sources:
+  stock:
+    type: file
+    path: {dir}/stock.jsonl
+    schema: {{ item: int64, stock: int64 }}
+sinks:
+  in_stock:
+    type: kv
+    inputs: [stock]
+    path: {dir}/stock.redb
+    key: "item:{{item}}"
+"#,
+        dir = dir.path().display()
+    );
+    let file = dir.path().join("limited.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let log_file = dir.path().join("run.log");
+    let _run = Running::start(&file, &log_file);
+    // Once the pipeline has finished and the server lingers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains(" for 5m") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish: {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| get(port, "/v1/views/in_stock/item:1", None).0)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        socket,
+        "GET /v1/views/in_stock/item:1 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    assert!(
+        response.to_lowercase().contains("retry-after: 1"),
+        "{response}"
+    );
 }

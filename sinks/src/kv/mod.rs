@@ -1,13 +1,15 @@
 //! The key-value sink: keeps a view of its input by key, in an embedded
-//! store ([`embedded`], a redb file) that `flumen kv` reads beside the
-//! running pipeline.
+//! store ([`embedded`], a redb file), Redis or DynamoDB, which `flumen kv`
+//! ([`KvReader`]) reads beside the running pipeline.
 //!
-//! Rows become writes ([`sink`]): the key from a template over columns,
+//! Rows become writes (`sink`): the key from a template over columns,
 //! the value a JSON object of the value columns. A changelog's deletes
-//! (see [`flumen_core::changelog`]) remove keys. With a version column the
-//! last writer by version wins, so a replay or a late row never regresses
-//! a value. With checkpoints, a checkpoint's writes are staged and applied
-//! at its commit, exactly once.
+//! (see [`flumen_core::changelog`]) and rows matching `delete_when` remove
+//! keys. With a version column the last writer by version wins, so a
+//! replay or a late row never regresses a value. Each store is a backend
+//! of one trait (`store`): with checkpoints, a checkpoint's writes are
+//! staged at its barrier and applied at its commit, exactly once where the
+//! store can apply them atomically (the embedded store, Redis).
 
 mod config;
 #[cfg(feature = "dynamodb")]

@@ -15,18 +15,17 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
+use flumen_clients::http::ClientRateLimit;
 use flumen_clients::http::auth::{Authenticator, Client, Refusal, Screened};
 use flumen_clients::http::server::{Response, allow, json_answer, refuse, refused, retry_after};
 use flumen_core::log::{AppendError, DurableLog};
 use futures::FutureExt;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -56,7 +55,7 @@ pub(crate) struct Stream {
     /// Each client's scope, worked out once.
     scopes: HashMap<Client, Scope>,
     auth: Option<Authenticator>,
-    limiter: Option<DefaultKeyedRateLimiter<(Client, Option<std::net::IpAddr>)>>,
+    limiter: Option<ClientRateLimit>,
 }
 
 /// Where a stream keeps the keys of released records.
@@ -87,11 +86,7 @@ impl Stream {
                 (client, ids.scope(kind, credential))
             })
             .collect();
-        let limiter = config.rate_limit.as_ref().map(|limit| {
-            let rate = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
-            let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
+        let limiter = config.rate_limit.as_ref().map(ClientRateLimit::new);
         let webhook_memory = config
             .auth
             .as_ref()
@@ -167,21 +162,7 @@ fn screen(stream: &Stream, peer: SocketAddr, headers: &HeaderMap) -> Result<Scre
 
 /// Refuses `client` if it is over its rate.
 fn over_rate(stream: &Stream, peer: SocketAddr, client: Client) -> Option<Response> {
-    let limiter = stream.limiter.as_ref()?;
-    // Authenticated clients are limited per credential, others per
-    // address.
-    let key = match client {
-        Client::Anyone => (client, Some(peer.ip())),
-        known => (known, None),
-    };
-    let not_until = limiter.check_key(&key).err()?;
-    let wait = not_until.wait_time_from(governor::clock::Clock::now(
-        &governor::clock::DefaultClock::default(),
-    ));
-    Some(retry_after(
-        refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
-        wait,
-    ))
+    stream.limiter.as_ref()?.refuse_over_rate(client, peer.ip())
 }
 
 async fn accept(
