@@ -36,6 +36,9 @@ mod kafka;
 mod kinesis;
 #[path = "cli/lake.rs"]
 mod lake;
+#[cfg(feature = "search")]
+#[path = "cli/search.rs"]
+mod search;
 #[cfg(feature = "serve")]
 #[path = "cli/serve.rs"]
 mod serve;

@@ -1,5 +1,5 @@
 //! Flumen's sinks: standard output, blackhole, files, Parquet, Kafka,
-//! Kinesis, HTTP and key-value views.
+//! Kinesis, HTTP, key-value views and search indexes.
 
 pub mod blackhole;
 pub mod encoding;
@@ -15,6 +15,8 @@ pub mod kv;
 #[cfg(any(feature = "kafka", feature = "kinesis"))]
 mod message;
 pub mod parquet;
+#[cfg(feature = "search")]
+pub mod search;
 pub mod stdout;
 
 pub use self::blackhole::{BlackholeConfig, BlackholeSink};
@@ -29,6 +31,8 @@ pub use self::kinesis::{KinesisSink, KinesisSinkConfig};
 #[cfg(feature = "kv")]
 pub use self::kv::{KvSink, KvSinkConfig};
 pub use self::parquet::{ParquetSink, ParquetSinkConfig};
+#[cfg(feature = "search")]
+pub use self::search::{SearchSink, SearchSinkConfig};
 pub use self::stdout::{StdoutConfig, StdoutFormat, StdoutSink};
 
 use flumen_core::catalog::ComponentType;
@@ -47,4 +51,6 @@ pub const COMPONENTS: &[ComponentType] = &[
     ComponentType::sink::<HttpSinkConfig>(),
     #[cfg(feature = "kv")]
     ComponentType::sink::<KvSinkConfig>(),
+    #[cfg(feature = "search")]
+    ComponentType::sink::<SearchSinkConfig>(),
 ];

@@ -13,6 +13,8 @@ mod logging;
 mod metrics;
 mod progress;
 mod run;
+#[cfg(feature = "search")]
+mod search;
 mod sql;
 mod validate;
 
@@ -80,6 +82,9 @@ enum Command {
     #[cfg(feature = "kv")]
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Query what a search sink indexes, beside the pipeline that writes it.
+    #[cfg(feature = "search")]
+    Search(search::SearchArgs),
     /// Query the Parquet files that sinks write, with SQL (read-only):
     /// tables given by location or by a pipeline file's `parquet` sinks.
     Sql(sql::SqlArgs),
@@ -166,6 +171,8 @@ fn dispatch(command: Command, log_format: LogFormat) -> Result<(), Failure> {
         Command::Buffer(command) => buffer::run(command),
         #[cfg(feature = "kv")]
         Command::Kv(command) => kv::run(command),
+        #[cfg(feature = "search")]
+        Command::Search(args) => search::run(args),
         Command::Sql(args) => sql::run(args, &registry),
         Command::Config(ConfigCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&pipeline_schema(&registry))
