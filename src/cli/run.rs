@@ -67,10 +67,19 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
         #[cfg(feature = "serve")]
         let server = match &loaded.serve {
             Some(served) => {
-                let server = flumen::serve::ViewServer::start(&served.config, served.views.clone())
-                    .await
-                    .map_err(|e| Failure::Usage(e.to_string()))?;
-                let views: Vec<&str> = served.views.keys().map(String::as_str).collect();
+                let server = flumen::serve::ViewServer::start(
+                    &served.config,
+                    served.views.clone(),
+                    served.indexes.clone(),
+                )
+                .await
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+                let views: Vec<&str> = served
+                    .views
+                    .keys()
+                    .chain(served.indexes.keys())
+                    .map(String::as_str)
+                    .collect();
                 tracing::info!(
                     views = %views.join(", "),
                     "serving views at http://{}/v1/views",

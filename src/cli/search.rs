@@ -34,10 +34,11 @@ pub fn run(args: SearchArgs) -> Result<(), Failure> {
     for hit in &hits {
         // Four decimals are all a score's f32 carries meaningfully.
         let score = (f64::from(hit.score) * 1e4).round() / 1e4;
-        println!(
-            "{}",
-            serde_json::json!({ "score": score, "document": hit.document })
-        );
+        let mut line = serde_json::json!({ "score": score, "document": hit.document });
+        if !hit.snippets.is_empty() {
+            line["snippets"] = serde_json::json!(hit.snippets);
+        }
+        println!("{line}");
     }
     eprintln!("{total} hits");
     Ok(())

@@ -237,6 +237,8 @@ pub struct Served {
     pub config: crate::serve::ServeConfig,
     /// The views: `kv` sinks' names, and their stores' paths.
     pub views: std::collections::BTreeMap<String, PathBuf>,
+    /// The search indexes: `search` sinks' names, and their paths.
+    pub indexes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// A pipeline file's name, text, and parsed document.
@@ -456,20 +458,24 @@ impl FileParser<'_> {
         let mut value = value.clone();
         KnownNames::of::<ServeConfig>().resolve_paths(&mut value, self.base);
         let config: ServeConfig = self.typed("serve", &value)?;
-        let embedded: std::collections::BTreeMap<String, PathBuf> = components
-            .iter()
-            .filter(|c| c.section == Section::Sinks && c.type_name == "kv")
-            .filter_map(|c| {
-                let path = c.settings.get("path")?.as_str()?;
-                Some((c.name.clone(), PathBuf::from(path)))
-            })
-            .collect();
+        let paths = |type_name: &str| -> std::collections::BTreeMap<String, PathBuf> {
+            components
+                .iter()
+                .filter(|c| c.section == Section::Sinks && c.type_name == type_name)
+                .filter_map(|c| {
+                    let path = c.settings.get("path")?.as_str()?;
+                    Some((c.name.clone(), PathBuf::from(path)))
+                })
+                .collect()
+        };
+        let embedded = paths("kv");
+        let indexes = paths("search");
         let views = match &config.views {
-            None if embedded.is_empty() => {
+            None if embedded.is_empty() && indexes.is_empty() => {
                 return Err(self.error(
                     "serve",
                     Target::Key,
-                    "there is nothing to serve: no `kv` sink has a `path` (an embedded store)",
+                    "there is nothing to serve: no `kv` sink has a `path` (an embedded store), and there is no `search` sink",
                 ));
             }
             None => embedded,
@@ -498,7 +504,11 @@ impl FileParser<'_> {
                 views
             }
         };
-        Ok(Some(Served { config, views }))
+        Ok(Some(Served {
+            config,
+            views,
+            indexes,
+        }))
     }
 
     fn components(&self) -> Result<Vec<Component>, ConfigError> {

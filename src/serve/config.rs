@@ -7,8 +7,9 @@ use serde::Deserialize;
 use flumen_clients::http::{AuthConfig, RateLimitConfig, TlsConfig};
 
 /// Answers HTTP reads of the pipeline's embedded views (its `kv` sinks
-/// with a `path`) while it runs: `GET /v1/views/{sink}/{key}` and
-/// `GET /v1/views/{sink}?prefix=&limit=&cursor=`. Readers see committed
+/// with a `path`) and queries of its search indexes while it runs:
+/// `GET /v1/views/{sink}/{key}`, `GET /v1/views/{sink}?prefix=&limit=&cursor=`
+/// and `GET /v1/search/{sink}?q=&limit=&offset=`. Readers see committed
 /// checkpoints only.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

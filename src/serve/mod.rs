@@ -3,7 +3,9 @@
 //! - `GET /v1/views`: the views served, by name;
 //! - `GET /v1/views/{sink}/{key}`: one key's value (404 if it has none);
 //! - `GET /v1/views/{sink}?prefix=&limit=&cursor=`: keys in order, a page
-//!   at a time.
+//!   at a time;
+//! - `GET /v1/search/{sink}?q=&limit=&offset=`: a search index's best
+//!   hits, with their stored fields and highlighted snippets.
 //!
 //! Reads run in redb read transactions beside the sink's writer, on the
 //! writer's own database handle: a reader sees the store as the last
@@ -30,6 +32,7 @@ use flumen_clients::http::server::{
 };
 use flumen_core::prelude::*;
 use flumen_sinks::kv::{EmbeddedReader, Entry};
+use flumen_sinks::search::SearchReader;
 
 pub use self::config::ServeConfig;
 
@@ -56,9 +59,27 @@ impl View {
     }
 }
 
+/// A search index the server answers queries of: a `search` sink's.
+struct SearchIndex {
+    path: PathBuf,
+    /// Opened once the sink has made the index.
+    reader: OnceLock<SearchReader>,
+}
+
+impl SearchIndex {
+    fn reader(&self) -> Option<&SearchReader> {
+        if let Some(reader) = self.reader.get() {
+            return Some(reader);
+        }
+        let reader = SearchReader::open(&self.path).ok()?;
+        Some(self.reader.get_or_init(|| reader))
+    }
+}
+
 /// What every request needs.
 struct Served {
     views: BTreeMap<String, View>,
+    indexes: BTreeMap<String, SearchIndex>,
     max_limit: usize,
     auth: Option<Authenticator>,
     limiter: Option<ClientRateLimit>,
@@ -75,10 +96,14 @@ pub struct ViewServer {
 }
 
 impl ViewServer {
-    /// Starts serving `views` (sink name → embedded store path) as
-    /// `config` says. The views answer 503 until their sinks have opened
-    /// their stores in this process.
-    pub async fn start(config: &ServeConfig, views: BTreeMap<String, PathBuf>) -> Result<Self> {
+    /// Starts serving `views` (sink name → embedded store path) and
+    /// `indexes` (sink name → search index path) as `config` says. They
+    /// answer 503 until their sinks have opened them.
+    pub async fn start(
+        config: &ServeConfig,
+        views: BTreeMap<String, PathBuf>,
+        indexes: BTreeMap<String, PathBuf>,
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::config("serve.listen", format!("{}: {e}", config.listen)))?;
@@ -104,6 +129,16 @@ impl ViewServer {
                         reader: OnceLock::new(),
                     };
                     (name, view)
+                })
+                .collect(),
+            indexes: indexes
+                .into_iter()
+                .map(|(name, path)| {
+                    let index = SearchIndex {
+                        path,
+                        reader: OnceLock::new(),
+                    };
+                    (name, index)
                 })
                 .collect(),
             max_limit: config.max_limit.max(1),
@@ -177,6 +212,9 @@ fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) 
         return over;
     }
     let path = parts.uri.path();
+    if let Some(name) = path.strip_prefix("/v1/search/") {
+        return search(served, &decoded(name), parts.uri.query().unwrap_or(""));
+    }
     let Some(rest) = path
         .strip_prefix("/v1/views")
         .filter(|r| r.is_empty() || r.starts_with('/'))
@@ -254,6 +292,70 @@ fn scan(reader: &EmbeddedReader, query: &str, max_limit: usize) -> Result<Respon
     let (entries, next) = reader.scan(&prefix, cursor.as_deref(), limit)?;
     let entries: Vec<serde_json::Value> = entries.iter().map(Entry::to_json).collect();
     Ok(answer(json!({ "entries": entries, "cursor": next })))
+}
+
+/// Answers `GET /v1/search/{name}?q=&limit=&offset=`.
+fn search(served: &Served, name: &str, query: &str) -> Response {
+    let Some(index) = served.indexes.get(name) else {
+        let names: Vec<&str> = served.indexes.keys().map(String::as_str).collect();
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no search index `{name}`; served: {}", names.join(", ")),
+        );
+    };
+    let mut q = None;
+    let mut limit = 10.min(served.max_limit);
+    let mut offset = 0;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let number = |value: &str| value.parse::<usize>().ok();
+        match key.as_ref() {
+            "q" => q = Some(value.into_owned()),
+            "limit" | "offset" => match number(&value) {
+                Some(n) if key == "limit" => limit = n.min(served.max_limit),
+                Some(n) => offset = n,
+                None => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("`{key}={value}` is not a number"),
+                    );
+                }
+            },
+            other => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter `{other}`; expected q, limit, offset"),
+                );
+            }
+        }
+    }
+    let Some(q) = q else {
+        return refuse(StatusCode::BAD_REQUEST, "`q` is missing: the query");
+    };
+    let Some(reader) = index.reader() else {
+        return retry_after(
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("search index `{name}` is not made yet: its sink is starting"),
+            ),
+            Duration::from_secs(1),
+        );
+    };
+    match reader.search(&q, limit, offset) {
+        Ok((total, hits)) => {
+            let hits: Vec<serde_json::Value> = hits
+                .iter()
+                .map(|hit| {
+                    json!({
+                        "score": (f64::from(hit.score) * 1e4).round() / 1e4,
+                        "document": hit.document,
+                        "snippets": hit.snippets,
+                    })
+                })
+                .collect();
+            answer(json!({ "total": total, "hits": hits }))
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 fn answer(body: serde_json::Value) -> Response {

@@ -163,3 +163,83 @@ sinks:
         .collect();
     assert!(got == expected, "an id holds a row other than its last");
 }
+
+#[test]
+fn the_serve_server_answers_queries_with_hits_and_snippets() {
+    let dir = tempfile::tempdir().unwrap();
+    let tweets = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/tweets.jsonl");
+    let port = flumen_core::testing::free_port();
+    let yaml = format!(
+        r#"
+serve:
+  listen: 127.0.0.1:{port}
+  linger: 5m
+sources:
+  tweets:
+    type: file
+    path: {tweets}
+    schema: {{ id: int64, user: string, text: string }}
+sinks:
+  tweet_search:
+    type: search
+    inputs: [tweets]
+    path: {dir}/tweets
+    id: id
+    fields:
+      text: {{ type: text, tokenizer: en_stem }}
+      user: {{ type: keyword }}
+"#,
+        dir = dir.path().display(),
+        tweets = tweets.display()
+    );
+    let file = dir.path().join("served.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let log = dir.path().join("run.log");
+    let mut run = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains(" for 5m") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let get = |path: &str| -> (String, serde_json::Value) {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (
+            head.lines().next().unwrap().to_string(),
+            serde_json::from_str(body).unwrap(),
+        )
+    };
+    let (status, answer) = get("/v1/search/tweet_search?q=roasting");
+    assert!(status.contains("200"), "{status} {answer}");
+    assert_eq!(answer["total"], 1);
+    assert_eq!(answer["hits"][0]["document"]["_id"], "1");
+    assert_eq!(
+        answer["hits"][0]["snippets"]["text"],
+        "Queue out the door at Corner <b>Roast</b> already"
+    );
+    let (status, answer) = get("/v1/search/tweet_search?q=user:mara&limit=2");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(answer["hits"].as_array().unwrap().len(), 2);
+    assert!(answer["total"].as_u64().unwrap() > 2);
+    let (status, answer) = get("/v1/search/tweet_search?q=%28unclosed");
+    assert!(status.contains("400"), "{status} {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("Syntax Error"));
+    run.kill().unwrap();
+    run.wait().unwrap();
+}

@@ -45,6 +45,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, batches: &[RecordBatch]) {
         .block_on(ViewServer::start(
             &ServeConfig::new("127.0.0.1:0"),
             BTreeMap::from([("bids".to_string(), path.clone())]),
+            BTreeMap::new(),
         ))
         .expect("server");
     server.pipeline_finished();

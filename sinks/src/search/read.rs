@@ -6,6 +6,7 @@ use std::path::Path;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::QueryParser;
 use tantivy::schema::FieldType as TantivyFieldType;
+use tantivy::snippet::SnippetGenerator;
 use tantivy::{Document, Index, IndexReader, ReloadPolicy, TantivyDocument};
 
 use flumen_core::prelude::*;
@@ -26,6 +27,9 @@ pub struct Hit {
     pub score: f32,
     /// Its stored fields (and `_id`), as JSON.
     pub document: serde_json::Value,
+    /// Its stored text fields that matched, as HTML fragments with the
+    /// matching words in `<b>`, by field.
+    pub snippets: std::collections::BTreeMap<String, String>,
 }
 
 fn search_error(path: &Path, error: impl std::fmt::Display) -> Error {
@@ -93,17 +97,39 @@ impl SearchReader {
             )
             .map_err(|e| Error::internal(e.to_string()))?;
         let schema = self.index.schema();
+        // A snippet generator per stored, analysed field.
+        let mut generators = Vec::new();
+        for (field, entry) in schema.fields() {
+            if let TantivyFieldType::Str(options) = entry.field_type()
+                && options.is_stored()
+                && options
+                    .get_indexing_options()
+                    .is_some_and(|i| i.tokenizer() != "raw")
+            {
+                let generator = SnippetGenerator::create(&searcher, &*parsed, field)
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                generators.push((entry.name().to_string(), generator));
+            }
+        }
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top.into_iter().take(limit) {
             let document: TantivyDocument = searcher
                 .doc(address)
                 .map_err(|e| Error::internal(e.to_string()))?;
+            let snippets = generators
+                .iter()
+                .filter_map(|(name, generator)| {
+                    let snippet = generator.snippet_from_doc(&document);
+                    (!snippet.highlighted().is_empty()).then(|| (name.clone(), snippet.to_html()))
+                })
+                .collect();
             hits.push(Hit {
                 score,
                 document: flatten(
                     serde_json::from_str(&document.to_json(&schema))
                         .map_err(|e| Error::internal(e.to_string()))?,
                 ),
+                snippets,
             });
         }
         Ok((total, hits))
