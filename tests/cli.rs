@@ -16,6 +16,9 @@ use flumen::config::Document;
 use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator};
 use flumen_core::testing::free_port;
 
+#[cfg(feature = "serve")]
+#[path = "cli/bulk_server.rs"]
+mod bulk_server;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/docs.rs"]

@@ -14,7 +14,7 @@
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "serve")]
-mod serve;
+pub(crate) mod serve;
 
 use std::time::Instant;
 

@@ -9,6 +9,7 @@
 //! cargo bench --bench nexmark -- kinesis       # Kinesis source and sink (starts kinesis-local)
 //! cargo bench --bench nexmark -- ingest drain  # HTTP ingest, the buffer's drain rate
 //! cargo bench --bench nexmark -- kv            # the key-value sink (kv_embedded, kv_redis) and serving (kv_serve)
+//! cargo bench --bench nexmark -- search        # the search sink's indexing (search_index) and queries (search_serve)
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
 //! ```
 //!
@@ -39,6 +40,8 @@ mod kinesis;
 #[cfg(feature = "kv")]
 mod kv;
 mod parquet_sink;
+#[cfg(feature = "serve")]
+mod search;
 mod stateful;
 
 /// Events per query run (of which 46 in 50 are bids).
@@ -123,6 +126,13 @@ fn main() {
     #[cfg(feature = "kinesis")]
     if wanted("kinesis") {
         kinesis::run(&runtime);
+    }
+    #[cfg(feature = "serve")]
+    if ["search_index", "search_serve"]
+        .iter()
+        .any(|name| wanted(name))
+    {
+        search::run(&runtime, &wanted);
     }
 }
 

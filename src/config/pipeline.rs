@@ -475,7 +475,7 @@ impl FileParser<'_> {
                 return Err(self.error(
                     "serve",
                     Target::Key,
-                    "there is nothing to serve: no `kv` sink has a `path` (an embedded store), and there is no `search` sink",
+                    "there is nothing to serve: no `kv` sink has a `path` (an embedded store), and no `search` sink has one (an embedded index)",
                 ));
             }
             None => embedded,

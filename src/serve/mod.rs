@@ -154,7 +154,7 @@ impl ViewServer {
             let served = served.clone();
             move |peer, request| {
                 let served = served.clone();
-                async move { handle(&served, peer, request) }
+                async move { handle(served, peer, request).await }
             }
         }));
         Ok(ViewServer {
@@ -184,7 +184,11 @@ impl Drop for ViewServer {
 }
 
 /// Answers one read.
-fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) -> Response {
+async fn handle(
+    served: Arc<Served>,
+    peer: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> Response {
     let (parts, _body) = request.into_parts();
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return allow(
@@ -213,7 +217,20 @@ fn handle(served: &Served, peer: SocketAddr, request: hyper::Request<Incoming>) 
     }
     let path = parts.uri.path();
     if let Some(name) = path.strip_prefix("/v1/search/") {
-        return search(served, &decoded(name), parts.uri.query().unwrap_or(""));
+        // A query reads the index's files: off the threads that serve
+        // connections.
+        let (name, query) = (
+            decoded(name).into_owned(),
+            parts.uri.query().unwrap_or("").to_string(),
+        );
+        return tokio::task::spawn_blocking(move || search(&served, &name, &query))
+            .await
+            .unwrap_or_else(|e| {
+                refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the query failed: {e}"),
+                )
+            });
     }
     let Some(rest) = path
         .strip_prefix("/v1/views")
@@ -352,7 +369,7 @@ fn search(served: &Served, name: &str, query: &str) -> Response {
                     })
                 })
                 .collect();
-            answer(json!({ "total": total, "hits": hits }))
+            answer(json!({ "total": total.count, "total_exact": total.exact, "hits": hits }))
         }
         Err(e) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
     }

@@ -36,10 +36,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, batches: &[RecordBatch]) {
         .collect();
     keys.sort();
     keys.dedup();
-    let keys = Arc::new(keys);
+    let paths = |prefix: &str| Arc::new(keys.iter().map(|k| format!("{prefix}{k}")).collect());
 
     let bare = runtime.block_on(bare_server(&path));
-    let (bare_rate, bare_p99) = load(runtime, bare, "/", &keys);
+    let (bare_rate, bare_p99) = load(runtime, bare, &paths("/"));
 
     let server = runtime
         .block_on(ViewServer::start(
@@ -49,7 +49,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, batches: &[RecordBatch]) {
         ))
         .expect("server");
     server.pipeline_finished();
-    let (rate, p99) = load(runtime, server.address(), "/v1/views/bids/", &keys);
+    let (rate, p99) = load(runtime, server.address(), &paths("/v1/views/bids/"));
     println!(
         "serving ({} keys; {CLIENTS} clients, random keys, keep-alive)\n  bare hyper + redb server:         {:>10.0} lookups/s   p99 {:>6} µs\n  serve: GET /v1/views/bids/KEY:    {:>10.0} lookups/s   p99 {:>6} µs   ratio {:.2}x\n",
         keys.len(),
@@ -111,21 +111,20 @@ fn lookup(db: &ReadOnlyDatabase, key: &str) -> Full<Bytes> {
     Full::new(Bytes::from(body))
 }
 
-/// Lookups per second, and their 99th percentile latency, of `CLIENTS`
-/// clients asking `address` for `prefix` + random keys.
-fn load(
+/// Requests per second, and their 99th percentile latency, of `CLIENTS`
+/// clients asking `address` for random ones of `paths`.
+pub(crate) fn load(
     runtime: &tokio::runtime::Runtime,
     address: SocketAddr,
-    prefix: &str,
-    keys: &Arc<Vec<String>>,
+    paths: &Arc<Vec<String>>,
 ) -> (f64, Duration) {
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let started = Instant::now();
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|i| {
-                let (client, keys) = (client.clone(), keys.clone());
-                let base = format!("http://{address}{prefix}");
+                let (client, paths) = (client.clone(), paths.clone());
+                let base = format!("http://{address}");
                 tokio::spawn(async move {
                     let mut latencies = Vec::new();
                     let mut random = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
@@ -133,10 +132,10 @@ fn load(
                         random ^= random << 13;
                         random ^= random >> 7;
                         random ^= random << 17;
-                        let key = &keys[(random % keys.len() as u64) as usize];
+                        let path = &paths[(random % paths.len() as u64) as usize];
                         let asked = Instant::now();
                         let response = client
-                            .get(format!("{base}{key}"))
+                            .get(format!("{base}{path}"))
                             .send()
                             .await
                             .expect("lookup");

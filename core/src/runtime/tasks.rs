@@ -469,11 +469,14 @@ async fn sink_loop(
             Received::Barrier(barrier) => {
                 last_checkpoint = barrier.checkpoint;
                 let transaction = sink.pre_commit(barrier.checkpoint, ctx).await?;
+                // A sink that sends at the barrier learns of refusals then.
+                env.rejected(sink.take_rejected()).await?;
                 env.ack(barrier.checkpoint, AckKind::Transaction(transaction));
             }
             Received::End => {
                 sink.finish(ctx).await?;
                 let transaction = sink.pre_commit(last_checkpoint + 1, ctx).await?;
+                env.rejected(sink.take_rejected()).await?;
                 match &mut commits {
                     // Without checkpoints, the end is the only commit.
                     None => sink.commit(transaction, ctx).await?,

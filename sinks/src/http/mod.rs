@@ -2,7 +2,7 @@
 //! backoff while it is not ready, behind a circuit breaker.
 
 mod config;
-mod sink;
+pub(crate) mod sink;
 
 pub use self::config::{BodyFormat, CircuitBreakerConfig, HttpSinkConfig, RetryConfig};
 pub use self::sink::HttpSink;

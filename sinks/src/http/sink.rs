@@ -143,14 +143,14 @@ impl HttpSinkInstance {
 }
 
 /// Whether a status means "try again later".
-fn retryable(status: StatusCode) -> bool {
+pub(crate) fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
         || status.is_server_error()
 }
 
 /// The wait a `Retry-After` header asks for (seconds or an HTTP date).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
@@ -165,7 +165,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Full jitter: a random wait up to `initial * 2^(attempt-1)`.
-fn backoff(initial: Duration, attempt: u32) -> Duration {
+pub(crate) fn backoff(initial: Duration, attempt: u32) -> Duration {
     let ceiling = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

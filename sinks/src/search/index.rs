@@ -147,6 +147,11 @@ impl Layout {
         })
     }
 
+    /// The columns that become fields, in order.
+    pub(crate) fn columns(&self) -> Vec<usize> {
+        self.fields.iter().map(|&(column, ..)| column).collect()
+    }
+
     /// The id column, if documents have ids.
     pub(crate) fn id_column(&self) -> Option<usize> {
         self.id.map(|(column, _)| column)
@@ -315,11 +320,14 @@ impl SearchIndex {
         std::fs::remove_file(&file).map_err(|e| index_error(&file, e))
     }
 
-    /// Writes `batch` and commits it (a run without checkpoints).
-    pub(crate) fn write_now(&self, batch: &RecordBatch) -> Result<()> {
+    /// Writes `batch` (a run without checkpoints), and commits what is
+    /// written if `commit`.
+    pub(crate) fn write_now(&self, batch: &RecordBatch, commit: bool) -> Result<()> {
         let mut writer = self.writer.lock().expect("index writer");
         self.write_rows(&writer, batch)?;
-        writer.commit().map_err(|e| index_error(&self.path, e))?;
+        if commit {
+            writer.commit().map_err(|e| index_error(&self.path, e))?;
+        }
         Ok(())
     }
 

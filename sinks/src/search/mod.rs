@@ -1,6 +1,7 @@
 //! The search-index sink: keeps its input searchable in an embedded
 //! Tantivy index, which `flumen search` queries beside the running
-//! pipeline.
+//! pipeline, or in an Elasticsearch or OpenSearch index
+//! ([`elasticsearch`]).
 //!
 //! Columns become fields as `fields` says ([`config`]): analysed text,
 //! exact keywords, numbers and dates (fast fields, for ranges). With an
@@ -15,10 +16,11 @@
 //! Readers see committed checkpoints only.
 
 mod config;
+pub mod elasticsearch;
 mod index;
 mod read;
 mod sink;
 
 pub use self::config::{FieldConfig, FieldType, SearchSinkConfig, Tokenizer};
-pub use self::read::{Hit, SearchReader};
+pub use self::read::{COUNT_UP_TO, Hit, SearchReader, Total};
 pub use self::sink::SearchSink;

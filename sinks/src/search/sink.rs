@@ -1,7 +1,9 @@
-//! The search-index sink and its instance: rows to documents, a
-//! checkpoint's rows staged at the barrier and committed at the commit.
+//! The search-index sink and its Tantivy instance: rows to documents,
+//! a checkpoint's rows staged at the barrier and committed at the commit.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 
@@ -9,17 +11,28 @@ use flumen_core::prelude::*;
 use flumen_core::writable::split_writable;
 
 use super::config::SearchSinkConfig;
+use super::elasticsearch::{BulkClient, BulkInstance};
 use super::index::{Layout, SearchIndex};
 
 /// The search-index sink. Built from a [`SearchSinkConfig`].
 #[derive(Debug, Clone)]
 pub struct SearchSink {
     config: SearchSinkConfig,
+    backend: Backend,
+}
+
+/// The index a sink writes, as its settings say.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// An embedded Tantivy index in this directory.
+    Tantivy(PathBuf),
+    /// An Elasticsearch or OpenSearch index.
+    Elasticsearch(Box<BulkClient>),
 }
 
 impl SearchSink {
-    pub(super) fn new(config: SearchSinkConfig) -> Self {
-        SearchSink { config }
+    pub(super) fn new(config: SearchSinkConfig, backend: Backend) -> Self {
+        SearchSink { config, backend }
     }
 }
 
@@ -31,22 +44,51 @@ impl SinkFactory for SearchSink {
     fn create(&self, _instance: InstanceInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
         let layout = Layout::of(&self.config, &schema)?;
         let id_column = layout.id_column();
-        Ok(Box::new(SearchInstance {
-            index: Arc::new(SearchIndex::open(&self.config.path, layout)?),
-            id_column,
-            pending: Vec::new(),
-            rejected: Vec::new(),
-        }))
+        Ok(match &self.backend {
+            Backend::Tantivy(path) => Box::new(SearchInstance {
+                index: Arc::new(SearchIndex::open(path, layout)?),
+                id_column,
+                pending: Vec::new(),
+                rejected: Vec::new(),
+                last_commit: Instant::now(),
+            }),
+            Backend::Elasticsearch(client) => Box::new(BulkInstance::new(
+                (**client).clone(),
+                id_column.ok_or_else(|| Error::config("id", "is needed with `elasticsearch`"))?,
+                layout.columns(),
+            )),
+        })
     }
 
-    /// One writer per index.
+    /// One writer per index (a cluster's takes `concurrency` requests in
+    /// flight instead).
     fn max_parallelism(&self) -> Option<usize> {
         Some(1)
     }
 
     fn exactly_once(&self) -> bool {
-        true
+        matches!(self.backend, Backend::Tantivy(_))
     }
+}
+
+/// `batch` without its rows that have no id, which are rejected.
+pub(super) fn without_null_ids(
+    batch: RecordBatch,
+    id_column: Option<usize>,
+    rejected: &mut Vec<Rejected>,
+) -> Result<RecordBatch> {
+    let Some(column) = id_column else {
+        return Ok(batch);
+    };
+    let ids = batch.column(column);
+    if ids.null_count() == 0 {
+        return Ok(batch);
+    }
+    let missing = arrow::compute::is_null(ids)?;
+    let present = arrow::compute::not(&missing)?;
+    let without = arrow::compute::filter_record_batch(&batch, &missing)?;
+    rejected.extend(Rejected::rows(&without, &"the id column is null")?);
+    Ok(arrow::compute::filter_record_batch(&batch, &present)?)
 }
 
 struct SearchInstance {
@@ -55,7 +97,13 @@ struct SearchInstance {
     /// The rows of the checkpoint under way.
     pending: Vec<RecordBatch>,
     rejected: Vec<Rejected>,
+    /// When rows written without checkpoints were last committed.
+    last_commit: Instant,
 }
+
+/// How often rows written without checkpoints are committed (the end of
+/// the input commits the rest).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 impl SearchInstance {
     async fn on_index<T: Send + 'static>(
@@ -67,23 +115,6 @@ impl SearchInstance {
             .await
             .map_err(|e| Error::internal(format!("the search index's writer failed: {e}")))?
     }
-
-    /// `batch` without its rows that have no id, which are rejected.
-    fn with_ids(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
-        let Some(column) = self.id_column else {
-            return Ok(batch);
-        };
-        let ids = batch.column(column);
-        if ids.null_count() == 0 {
-            return Ok(batch);
-        }
-        let missing = arrow::compute::is_null(ids)?;
-        let present = arrow::compute::not(&missing)?;
-        let without = arrow::compute::filter_record_batch(&batch, &missing)?;
-        self.rejected
-            .extend(Rejected::rows(&without, &"the id column is null")?);
-        Ok(arrow::compute::filter_record_batch(&batch, &present)?)
-    }
 }
 
 #[async_trait]
@@ -91,7 +122,7 @@ impl Sink for SearchInstance {
     async fn write(&mut self, batch: RecordBatch, ctx: &mut Context) -> Result<()> {
         let (batch, rejected) = split_writable(batch)?;
         self.rejected.extend(rejected);
-        let batch = self.with_ids(batch)?;
+        let batch = without_null_ids(batch, self.id_column, &mut self.rejected)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -99,7 +130,14 @@ impl Sink for SearchInstance {
             self.pending.push(batch);
             return Ok(());
         }
-        self.on_index(move |index| index.write_now(&batch)).await
+        // Without checkpoints, writes become visible at most a second
+        // late: a Tantivy commit per batch would make a segment per batch.
+        let commit = self.last_commit.elapsed() >= COMMIT_EVERY;
+        if commit {
+            self.last_commit = Instant::now();
+        }
+        self.on_index(move |index| index.write_now(&batch, commit))
+            .await
     }
 
     fn take_rejected(&mut self) -> Vec<Rejected> {
