@@ -135,8 +135,11 @@ pub trait Source: Send + 'static {
 pub enum SplitChange {
     /// Now read by this instance.
     Added(u64),
-    /// No longer read by this instance.
+    /// No longer read by this instance (another may read it now, or again
+    /// soon: a rebalance).
     Released(u64),
+    /// Read to its end: it brings no more events.
+    Finished(u64),
 }
 
 /// What a source instance is told before it starts.

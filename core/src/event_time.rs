@@ -150,7 +150,10 @@ pub fn to_millis(column: &ArrayRef) -> Result<Int64Array> {
 /// batch: the watermark is then the minimum over the splits of each one's
 /// newest event time, so a lagging partition holds it back instead of
 /// seeing its events arrive late. A split quiet for the idle timeout stops
-/// holding it back; a split the source gives up is forgotten.
+/// holding it back. A split the source gives up (a rebalance took it)
+/// keeps holding it back for [`RELEASE_GRACE`], and is then forgotten: a
+/// rebalance often hands the split back, and its events must not be late
+/// for the pause.
 #[derive(Debug)]
 pub(crate) struct WatermarkGenerator {
     column: usize,
@@ -162,11 +165,26 @@ pub(crate) struct WatermarkGenerator {
     idle: bool,
 }
 
+/// How long a split the source gave up keeps holding the watermark back.
+pub(crate) const RELEASE_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy)]
 struct SplitProgress {
     /// `None` until the split's first event: it holds the watermark back.
     max_seen: Option<EventTime>,
     last_data: Instant,
+    /// When the source gave the split up, if it did.
+    released: Option<Instant>,
+}
+
+impl SplitProgress {
+    fn new(now: Instant) -> Self {
+        SplitProgress {
+            max_seen: None,
+            last_data: now,
+            released: None,
+        }
+    }
 }
 
 impl WatermarkGenerator {
@@ -203,10 +221,7 @@ impl WatermarkGenerator {
             let progress = self
                 .splits
                 .entry(split.unwrap_or(0))
-                .or_insert(SplitProgress {
-                    max_seen: None,
-                    last_data: now,
-                });
+                .or_insert_with(|| SplitProgress::new(now));
             progress.max_seen = Some(progress.max_seen.map_or(batch_max, |m| m.max(batch_max)));
             progress.last_data = now;
         }
@@ -222,25 +237,47 @@ impl WatermarkGenerator {
     /// Notes a split the source has started reading: until its first
     /// event (or its idle timeout) it holds the watermark back, so that
     /// its events are not late for having arrived after another split's.
+    /// A split given up and handed back within the grace keeps where it
+    /// was.
     pub(crate) fn add(&mut self, split: u64, now: Instant) {
-        self.splits.entry(split).or_insert(SplitProgress {
-            max_seen: None,
-            last_data: now,
-        });
+        let progress = self
+            .splits
+            .entry(split)
+            .or_insert_with(|| SplitProgress::new(now));
+        if progress.released.take().is_some() {
+            progress.last_data = now;
+        }
     }
 
-    /// Forgets `split` (the source no longer reads it); returns the
-    /// watermark if that lets it advance.
+    /// Notes that the source no longer reads `split`: it holds the
+    /// watermark back for [`RELEASE_GRACE`] more, in case it comes back.
     pub(crate) fn release(&mut self, split: u64, now: Instant) -> Option<Watermark> {
+        if let Some(progress) = self.splits.get_mut(&split) {
+            progress.released.get_or_insert(now);
+        }
+        self.advance(now)
+    }
+
+    /// Forgets `split`, read to its end; returns the watermark if that
+    /// lets it advance.
+    pub(crate) fn finish(&mut self, split: u64, now: Instant) -> Option<Watermark> {
         self.splits.remove(&split);
         self.advance(now)
     }
 
     /// The minimum over the active splits, if it moved forward.
     fn advance(&mut self, now: Instant) -> Option<Watermark> {
+        self.splits.retain(|_, p| {
+            p.released
+                .is_none_or(|at| now.duration_since(at) < RELEASE_GRACE)
+        });
+        // A released split in its grace holds the watermark back even if
+        // quiet: it is quiet because nobody reads it.
         let active = |p: &&SplitProgress| {
-            self.idle_timeout
-                .is_none_or(|timeout| now.duration_since(p.last_data) < timeout)
+            p.released.is_some()
+                || self
+                    .idle_timeout
+                    .is_none_or(|timeout| now.duration_since(p.last_data) < timeout)
         };
         // A split with no event yet (`None`) is the minimum.
         let slowest = self
@@ -261,7 +298,10 @@ impl WatermarkGenerator {
     /// the idle timeout has passed, or a watermark that advanced because
     /// a quiet split stopped holding it back.
     pub(crate) fn on_idle(&mut self, now: Instant) -> Option<Watermark> {
-        let timeout = self.idle_timeout?;
+        let Some(timeout) = self.idle_timeout else {
+            // A released split's grace may have run out.
+            return self.advance(now);
+        };
         let since = *self.idle_since.get_or_insert(now);
         if !self.idle && now.duration_since(since) >= timeout {
             self.idle = true;
@@ -357,7 +397,51 @@ mod tests {
                 .unwrap(),
             Some(Watermark::EventTime(7_000))
         );
-        assert_eq!(generator.release(2, now), Some(Watermark::EventTime(9_000)));
+        // Released, split 2 holds the watermark back through its grace,
+        // and is forgotten after it.
+        assert_eq!(generator.release(2, now), None);
+        let later = now + RELEASE_GRACE / 2;
+        assert_eq!(generator.on_idle(later), None);
+        assert_eq!(
+            generator.on_idle(now + RELEASE_GRACE),
+            Some(Watermark::EventTime(9_000))
+        );
+    }
+
+    #[test]
+    fn a_split_handed_back_within_its_grace_holds_the_watermark_as_before() {
+        let config = EventTimeConfig::new("ts").with_idle_timeout(Duration::from_secs(5));
+        let mut generator = WatermarkGenerator::new(&config, 0);
+        let now = Instant::now();
+        generator.add(1, now);
+        generator.add(2, now);
+        generator
+            .observe_split(&batch(&[2_000]), Some(2), now)
+            .unwrap();
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[5_000]), Some(1), now)
+                .unwrap(),
+            Some(Watermark::EventTime(2_000))
+        );
+        // A rebalance takes split 2 away for longer than the idle timeout:
+        // split 1's events do not carry the watermark past split 2's.
+        assert_eq!(generator.release(2, now), None);
+        let later = now + Duration::from_secs(10);
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[9_000]), Some(1), later)
+                .unwrap(),
+            None
+        );
+        // Handed back, it goes on from where it was.
+        generator.add(2, later);
+        assert_eq!(
+            generator
+                .observe_split(&batch(&[3_000]), Some(2), later)
+                .unwrap(),
+            Some(Watermark::EventTime(3_000))
+        );
     }
 
     #[test]

@@ -196,6 +196,11 @@ pub(crate) async fn run_source(
                         outputs.send_to_all(Message::Watermark(watermark)).await?;
                     }
                 }
+                SplitChange::Finished(split) => {
+                    if let Some(watermark) = generator.finish(split, now) {
+                        outputs.send_to_all(Message::Watermark(watermark)).await?;
+                    }
+                }
             }
         }
         match step {

@@ -500,7 +500,7 @@ impl KinesisInstance {
         self.reading.remove(&shard);
         self.positions.remove(&shard);
         if let Some(split) = self.splits.get(&shard) {
-            self.split_changes.push(SplitChange::Released(*split));
+            self.split_changes.push(SplitChange::Finished(*split));
         }
         let mut state = self.source.shared.state.lock().expect("not poisoned");
         state.owners.remove(&shard);
