@@ -17,6 +17,9 @@
 #                 redis://...:P3: a cluster of three masters, no replicas)
 #              -> FLUMEN_TEST_REDIS_SERVER (the binary, for tests that run
 #                 their own server to restart it)
+#   Kubernetes manifests: kubernetes-validate (PyPI, in the same virtualenv),
+#              the API's schemas, offline; not a server
+#              -> FLUMEN_TEST_KUBERNETES_VALIDATE (the binary)
 #
 # Each service has a launch_ function, run in this shell (it installs what
 # is missing, starts the server in the background and exports its
@@ -248,9 +251,20 @@ start_redis() { launch_redis && ready_redis; }
 # Launches each server in turn, waiting for it (in the background) as soon
 # as it is launched; the waits' output is shown once all are done, in order.
 # Redis comes first: its cluster takes longest, a few seconds to form.
+# The manifest validator, installed beside moto (after it: they share the
+# virtualenv).
+install_kubernetes_validate() {
+  local venv="$FLUMEN_CACHE/venv"
+  if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+    echo "installing kubernetes-validate (Kubernetes manifests' schemas) into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate || return
+  fi
+  export FLUMEN_TEST_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+}
+
 start_services() {
   trap stop_services EXIT
-  local service pids=()
+  local service pids=() failed_tools=0
   local services=(redis s3 kafka kinesis)
   for service in "${services[@]}"; do
     if ! "launch_$service"; then
@@ -261,7 +275,8 @@ start_services() {
     ("ready_$service") >"$SERVICES_DIR/ready-$service.out" 2>"$SERVICES_DIR/ready-$service.err" &
     pids+=($!)
   done
-  local i failed=0
+  install_kubernetes_validate || failed_tools=1
+  local i failed=${failed_tools:-0}
   for i in "${!services[@]}"; do
     wait "${pids[$i]}" || failed=1
     cat "$SERVICES_DIR/ready-${services[$i]}.out"

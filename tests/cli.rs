@@ -21,6 +21,8 @@ use flumen_core::testing::free_port;
 mod bulk_server;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/deploy.rs"]
+mod deploy;
 #[path = "cli/docs.rs"]
 mod docs;
 #[path = "cli/first_hour.rs"]
