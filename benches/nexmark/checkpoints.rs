@@ -85,6 +85,7 @@ fn q5_with_checkpoints(
             interval,
             keep: usize::MAX,
             start: StartFrom::Fresh,
+            allow_non_restored_state: false,
         });
         let (graph, collected) = q5_graph(events, 10 * SECOND, 2 * SECOND, 1);
         let started = Instant::now();

@@ -375,6 +375,7 @@ mod kafka {
                 interval: Duration::from_millis(5),
                 keep: 2,
                 start: StartFrom::Latest,
+                allow_non_restored_state: false,
             }),
             ..RunOptions::default()
         };

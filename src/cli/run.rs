@@ -51,6 +51,12 @@ pub struct RunArgs {
     /// output staged but never committed).
     #[arg(long)]
     fresh: bool,
+
+    /// Restore a checkpoint even if some of its state does not fit the
+    /// pipeline (a removed component's, or one whose kind or parallelism
+    /// changed): those components start without it.
+    #[arg(long, conflicts_with = "fresh")]
+    allow_non_restored_state: bool,
 }
 
 pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<(), Failure> {
@@ -121,9 +127,13 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
                     interval: config.interval,
                     keep: config.keep,
                     start,
+                    allow_non_restored_state: args.allow_non_restored_state,
                 })
             }
-            None if args.fresh || args.from_checkpoint.is_some() => {
+            None if args.fresh
+                || args.from_checkpoint.is_some()
+                || args.allow_non_restored_state =>
+            {
                 return Err(Failure::Usage(format!(
                     "`{}` has no `checkpoint` section, so there is no checkpoint to start from",
                     args.file.display()

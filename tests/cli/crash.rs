@@ -268,6 +268,108 @@ fn a_crash_between_pre_commit_and_commit_is_committed_on_restart() {
 }
 
 #[test]
+fn an_upgraded_pipeline_keeps_its_state_and_refuses_state_it_cannot_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&dir.path().join("events.jsonl"));
+    let (rows, windows) = reference(dir.path());
+    let file = pipeline(dir.path(), "upgraded", "50ms");
+    let original = std::fs::read_to_string(&file).unwrap();
+    // Stopped mid-run, with windows open in checkpoint 3.
+    assert!(!super::run_pipeline(&file, Some(3)).success());
+
+    // Without the window and its sink, their state has nowhere to go: the
+    // run is refused before anything runs, naming them.
+    let without_window = original
+        .replace(
+            "  per_second:\n    type: window\n    inputs: [kept]\n    window: { tumble: 1s }\n    aggregates: [\"count(*) AS ids\", \"sum(id) AS id_sum\"]\n",
+            "",
+        )
+        .replace(
+            &format!(
+                "  windows:\n    type: file\n    inputs: [per_second]\n    path: {}/upgraded/windows\n",
+                dir.path().display()
+            ),
+            "",
+        );
+    assert!(!without_window.contains("per_second"), "{without_window}");
+    std::fs::write(&file, &without_window).unwrap();
+    let refused = flumen()
+        .args(["run", "--progress", "off"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        error.contains("checkpoint 3 does not fit this pipeline: ")
+            && error.contains("component `per_second` is no longer in the pipeline")
+            && error.contains("Give --allow-non-restored-state to start without it"),
+        "{error}"
+    );
+
+    // A copy of the store, for the last part.
+    let store = dir.path().join("upgraded-checkpoints");
+    let copy = dir.path().join("copied-checkpoints");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&store)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // A new sink, and a stateless transform at another parallelism: the
+    // state is restored, and the output is the uninterrupted run's.
+    let upgraded = original
+        .replace(
+            "    filter: id % 7 <> 0\n",
+            "    filter: id % 7 <> 0\n    parallelism: 2\n",
+        )
+        .replace(
+            "sinks:\n",
+            &format!(
+                "sinks:\n  copies:\n    type: file\n    inputs: [kept]\n    path: {}/upgraded/copies\n",
+                dir.path().display()
+            ),
+        );
+    std::fs::write(&file, &upgraded).unwrap();
+    assert!(super::run_pipeline(&file, None).success());
+    let out = dir.path().join("upgraded");
+    assert!(
+        committed(&out.join("rows")) == rows,
+        "rows differ from the uninterrupted run"
+    );
+    assert_eq!(committed(&out.join("windows")), windows);
+    let copies = committed(&out.join("copies"));
+    assert!(
+        !copies.is_empty() && copies.len() < rows.len(),
+        "the new sink writes what is read after the restore: {} rows",
+        copies.len()
+    );
+
+    // Told to, a run drops the state it cannot restore (from the copy,
+    // where the windows were still open).
+    std::fs::write(
+        &file,
+        without_window.replace(&store.display().to_string(), &copy.display().to_string()),
+    )
+    .unwrap();
+    let output = flumen()
+        .args(["run", "--progress", "off", "--allow-non-restored-state"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("starting it without its state (--allow-non-restored-state)"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_corrupt_checkpoint_falls_back_to_the_one_before() {
     let dir = tempfile::tempdir().unwrap();
     write_events(&dir.path().join("events.jsonl"));

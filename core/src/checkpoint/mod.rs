@@ -125,4 +125,9 @@ pub struct CheckpointSettings {
     pub keep: usize,
     /// Where the run starts.
     pub start: StartFrom,
+    /// Whether a restored checkpoint may hold state this pipeline cannot
+    /// take (a removed component's, or one whose kind or parallelism
+    /// changed): those components start without it. Otherwise such a
+    /// checkpoint stops the run before anything runs.
+    pub allow_non_restored_state: bool,
 }

@@ -42,6 +42,16 @@ pub struct NodeRecord {
     pub instances: Vec<InstanceRecord>,
 }
 
+impl NodeRecord {
+    /// Whether any instance recorded something to restore: a position, a
+    /// transaction or state (a stateless operator records nothing).
+    pub fn holds_state(&self) -> bool {
+        self.instances
+            .iter()
+            .any(|i| !i.values.is_null() || !i.tables.is_empty())
+    }
+}
+
 /// What one instance recorded: a source its read position, a sink its
 /// pre-committed transaction, an operator its state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -307,7 +307,7 @@ impl Pipeline {
         settings: &CheckpointSettings,
     ) -> Result<(Coordinator, CoordinatorHandles, Option<Loaded>)> {
         let store = &settings.store;
-        let restored = match settings.start {
+        let mut restored = match settings.start {
             StartFrom::Fresh => None,
             StartFrom::Latest => {
                 store
@@ -316,8 +316,8 @@ impl Pipeline {
             }
             StartFrom::Checkpoint(id) => Some(store.load(id).await?),
         };
-        if let Some(loaded) = &restored {
-            self.check_fits(loaded)?;
+        if let Some(loaded) = &mut restored {
+            self.fit(loaded, settings.allow_non_restored_state)?;
             tracing::info!(
                 checkpoint = loaded.manifest.id,
                 store = store.display(),
@@ -384,45 +384,77 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// A checkpoint restores only into a pipeline with the same nodes,
-    /// kinds and parallelism.
-    fn check_fits(&self, loaded: &Loaded) -> Result<()> {
+    /// Whether a checkpoint restores into this pipeline. State is matched
+    /// by component name: a component the checkpoint does not hold starts
+    /// empty (a sink, source or operator added since), and one that kept
+    /// nothing (a stateless transform, changed or not) restores at any
+    /// parallelism. State that cannot be restored (a removed component's,
+    /// or one whose kind or parallelism changed) stops the run before
+    /// anything runs, naming the component, unless `allow_non_restored`,
+    /// which starts those components without it.
+    fn fit(&self, loaded: &mut Loaded, allow_non_restored: bool) -> Result<()> {
         let id = loaded.manifest.id;
-        let mismatch = |message: String| {
-            Error::Checkpoint(format!(
-                "checkpoint {id} does not fit this pipeline: {message}; start with --fresh, or restore into the pipeline it was taken from"
-            ))
-        };
+        let mut unfit: Vec<(String, String)> = Vec::new();
         for node in &self.nodes {
             let Some(record) = loaded.manifest.nodes.get(&node.name) else {
-                return Err(mismatch(format!("it has no component `{}`", node.name)));
+                tracing::info!(
+                    checkpoint = id,
+                    component = %node.name,
+                    "the checkpoint holds nothing of this component: it starts empty"
+                );
+                continue;
             };
-            if record.kind != node.kind.label() {
-                return Err(mismatch(format!(
-                    "`{}` was a {} and is now a {}",
-                    node.name,
-                    record.kind,
-                    node.kind.label()
-                )));
+            if !record.holds_state() {
+                continue;
             }
-            if record.instances.len() != node.parallelism {
-                return Err(mismatch(format!(
-                    "`{}` ran {} instances and now has parallelism {}",
-                    node.name,
-                    record.instances.len(),
-                    node.parallelism
-                )));
+            if record.kind != node.kind.label() {
+                unfit.push((
+                    node.name.clone(),
+                    format!(
+                        "`{}` was a {} and is now a {}",
+                        node.name,
+                        record.kind,
+                        node.kind.label()
+                    ),
+                ));
+            } else if record.instances.len() != node.parallelism {
+                unfit.push((
+                    node.name.clone(),
+                    format!(
+                        "`{}` ran {} instances and now has parallelism {}, and its state is kept per instance",
+                        node.name,
+                        record.instances.len(),
+                        node.parallelism
+                    ),
+                ));
             }
         }
-        if let Some(extra) = loaded
-            .manifest
-            .nodes
-            .keys()
-            .find(|name| !self.nodes.iter().any(|n| &n.name == *name))
-        {
-            return Err(mismatch(format!(
-                "component `{extra}` is no longer in the pipeline"
+        for (name, record) in &loaded.manifest.nodes {
+            if record.holds_state() && !self.nodes.iter().any(|n| &n.name == name) {
+                unfit.push((
+                    name.clone(),
+                    format!("component `{name}` is no longer in the pipeline"),
+                ));
+            }
+        }
+        if unfit.is_empty() {
+            return Ok(());
+        }
+        if !allow_non_restored {
+            let reasons: Vec<&str> = unfit.iter().map(|(_, why)| why.as_str()).collect();
+            return Err(Error::Checkpoint(format!(
+                "checkpoint {id} does not fit this pipeline: {}; its state there cannot be restored. Give --allow-non-restored-state to start without it, start with --fresh, or restore into the pipeline it was taken from",
+                reasons.join("; ")
             )));
+        }
+        for (name, why) in unfit {
+            tracing::warn!(
+                checkpoint = id,
+                component = %name,
+                "{why}: starting it without its state (--allow-non-restored-state)"
+            );
+            loaded.snapshots.retain(|(node, _), _| *node != name);
+            loaded.manifest.nodes.remove(&name);
         }
         Ok(())
     }
