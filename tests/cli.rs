@@ -870,6 +870,33 @@ sinks:
     )
 }
 
+/// A self-signed certificate for `127.0.0.1`, and its key, made by openssl
+/// in `dir`: `(cert.pem, key.pem)`.
+fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        // A server certificate, not a CA (which TLS clients refuse as one).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success(), "openssl could not make a certificate");
+    (cert, key)
+}
+
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
     let paths: Vec<PathBuf> = if !path.exists() {

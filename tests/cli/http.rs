@@ -841,27 +841,7 @@ sinks:
 #[test]
 fn over_tls_requests_are_accepted_and_plain_http_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        // A server certificate, not a CA (which TLS clients refuse as one).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success(), "openssl could not make a certificate");
+    let (cert, key) = super::self_signed_certificate(dir.path());
     let port = free_port();
     let tls = format!(
         "    tls: {{ cert: {}, key: {} }}",

@@ -334,6 +334,17 @@ sinks:
     file
 }
 
+/// Runs `bulk.yaml` (from [`bulk_pipeline`]) in its directory, where its
+/// dead letters go (`.flumen/bulk/dead_letters`).
+fn run_bulk(file: &Path) -> std::process::Output {
+    flumen()
+        .current_dir(file.parent().unwrap())
+        .args(["run", "--progress", "off"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[cfg(feature = "serve")]
 #[test]
 fn the_bulk_sink_lands_every_document_once_through_item_and_request_failures() {
@@ -369,12 +380,7 @@ fn the_bulk_sink_lands_every_document_once_through_item_and_request_failures() {
         None,
     );
     let file = bulk_pipeline(dir.path(), &server.url, "      max_documents: 300");
-    let output = flumen()
-        .current_dir(dir.path())
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = run_bulk(&file);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
 
@@ -437,26 +443,7 @@ fn the_bulk_sink_speaks_tls_with_a_private_ca_and_sends_its_api_key() {
     use super::bulk_server::{BulkServer, Fates, RequestFate};
     let dir = tempfile::tempdir().unwrap();
     write_tweets(&dir.path().join("tweets.jsonl"), 50);
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success(), "openssl could not make a certificate");
+    let (cert, key) = super::self_signed_certificate(dir.path());
     let server = BulkServer::start(
         Fates {
             request: Box::new(|_| RequestFate::Answer),
@@ -477,12 +464,7 @@ fn the_bulk_sink_speaks_tls_with_a_private_ca_and_sends_its_api_key() {
         "",
     );
     std::fs::write(&file, &text).unwrap();
-    let output = flumen()
-        .current_dir(dir.path())
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = run_bulk(&file);
     assert!(
         output.status.success(),
         "{}",
@@ -494,12 +476,7 @@ fn the_bulk_sink_speaks_tls_with_a_private_ca_and_sends_its_api_key() {
     // to the dead letters.
     std::fs::write(&file, text.replace("c2VjcmV0OmtleQ==", "d3Jvbmc=")).unwrap();
     std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
-    let output = flumen()
-        .current_dir(dir.path())
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = run_bulk(&file);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
