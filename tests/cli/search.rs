@@ -207,8 +207,11 @@ sinks:
     assert_eq!(meta["payload"], format!("flumen:{last}"));
 }
 
+#[cfg(feature = "serve")]
 #[test]
 fn the_serve_server_answers_queries_with_hits_and_snippets() {
+    use super::serve::{Running, get};
+
     let dir = tempfile::tempdir().unwrap();
     let tweets = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/tweets.jsonl");
     let port = flumen_core::testing::free_port();
@@ -238,38 +241,11 @@ sinks:
     let file = dir.path().join("served.yaml");
     std::fs::write(&file, yaml).unwrap();
     let log = dir.path().join("run.log");
-    let mut run = flumen()
-        .args(["run", "--progress", "off"])
-        .arg(&file)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap().contains(" for 5m") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run did not finish"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let get = |path: &str| -> (String, serde_json::Value) {
-        use std::io::{Read, Write};
-        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            socket,
-            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        socket.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        (
-            head.lines().next().unwrap().to_string(),
-            serde_json::from_str(body).unwrap(),
-        )
-    };
+    let run = Running::start(&file, &log);
+    run.lingering(&log, "5m");
+    let get = |path: &str| get(port, path, None);
     let (status, answer) = get("/v1/search/tweet_search?q=roasting");
-    assert!(status.contains("200"), "{status} {answer}");
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["total"], 1);
     assert_eq!(answer["hits"][0]["document"]["_id"], "1");
     assert_eq!(
@@ -277,14 +253,12 @@ sinks:
         "Queue out the door at Corner <b>Roast</b> already"
     );
     let (status, answer) = get("/v1/search/tweet_search?q=user:mara&limit=2");
-    assert!(status.contains("200"), "{status}");
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["hits"].as_array().unwrap().len(), 2);
     assert!(answer["total"].as_u64().unwrap() > 2);
     let (status, answer) = get("/v1/search/tweet_search?q=%28unclosed");
-    assert!(status.contains("400"), "{status} {answer}");
+    assert_eq!(status, 400, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("Syntax Error"));
-    run.kill().unwrap();
-    run.wait().unwrap();
 }
 
 /// `count` tweets with ids 0.., as JSON lines.

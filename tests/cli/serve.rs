@@ -85,10 +85,10 @@ sinks:
 
 /// `flumen run FILE`, its log in `log`; killed when dropped (its server
 /// lingers after the pipeline).
-struct Running(std::process::Child);
+pub(super) struct Running(std::process::Child);
 
 impl Running {
-    fn start(file: &Path, log: &Path) -> Running {
+    pub(super) fn start(file: &Path, log: &Path) -> Running {
         let child = super::flumen()
             .args(["run", "--progress", "off"])
             .arg(file)
@@ -96,6 +96,20 @@ impl Running {
             .spawn()
             .unwrap();
         Running(child)
+    }
+
+    /// Waits until the pipeline has finished and its server lingers for
+    /// `linger` (as the pipeline's `serve.linger` says), from `log`.
+    pub(super) fn lingering(&self, log: &Path, linger: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(&format!(" for {linger}")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the run did not finish: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -107,7 +121,7 @@ impl Drop for Running {
 }
 
 /// `GET path` with `token`: the status and the JSON body.
-fn get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+pub(super) fn get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
@@ -294,17 +308,8 @@ sinks:
     let file = dir.path().join("limited.yaml");
     std::fs::write(&file, yaml).unwrap();
     let log_file = dir.path().join("run.log");
-    let _run = Running::start(&file, &log_file);
-    // Once the pipeline has finished and the server lingers.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if log.contains(" for 5m") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not finish: {log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let run = Running::start(&file, &log_file);
+    run.lingering(&log_file, "5m");
     let statuses: Vec<u16> = (0..3)
         .map(|_| get(port, "/v1/views/in_stock/item:1", None).0)
         .collect();
