@@ -41,6 +41,9 @@ mod kafka;
 mod kinesis;
 #[path = "cli/lake.rs"]
 mod lake;
+#[cfg(feature = "kv")]
+#[path = "cli/rescale.rs"]
+mod rescale;
 #[cfg(feature = "search")]
 #[path = "cli/search.rs"]
 mod search;

@@ -187,6 +187,15 @@ pub trait SourceFactory: Send + Sync + 'static {
         None
     }
 
+    /// Whether a restore at another parallelism may hand the earlier
+    /// instances' positions to any of the new instances, several to one
+    /// ([`Source::restore`] called once for each): true for a source whose
+    /// instances share one consumer of the input (a Kafka consumer
+    /// group), false for one whose instances split the input by index.
+    fn positions_merge(&self) -> bool {
+        false
+    }
+
     /// Whether the run that took checkpoint `checkpoint` reported it
     /// upstream ([`Source::checkpoint_complete`]) before it stopped, given
     /// the positions its instances recorded. A checkpoint written but not
@@ -387,6 +396,17 @@ pub trait Operator: Send + 'static {
     }
 }
 
+/// How an operator's checkpointed state follows a change of parallelism:
+/// see [`OperatorFactory::state_rescale`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateRescale {
+    /// Its state is tied to the instance that wrote it: a checkpoint
+    /// restores only at the same parallelism.
+    PerInstance,
+    /// Its keyed state is split by key group and merged again on restore.
+    ByKeyGroup,
+}
+
 /// The state an operator instance retains.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateSize {
@@ -426,6 +446,35 @@ pub trait OperatorFactory: Send + Sync + 'static {
     /// windows, with no key to split them by).
     fn max_parallelism(&self) -> Option<usize> {
         None
+    }
+
+    /// The version of the state format [`Operator::snapshot`] writes. Raise
+    /// it when the format changes in a way [`Operator::restore`] cannot
+    /// read: a checkpoint of another version is then refused, naming the
+    /// component, instead of misread.
+    fn state_version(&self) -> u32 {
+        1
+    }
+
+    /// What the operator's state is made of, in words a message can show:
+    /// its keys, its aggregates, the columns of the rows it keeps. A
+    /// checkpoint records it, and a restore into an operator that
+    /// describes its state differently (a window whose `aggregates`
+    /// changed) is refused, naming both. `None`: nothing to compare.
+    fn state_description(&self, _inputs: &[SchemaRef]) -> Option<String> {
+        None
+    }
+
+    /// How the operator's state follows a change of parallelism.
+    ///
+    /// [`StateRescale::ByKeyGroup`]: its snapshots mark the tables whose
+    /// rows belong to keys ([`Snapshot::with_keyed_table`]); each new
+    /// instance then gets the rows of the key groups it owns from every
+    /// earlier instance, and the other tables of some of them, through one
+    /// [`Operator::restore`] call per earlier instance. Such a restore must
+    /// add to what the instance already holds.
+    fn state_rescale(&self) -> StateRescale {
+        StateRescale::PerInstance
     }
 
     /// Extra named outputs (usable as `node.name` in inputs), with their

@@ -44,7 +44,7 @@ pub mod prelude {
     pub use crate::checkpoint::Snapshot;
     pub use crate::component::{
         Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,
-        SourceContext, SourceFactory, SourceStep, SplitChange, StateSize,
+        SourceContext, SourceFactory, SourceStep, SplitChange, StateRescale, StateSize,
     };
     pub use crate::dead_letter::{OnError, Rejected};
     pub use crate::error::{Error, Result};

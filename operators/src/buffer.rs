@@ -466,6 +466,7 @@ impl Operator for BufferInstance {
                 Ok(Snapshot {
                     values: json!({}),
                     tables,
+                    keyed: Vec::new(),
                 })
             }
             Some(Store::Disk { log, next }) => {
@@ -473,10 +474,7 @@ impl Operator for BufferInstance {
                 while self.snapshots.len() > 2 {
                     self.snapshots.pop_front();
                 }
-                Ok(Snapshot {
-                    values: json!({ "next": next, "end": log.end() }),
-                    tables: Vec::new(),
-                })
+                Ok(Snapshot::new(json!({ "next": next, "end": log.end() })))
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use flumen_core::event_time::{time_column, to_millis};
@@ -87,8 +87,23 @@ impl OperatorFactory for Dedupe {
         Some(self.config.keys.clone())
     }
 
+    /// 2: keys are stored as their columns, so that they can be placed in
+    /// key groups (1 stored them encoded).
+    fn state_version(&self) -> u32 {
+        2
+    }
+
+    fn state_rescale(&self) -> StateRescale {
+        StateRescale::ByKeyGroup
+    }
+
+    fn state_description(&self, _inputs: &[SchemaRef]) -> Option<String> {
+        Some(format!("the keys [{}] seen", self.config.keys.join(", ")))
+    }
+
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         Ok(Box::new(DedupeInstance {
+            key_names: self.config.keys.clone(),
             keys: keys_of(&inputs[0], &self.config.keys, "keys")?,
             time: self.time(&inputs[0])?,
             within: self.within,
@@ -100,6 +115,7 @@ impl OperatorFactory for Dedupe {
 }
 
 struct DedupeInstance {
+    key_names: Vec<String>,
     keys: crate::join::Keys,
     time: Option<usize>,
     within: i64,
@@ -206,43 +222,65 @@ impl Operator for DedupeInstance {
     /// The kept keys with their rows' times (`seen`), and the expiry queue
     /// as it is (`expiry`): it is not in time order, and may name a key
     /// that was kept again since, or already forgotten, so it cannot be
-    /// rebuilt from `seen` without changing when keys are forgotten.
+    /// rebuilt from `seen` without changing when keys are forgotten. Keys
+    /// are stored as their columns, so both tables split by key group.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let table = |keys: Vec<&[u8]>, name: &str, times: Vec<i64>| {
-            RecordBatch::try_from_iter([
-                ("key", Arc::new(BinaryArray::from(keys)) as ArrayRef),
-                (name, Arc::new(Int64Array::from(times))),
-            ])
+        // The expiry queue's order is kept in `_position`: the table is
+        // stored by key group.
+        let table = |keys: Vec<&[u8]>, name: &str, times: Vec<i64>| -> Result<RecordBatch> {
+            let mut columns: Vec<(String, ArrayRef)> = self
+                .key_names
+                .iter()
+                .cloned()
+                .zip(self.keys.decode(keys)?)
+                .collect();
+            let positions = Int64Array::from_iter_values(0..times.len() as i64);
+            columns.push((name.to_string(), Arc::new(Int64Array::from(times))));
+            columns.push(("_position".to_string(), Arc::new(positions)));
+            Ok(RecordBatch::try_from_iter(columns)?)
         };
         let (seen_keys, kept): (Vec<&[u8]>, Vec<i64>) =
             self.seen.iter().map(|(k, t)| (k.as_ref(), *t)).unzip();
         let (expiry_keys, expires): (Vec<&[u8]>, Vec<i64>) =
             self.expiry.iter().map(|(t, k)| (k.as_ref(), *t)).unzip();
-        Ok(Snapshot {
-            // The watermark, or in processing time the wall clock.
-            values: serde_json::json!({ "watermark": self.clock }),
-            tables: vec![
-                ("seen".into(), table(seen_keys, "kept", kept)?),
-                ("expiry".into(), table(expiry_keys, "expires", expires)?),
-            ],
-        })
+        // The watermark, or in processing time the wall clock.
+        Ok(
+            Snapshot::new(serde_json::json!({ "watermark": self.clock }))
+                .with_keyed_table("seen", table(seen_keys, "_kept", kept)?, 0)
+                .with_keyed_table("expiry", table(expiry_keys, "_expires", expires)?, 0),
+        )
     }
 
+    /// Takes back a snapshot; several (the key groups of several earlier
+    /// instances) add up.
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
-        self.clock = state::watermark(&snapshot)?;
+        self.clock = self.clock.max(state::watermark(&snapshot)?);
+        let keys = |table: &RecordBatch| -> Result<arrow::row::Rows> {
+            let columns = self
+                .key_names
+                .iter()
+                .map(|name| {
+                    table.column_by_name(name).cloned().ok_or_else(|| {
+                        Error::Checkpoint(format!("the dedupe snapshot has no key column `{name}`"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.keys.encode_columns(&columns)
+        };
         let seen = state::table(&snapshot, "seen")?;
-        let (keys, kept) = (state::binaries(seen, "key")?, state::int64s(seen, "kept")?);
+        let (seen_keys, kept) = (keys(seen)?, state::int64s(seen, "_kept")?);
         for (row, kept) in kept.values().iter().enumerate() {
-            self.seen.insert(Box::from(keys.value(row)), *kept);
+            self.seen
+                .insert(Box::from(seen_keys.row(row).as_ref()), *kept);
         }
         let expiry = state::table(&snapshot, "expiry")?;
-        let (keys, expires) = (
-            state::binaries(expiry, "key")?,
-            state::int64s(expiry, "expires")?,
-        );
+        let order =
+            arrow::compute::sort_to_indices(state::int64s(expiry, "_position")?, None, None)?;
+        let expiry = arrow::compute::take_record_batch(expiry, &order)?;
+        let (expiry_keys, expires) = (keys(&expiry)?, state::int64s(&expiry, "_expires")?);
         for (row, expires) in expires.values().iter().enumerate() {
             self.expiry
-                .push_back((*expires, Box::from(keys.value(row))));
+                .push_back((*expires, Box::from(expiry_keys.row(row).as_ref())));
         }
         Ok(())
     }

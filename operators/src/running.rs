@@ -181,6 +181,18 @@ impl OperatorFactory for RunningAggregate {
         self.config.group_by.is_empty().then_some(1)
     }
 
+    fn state_rescale(&self) -> StateRescale {
+        StateRescale::ByKeyGroup
+    }
+
+    fn state_description(&self, _inputs: &[SchemaRef]) -> Option<String> {
+        Some(format!(
+            "running aggregates by [{}] of [{}]",
+            self.config.group_by.join(", "),
+            self.config.aggregates.join(", ")
+        ))
+    }
+
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         let input = &inputs[0];
         let (keys, aggregates) = self.plan(input)?;
@@ -536,9 +548,10 @@ impl Operator for RunningInstance {
         } else {
             RecordBatch::try_from_iter(columns)?
         };
-        Ok(Snapshot {
-            values: serde_json::json!({ "keys": keys.len() }),
-            tables: vec![("keys".into(), table)],
+        let snapshot = Snapshot::new(serde_json::json!({ "keys": keys.len() }));
+        Ok(match keys.is_empty() {
+            true => snapshot.with_table("keys", table),
+            false => snapshot.with_keyed_table("keys", table, 0),
         })
     }
 

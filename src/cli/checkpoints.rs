@@ -86,7 +86,7 @@ fn time(manifest: &Manifest) -> String {
 
 fn describe(manifest: &Manifest) -> String {
     let mut out = format!(
-        "checkpoint {}\ncompleted   {}\nstate       {} bytes\nfinal       {}\n",
+        "checkpoint {}\ncompleted   {}\nstate       {} bytes\nfinal       {}\nkey groups  {}\n",
         manifest.id,
         time(manifest),
         manifest.state_bytes(),
@@ -94,10 +94,20 @@ fn describe(manifest: &Manifest) -> String {
             "yes: the sources had ended or were drained"
         } else {
             "no"
-        }
+        },
+        manifest
+            .max_parallelism
+            .map_or("none (taken before key groups)".to_string(), |n| n
+                .to_string()),
     );
     for (name, node) in &manifest.nodes {
-        out.push_str(&format!("\n{} `{name}`\n", node.kind));
+        let version = node
+            .state_version
+            .map_or(String::new(), |v| format!(" (state format {v})"));
+        out.push_str(&format!("\n{} `{name}`{version}\n", node.kind));
+        if let Some(state) = &node.state {
+            out.push_str(&format!("  holds {state}\n"));
+        }
         for (index, instance) in node.instances.iter().enumerate() {
             let what = match node.kind.as_str() {
                 "source" => "position",
@@ -114,8 +124,38 @@ fn describe(manifest: &Manifest) -> String {
                     "  [{index}] table {}: {} rows, {} bytes ({})\n",
                     table.name, table.rows, table.bytes, table.file
                 ));
+                if let Some(keyed) = &table.keyed {
+                    out.push_str(&format!(
+                        "      by key group of ({}): {}\n",
+                        keyed.columns.join(", "),
+                        key_groups(&keyed.groups)
+                    ));
+                }
             }
         }
     }
     out
+}
+
+/// `3 groups: 0 (12 rows), 5 (1 row), 9 (40 rows)`, eliding the middle of
+/// a long list.
+fn key_groups(groups: &[(usize, u64)]) -> String {
+    let rows = |(group, rows): &(usize, u64)| match rows {
+        1 => format!("{group} (1 row)"),
+        n => format!("{group} ({n} rows)"),
+    };
+    let shown: Vec<String> = match groups.len() {
+        0..=6 => groups.iter().map(rows).collect(),
+        n => {
+            let mut shown: Vec<String> = groups[..3].iter().map(rows).collect();
+            shown.push("…".to_string());
+            shown.extend(groups[n - 2..].iter().map(rows));
+            shown
+        }
+    };
+    match groups.len() {
+        0 => "no rows".to_string(),
+        1 => format!("1 group: {}", shown.join(", ")),
+        n => format!("{n} groups: {}", shown.join(", ")),
+    }
 }

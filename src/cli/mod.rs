@@ -13,6 +13,7 @@ mod logging;
 mod metrics;
 mod progress;
 mod run;
+mod savepoint;
 #[cfg(feature = "search")]
 mod search;
 mod sql;
@@ -74,6 +75,10 @@ enum Command {
     /// List and inspect the checkpoints in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// Keep a pipeline's latest complete checkpoint as a savepoint, which
+    /// stays until deleted (`--list`, `--delete NAME`). A running pipeline
+    /// takes a fresh one on SIGUSR2.
+    Savepoint(savepoint::SavepointArgs),
     /// Inspect a durable buffer (an HTTP source's): size, segments, damage.
     #[command(subcommand)]
     Buffer(buffer::BufferCommand),
@@ -168,6 +173,7 @@ fn dispatch(command: Command, log_format: LogFormat) -> Result<(), Failure> {
             write_output(None, &String::from_utf8_lossy(&script))
         }
         Command::Checkpoints(command) => checkpoints::run(command),
+        Command::Savepoint(args) => savepoint::run(args, &registry),
         Command::Buffer(command) => buffer::run(command),
         #[cfg(feature = "kv")]
         Command::Kv(command) => kv::run(command),

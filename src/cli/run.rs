@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flumen::config::{DeadLetterOutput, LoadedPipeline, Registry};
 use flumen_core::Error;
-use flumen_core::checkpoint::{CheckpointSettings, CheckpointStore, StartFrom};
+use flumen_core::checkpoint::{CheckpointSettings, StartFrom};
 use flumen_core::dead_letter::OnError;
 use flumen_core::prelude::{RunOptions, RunReport};
 use flumen_core::runtime::NodeReport;
@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// (pipelines with a `checkpoint` section).
     #[arg(long, value_name = "ID", conflicts_with = "fresh")]
     from_checkpoint: Option<u64>,
+
+    /// Start from this savepoint (`flumen savepoint`, or SIGUSR2 to a
+    /// running pipeline), kept in the pipeline's checkpoint store.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["fresh", "from_checkpoint"])]
+    from_savepoint: Option<String>,
 
     /// Start from the beginning, ignoring any checkpoint (and discarding
     /// output staged but never committed).
@@ -111,16 +116,18 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
         tracing::info!(pipeline = %args.file.display(), "running");
         let checkpoints = match &checkpoint {
             Some(config) => {
-                let location = config
-                    .store
-                    .as_deref()
-                    .expect("the loader resolves the store");
-                let store = CheckpointStore::open(location, &config.storage)
+                let store = config
+                    .open_store()
                     .map_err(|e| Failure::Usage(e.to_string()))?;
-                let start = match (args.fresh, args.from_checkpoint) {
-                    (true, _) => StartFrom::Fresh,
-                    (false, Some(id)) => StartFrom::Checkpoint(id),
-                    (false, None) => StartFrom::Latest,
+                let start = match (
+                    args.fresh,
+                    args.from_checkpoint,
+                    args.from_savepoint.clone(),
+                ) {
+                    (true, _, _) => StartFrom::Fresh,
+                    (false, Some(id), _) => StartFrom::Checkpoint(id),
+                    (false, None, Some(name)) => StartFrom::Savepoint(name),
+                    (false, None, None) => StartFrom::Latest,
                 };
                 Some(CheckpointSettings {
                     store,
@@ -132,6 +139,7 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
             }
             None if args.fresh
                 || args.from_checkpoint.is_some()
+                || args.from_savepoint.is_some()
                 || args.allow_non_restored_state =>
             {
                 return Err(Failure::Usage(format!(

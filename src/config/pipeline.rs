@@ -158,6 +158,9 @@ impl CommonKeys {
     }
 }
 
+/// The most key groups a pipeline may have (Flink's limit too).
+const MAX_KEY_GROUPS: usize = 32_768;
+
 /// The keys every component of a section has, besides its own.
 pub fn common_keys(section: Section) -> Vec<&'static str> {
     let mut keys = vec!["type"];
@@ -322,7 +325,9 @@ impl LoadedPipeline {
         let mut components = parser.components()?;
         parser.resolve_paths(&mut components, registry);
         let checkpoint = parser.checkpoint(&state_dir)?;
-        let (pipeline, dead_letters) = parser.build(&components, registry, &state_dir)?;
+        let key_groups = checkpoint.as_ref().map(|c| c.max_parallelism);
+        let (pipeline, dead_letters) =
+            parser.build(&components, registry, &state_dir, key_groups)?;
         #[cfg(feature = "serve")]
         let serve = parser.serve(&components)?;
         Ok(LoadedPipeline {
@@ -442,6 +447,13 @@ impl FileParser<'_> {
                 "checkpoint.interval",
                 Target::Value,
                 "must be more than zero",
+            ));
+        }
+        if !(1..=MAX_KEY_GROUPS).contains(&config.max_parallelism) {
+            return Err(self.error(
+                "checkpoint.max_parallelism",
+                Target::Value,
+                format!("must be from 1 to {MAX_KEY_GROUPS}"),
             ));
         }
         Ok(Some(config))
@@ -736,6 +748,7 @@ impl FileParser<'_> {
         components: &[Component],
         registry: &Registry,
         state_dir: &Path,
+        key_groups: Option<usize>,
     ) -> Result<(Pipeline, DeadLetterOutput), ConfigError> {
         let readable: BTreeSet<&str> = components
             .iter()
@@ -743,6 +756,9 @@ impl FileParser<'_> {
             .map(|c| c.name.as_str())
             .collect();
         let mut graph = GraphBuilder::new();
+        if let Some(groups) = key_groups {
+            graph.max_parallelism(groups);
+        }
         for component in components {
             let path = component.path();
             let section = component.section;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use super::store::{InstanceRecord, Manifest, NodeRecord};
 use super::{CheckpointStore, Snapshot};
 use crate::error::{Error, Result};
+use crate::partition::KeyGroups;
 use crate::runtime::Signals;
 
 /// What an instance tells the coordinator.
@@ -69,6 +70,12 @@ pub(crate) struct NodeInfo {
     pub(crate) name: String,
     pub(crate) kind: &'static str,
     pub(crate) parallelism: usize,
+    /// Per input, the columns that place its state in key groups.
+    pub(crate) state_keys: Vec<Option<Vec<String>>>,
+    /// An operator's state format version.
+    pub(crate) state_version: Option<u32>,
+    /// What an operator's state is made of.
+    pub(crate) state: Option<String>,
 }
 
 /// What each (node, instance) answered for one checkpoint.
@@ -87,6 +94,7 @@ pub(crate) struct Coordinator {
     interval: Duration,
     keep: usize,
     nodes: Vec<NodeInfo>,
+    key_groups: KeyGroups,
     next_id: u64,
     trigger: watch::Sender<u64>,
     completed: watch::Sender<(u64, bool)>,
@@ -100,6 +108,8 @@ pub(crate) struct Coordinator {
     ended: HashMap<(usize, usize), serde_json::Value>,
     /// The state of operators that ended holding some.
     ended_states: HashMap<(usize, usize), Snapshot>,
+    /// The checkpoint in progress that is to be kept as a savepoint.
+    saving: Option<u64>,
     signals: Signals,
 }
 
@@ -111,6 +121,7 @@ impl Coordinator {
         interval: Duration,
         keep: usize,
         nodes: Vec<NodeInfo>,
+        key_groups: KeyGroups,
         after: u64,
         signals: Signals,
     ) -> (Self, CoordinatorHandles) {
@@ -139,6 +150,7 @@ impl Coordinator {
             interval,
             keep,
             nodes,
+            key_groups,
             next_id: after + 1,
             trigger: trigger_tx,
             completed: completed_tx,
@@ -148,6 +160,7 @@ impl Coordinator {
             reporting: None,
             ended: HashMap::new(),
             ended_states: HashMap::new(),
+            saving: None,
             signals,
         };
         let handles = CoordinatorHandles {
@@ -192,6 +205,11 @@ impl Coordinator {
                 _ = self.signals.checkpoint_now.notified(), if self.idle() && !self.sources_all_ended() => {
                     self.start();
                     // The next periodic one is an interval after this one.
+                    ticks.reset();
+                }
+                _ = self.signals.savepoint_now.notified(), if self.idle() && !self.sources_all_ended() => {
+                    self.saving = Some(self.next_id);
+                    self.start();
                     ticks.reset();
                 }
                 ack = self.acks.recv() => {
@@ -290,6 +308,9 @@ impl Coordinator {
         }
         self.write(&mut manifest, &snapshots).await?;
         crash_point(id);
+        if self.saving.take() == Some(id) {
+            self.keep_as_savepoint(id).await;
+        }
         // Sources report the checkpoint upstream first, sinks commit after:
         // a process that dies in between has its output staged, published
         // when it restarts, and never read twice by whoever takes over its
@@ -301,6 +322,23 @@ impl Coordinator {
             commits,
         });
         Ok(())
+    }
+
+    /// Copies checkpoint `id` to savepoint `savepoint-<id>`. A failure is
+    /// logged: the checkpoint itself is complete, and the run goes on.
+    async fn keep_as_savepoint(&self, id: u64) {
+        let name = format!("savepoint-{id}");
+        match self.store.save(id, &name).await {
+            Ok(savepoint) => tracing::info!(
+                checkpoint = id,
+                savepoint = %name,
+                "savepoint kept in `{}` until deleted; start from it with --from-savepoint {name}",
+                savepoint.display()
+            ),
+            Err(error) => {
+                tracing::error!(checkpoint = id, %error, "the savepoint could not be kept")
+            }
+        }
     }
 
     fn source_instances(&self) -> HashSet<(usize, usize)> {
@@ -378,6 +416,9 @@ impl Coordinator {
                     NodeRecord {
                         kind: node.kind.to_string(),
                         instances: vec![InstanceRecord::default(); node.parallelism],
+                        state_keys: node.state_keys.clone(),
+                        state_version: node.state_version,
+                        state: node.state.clone(),
                     },
                 )
             })
@@ -386,6 +427,7 @@ impl Coordinator {
             id,
             created_at_ms: crate::runtime::wall_clock_millis(),
             finished,
+            max_parallelism: Some(self.key_groups.count()),
             nodes,
         }
     }

@@ -19,6 +19,7 @@
 //! sinks commit what remains.
 
 mod coordinator;
+mod rescale;
 mod store;
 
 use std::time::Duration;
@@ -30,7 +31,10 @@ use serde::Deserialize;
 pub(crate) use self::coordinator::{
     Ack, AckKind, Commit, Coordinator, CoordinatorHandles, NodeInfo,
 };
-pub use self::store::{CheckpointStore, InstanceRecord, Loaded, Manifest, NodeRecord, TableRecord};
+pub(crate) use self::rescale::redistribute;
+pub use self::store::{
+    CheckpointStore, InstanceRecord, KeyedTable, Loaded, Manifest, NodeRecord, TableRecord,
+};
 use crate::storage::StorageOptions;
 
 /// The state an operator instance hands to a checkpoint, and receives back
@@ -42,9 +46,47 @@ pub struct Snapshot {
     pub values: serde_json::Value,
     /// State rows, by name; each table is stored as an Arrow IPC file.
     pub tables: Vec<(String, RecordBatch)>,
+    /// The tables whose rows belong to keys, each with the input whose
+    /// keys they hold: such a row carries that input's key columns, under
+    /// their names. Checkpoints store these tables by key group, and a
+    /// restore at another parallelism hands each new instance the groups
+    /// it owns. Other tables go whole to one instance.
+    pub keyed: Vec<(String, usize)>,
 }
 
 impl Snapshot {
+    /// A snapshot of these values and no tables yet.
+    pub fn new(values: serde_json::Value) -> Self {
+        Snapshot {
+            values,
+            ..Snapshot::default()
+        }
+    }
+
+    /// Adds a table that belongs to no key.
+    pub fn with_table(mut self, name: impl Into<String>, table: RecordBatch) -> Self {
+        self.tables.push((name.into(), table));
+        self
+    }
+
+    /// Adds a table whose rows hold the key columns of input `input`.
+    pub fn with_keyed_table(
+        mut self,
+        name: impl Into<String>,
+        table: RecordBatch,
+        input: usize,
+    ) -> Self {
+        let name = name.into();
+        self.keyed.push((name.clone(), input));
+        self.tables.push((name, table));
+        self
+    }
+
+    /// The input whose keys table `name` holds, if it is keyed.
+    pub fn keyed_by(&self, name: &str) -> Option<usize> {
+        self.keyed.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
+    }
+
     /// The table called `name`, if the snapshot has it.
     pub fn table(&self, name: &str) -> Option<&RecordBatch> {
         self.tables.iter().find(|(n, _)| n == name).map(|(_, t)| t)
@@ -80,6 +122,30 @@ pub struct CheckpointConfig {
     /// How to reach an object store given as `store`.
     #[serde(default)]
     pub storage: StorageOptions,
+
+    /// How many key groups keyed state is split into: the most instances
+    /// any keyed component (a window, join, dedupe or top-N with keys) can
+    /// run as. A checkpoint restores at any parallelism up to it, each
+    /// instance taking whole key groups. Keep it for the life of the
+    /// pipeline's state: a restore under another number places every key
+    /// again, which costs a hash of every state row.
+    #[serde(default = "default_max_parallelism")]
+    pub max_parallelism: usize,
+}
+
+impl CheckpointConfig {
+    /// Opens the store this section names (a pipeline file's loader fills
+    /// in the default `store`).
+    pub fn open_store(&self) -> crate::error::Result<CheckpointStore> {
+        let location = self.store.as_deref().ok_or_else(|| {
+            crate::error::Error::config("checkpoint.store", "names no checkpoint store")
+        })?;
+        CheckpointStore::open(location, &self.storage)
+    }
+}
+
+fn default_max_parallelism() -> usize {
+    crate::partition::DEFAULT_MAX_PARALLELISM
 }
 
 fn default_interval() -> Duration {
@@ -97,18 +163,22 @@ impl Default for CheckpointConfig {
             store: None,
             keep: default_keep(),
             storage: StorageOptions::default(),
+            max_parallelism: default_max_parallelism(),
         }
     }
 }
 
 /// Which checkpoint a run starts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// The latest complete checkpoint, if there is one.
     #[default]
     Latest,
     /// This checkpoint; the run fails if it is missing or unusable.
     Checkpoint(u64),
+    /// This savepoint of the store (see [`CheckpointStore::save`]); the
+    /// run fails if it is missing or unusable.
+    Savepoint(String),
     /// No checkpoint: start from the beginning of every source (and discard
     /// what sinks staged but never committed).
     Fresh,

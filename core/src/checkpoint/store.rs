@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::sync::Arc;
 
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
@@ -15,9 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Snapshot;
 use crate::error::{Error, Result};
+use crate::partition::{DEFAULT_MAX_PARALLELISM, KeyGroups};
 use crate::storage::{StorageOptions, resolve};
 
 const MANIFEST: &str = "_manifest.json";
+const SAVEPOINTS: &str = "savepoints";
 
 /// A checkpoint as its manifest records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +33,10 @@ pub struct Manifest {
     /// Whether the sources had all reached their end (or been drained): the
     /// final checkpoint of a run.
     pub finished: bool,
+    /// How many key groups keyed state was split into (absent in
+    /// checkpoints from before key groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallelism: Option<usize>,
     /// Per node: what each instance recorded.
     pub nodes: BTreeMap<String, NodeRecord>,
 }
@@ -40,6 +48,18 @@ pub struct NodeRecord {
     pub kind: String,
     /// Indexed by instance.
     pub instances: Vec<InstanceRecord>,
+    /// Per input of an operator: the columns whose hash placed its state
+    /// rows in key groups (`null` for an input that keys nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_keys: Vec<Option<Vec<String>>>,
+    /// The version of the operator's state format; a restore refuses
+    /// another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<u32>,
+    /// What the operator's state is made of, as it described it; a
+    /// restore refuses an operator that describes its state otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 impl NodeRecord {
@@ -75,6 +95,22 @@ pub struct TableRecord {
     pub rows: u64,
     /// Size of the file.
     pub bytes: u64,
+    /// For a table whose rows belong to keys: which, and where each key
+    /// group's rows are in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyed: Option<KeyedTable>,
+}
+
+/// The key groups of a keyed state table: its rows are stored sorted by
+/// group, so a restore reads each group as one slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedTable {
+    /// The operator input whose keys the rows hold.
+    pub input: usize,
+    /// The columns hashed into key groups.
+    pub columns: Vec<String>,
+    /// `[group, rows]` for every group with rows, in file order.
+    pub groups: Vec<(usize, u64)>,
 }
 
 impl Manifest {
@@ -94,8 +130,10 @@ impl Manifest {
 pub struct Loaded {
     /// Its manifest.
     pub manifest: Manifest,
-    /// State of each operator instance, by (node, instance).
-    pub snapshots: HashMap<(String, usize), Snapshot>,
+    /// What each instance of the run restores, by (node, instance): one
+    /// snapshot, or after a change of parallelism the parts of the earlier
+    /// instances' state it now owns.
+    pub snapshots: HashMap<(String, usize), Vec<Snapshot>>,
 }
 
 /// A directory or object-store prefix of checkpoints.
@@ -142,13 +180,31 @@ impl CheckpointStore {
         snapshots: &[(String, usize, Snapshot)],
     ) -> Result<()> {
         let folder = self.folder(manifest.id);
+        let groups = KeyGroups::new(manifest.max_parallelism.unwrap_or(DEFAULT_MAX_PARALLELISM));
         for (node, instance, snapshot) in snapshots {
+            let state_keys = manifest.nodes.get(node).map(|n| &n.state_keys);
             let mut records = Vec::new();
             for (name, table) in &snapshot.tables {
                 let file = PathPart::from(format!("{node}.{instance}.{name}.arrow"))
                     .as_ref()
                     .to_string();
-                let bytes = encode(table)?;
+                let keys = snapshot
+                    .keyed_by(name)
+                    .and_then(|input| Some((input, state_keys?.get(input)?.as_ref()?)));
+                let (table, keyed) = match keys {
+                    Some((input, columns)) => {
+                        let (sorted, runs) =
+                            by_key_group(table, columns, groups).map_err(|e| e.in_node(node))?;
+                        let keyed = KeyedTable {
+                            input,
+                            columns: columns.to_vec(),
+                            groups: runs,
+                        };
+                        (sorted, Some(keyed))
+                    }
+                    None => (table.clone(), None),
+                };
+                let bytes = encode(&table)?;
                 let size = bytes.len() as u64;
                 self.store
                     .put(&folder.clone().join(file.as_str()), PutPayload::from(bytes))
@@ -159,6 +215,7 @@ impl CheckpointStore {
                     file,
                     rows: table.num_rows() as u64,
                     bytes: size,
+                    keyed,
                 });
             }
             if let Some(record) = manifest
@@ -247,10 +304,7 @@ impl CheckpointStore {
         let mut snapshots = HashMap::new();
         for (node, record) in &manifest.nodes {
             for (instance, recorded) in record.instances.iter().enumerate() {
-                let mut snapshot = Snapshot {
-                    values: recorded.values.clone(),
-                    tables: Vec::new(),
-                };
+                let mut snapshot = Snapshot::new(recorded.values.clone());
                 for table in &recorded.tables {
                     let bytes = self
                         .store
@@ -274,9 +328,12 @@ impl CheckpointStore {
                             table.rows
                         )));
                     }
+                    if let Some(keyed) = &table.keyed {
+                        snapshot.keyed.push((table.name.clone(), keyed.input));
+                    }
                     snapshot.tables.push((table.name.clone(), batch));
                 }
-                snapshots.insert((node.clone(), instance), snapshot);
+                snapshots.insert((node.clone(), instance), vec![snapshot]);
             }
         }
         Ok(Loaded {
@@ -335,6 +392,99 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Where savepoint `name` lives: a checkpoint folder under
+    /// `savepoints/<name>/` of this store, outside the checkpoints that
+    /// retention deletes.
+    pub fn savepoint(&self, name: &str) -> Result<CheckpointStore> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !name.starts_with('.');
+        if !valid {
+            return Err(Error::Checkpoint(format!(
+                "`{name}` is not a savepoint name: use letters, digits, `-`, `_` and `.`"
+            )));
+        }
+        Ok(CheckpointStore {
+            store: self.store.clone(),
+            root: self.root.clone().join(SAVEPOINTS).join(name),
+            display: format!("{}/{SAVEPOINTS}/{name}", self.display.trim_end_matches('/')),
+        })
+    }
+
+    /// Every savepoint's name and manifest, by name.
+    pub async fn savepoints(&self) -> Result<Vec<(String, Manifest)>> {
+        let folder = self.root.clone().join(SAVEPOINTS);
+        let listing = match self.store.list_with_delimiter(Some(&folder)).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.unreachable(e)),
+        };
+        let mut savepoints = Vec::new();
+        for prefix in listing.common_prefixes {
+            let Some(name) = prefix.filename() else {
+                continue;
+            };
+            if let Some(manifest) = self.savepoint(name)?.list().await?.pop() {
+                savepoints.push((name.to_string(), manifest));
+            }
+        }
+        savepoints.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(savepoints)
+    }
+
+    /// Keeps complete checkpoint `id` as savepoint `name`: its files are
+    /// copied, manifest last, so a savepoint exists whole or not at all.
+    /// It stays until [`CheckpointStore::delete_savepoint`].
+    pub async fn save(&self, id: u64, name: &str) -> Result<CheckpointStore> {
+        let target = self.savepoint(name)?;
+        if !target.folders().await?.is_empty() {
+            return Err(Error::Checkpoint(format!(
+                "savepoint `{name}` already exists in `{}`; delete it first or choose another name",
+                self.display
+            )));
+        }
+        if self.manifest(id).await?.is_none() {
+            return Err(Error::NoSuchCheckpoint {
+                id,
+                store: self.display.clone(),
+            });
+        }
+        let (from, to) = (self.folder(id), target.folder(id));
+        let files: Vec<_> = self
+            .store
+            .list(Some(&from))
+            .try_collect()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        for file in files
+            .iter()
+            .filter(|f| f.location.filename() != Some(MANIFEST))
+        {
+            let name = file.location.filename().unwrap_or_default();
+            self.store
+                .copy(&file.location, &to.clone().join(name))
+                .await
+                .map_err(|e| self.unreachable(e))?;
+        }
+        self.store
+            .copy(&from.clone().join(MANIFEST), &to.join(MANIFEST))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(target)
+    }
+
+    /// Deletes savepoint `name`; false if there was none.
+    pub async fn delete_savepoint(&self, name: &str) -> Result<bool> {
+        let target = self.savepoint(name)?;
+        let ids = target.folders().await?;
+        for id in &ids {
+            target.delete(*id).await?;
+        }
+        Ok(!ids.is_empty())
+    }
+
     /// Deletes checkpoint `id` (manifest first, so that it is never seen
     /// half deleted).
     pub async fn delete(&self, id: u64) -> Result<()> {
@@ -357,6 +507,49 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// `table`'s rows sorted by the key group of `columns` (stable, so rows of
+/// one group keep their order), with the `[group, rows]` runs.
+pub(super) fn by_key_group(
+    table: &RecordBatch,
+    columns: &[String],
+    groups: KeyGroups,
+) -> Result<(RecordBatch, Vec<(usize, u64)>)> {
+    let of_rows = groups_of_rows(table, columns, groups)?;
+    let mut order: Vec<u32> = (0..table.num_rows() as u32).collect();
+    order.sort_by_key(|&row| of_rows[row as usize]);
+    let mut runs: Vec<(usize, u64)> = Vec::new();
+    for &row in &order {
+        match runs.last_mut() {
+            Some((group, rows)) if *group == of_rows[row as usize] => *rows += 1,
+            _ => runs.push((of_rows[row as usize], 1)),
+        }
+    }
+    let sorted = match order.windows(2).all(|w| w[0] < w[1]) {
+        true => table.clone(),
+        false => take_record_batch(table, &UInt32Array::from(order))?,
+    };
+    Ok((sorted, runs))
+}
+
+/// The key group of each row of a state table, by its `columns`.
+pub(super) fn groups_of_rows(
+    table: &RecordBatch,
+    columns: &[String],
+    groups: KeyGroups,
+) -> Result<Vec<usize>> {
+    let indices = columns
+        .iter()
+        .map(|c| {
+            table.schema().index_of(c).map_err(|_| {
+                Error::internal(format!(
+                    "a keyed state table has no key column `{c}`, so its rows cannot be placed in key groups"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    groups.of_rows(table, &indices)
 }
 
 fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {

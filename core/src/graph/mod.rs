@@ -37,7 +37,7 @@ use crate::component::{OperatorFactory, SinkFactory, SourceFactory};
 use crate::dead_letter::OnError;
 use crate::error::{Error, Result};
 use crate::event_time::{EventTimeConfig, with_event_time};
-use crate::partition::Partitioning;
+use crate::partition::{KeyGroups, Partitioning};
 pub use crate::runtime::Pipeline;
 
 mod planner;
@@ -157,6 +157,7 @@ struct NodeDecl {
 pub struct GraphBuilder {
     nodes: Vec<NodeDecl>,
     dead_letter: Option<DeadLetterSink>,
+    key_groups: KeyGroups,
 }
 
 /// Settings of a node just added to a [`GraphBuilder`].
@@ -267,13 +268,23 @@ impl GraphBuilder {
         self
     }
 
+    /// The number of key groups keyed state is split into, and so the
+    /// most instances a keyed operator can run as (default
+    /// [`DEFAULT_MAX_PARALLELISM`](crate::partition::DEFAULT_MAX_PARALLELISM)).
+    /// Keep it for the life of a pipeline's state: a checkpoint restored
+    /// under another number has every state row placed again by its hash.
+    pub fn max_parallelism(&mut self, groups: usize) -> &mut Self {
+        self.key_groups = KeyGroups::new(groups);
+        self
+    }
+
     /// Checks the graph and plans it: see [`Pipeline`].
     pub fn build(self) -> Result<Pipeline> {
         if let Some(DeadLetterSink(sink)) = &self.dead_letter {
             sink.check_input(&crate::dead_letter::schema())
                 .map_err(|e| e.in_node("dead_letter"))?;
         }
-        let mut plan = Planner::new(self.nodes)?.plan()?;
+        let mut plan = Planner::new(self.nodes, self.key_groups)?.plan()?;
         plan.dead_letter = self.dead_letter;
         Ok(Pipeline::new(plan))
     }
@@ -320,6 +331,10 @@ pub struct Node {
     pub event_time: Option<(EventTimeConfig, usize)>,
     /// What the node does with a record it cannot handle.
     pub on_error: OnError,
+    /// For operators, per input: the columns whose hash places a row of
+    /// the state it builds (the edge's hash keys, or the keys the operator
+    /// groups by when it runs alone). `None` where the input keys nothing.
+    pub state_keys: Vec<Option<Vec<String>>>,
 }
 
 impl Node {
@@ -339,6 +354,7 @@ impl Node {
 pub struct Plan {
     pub(crate) nodes: Vec<Node>,
     pub(crate) dead_letter: Option<DeadLetterSink>,
+    pub(crate) key_groups: KeyGroups,
 }
 
 /// The sink dead-lettered records go to.
@@ -360,6 +376,11 @@ impl Plan {
     /// Looks a node up by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The key groups of the pipeline's keyed state.
+    pub fn key_groups(&self) -> KeyGroups {
+        self.key_groups
     }
 }
 

@@ -10,10 +10,11 @@ pub(super) type Upstream = Vec<(usize, Option<String>)>;
 pub(super) struct Planner {
     decls: Vec<NodeDecl>,
     by_name: HashMap<String, usize>,
+    key_groups: KeyGroups,
 }
 
 impl Planner {
-    pub(super) fn new(decls: Vec<NodeDecl>) -> Result<Self> {
+    pub(super) fn new(decls: Vec<NodeDecl>, key_groups: KeyGroups) -> Result<Self> {
         let mut by_name = HashMap::new();
         for (i, decl) in decls.iter().enumerate() {
             check_name(&decl.name)?;
@@ -24,7 +25,11 @@ impl Planner {
         if decls.is_empty() {
             return Err(Error::graph("pipeline", "has no nodes"));
         }
-        Ok(Planner { decls, by_name })
+        Ok(Planner {
+            decls,
+            by_name,
+            key_groups,
+        })
     }
 
     pub(super) fn plan(self) -> Result<Plan> {
@@ -42,6 +47,7 @@ impl Planner {
         Ok(Plan {
             nodes,
             dead_letter: None,
+            key_groups: self.key_groups,
         })
     }
 
@@ -185,6 +191,7 @@ impl Planner {
 
         let mut inputs = Vec::with_capacity(upstream.len());
         let mut input_schemas = Vec::with_capacity(upstream.len());
+        let mut state_keys = Vec::with_capacity(upstream.len());
         for (i, ((from_decl, port_name), input)) in upstream.iter().zip(&decl.inputs).enumerate() {
             let from = &planned[index_of[*from_decl]];
             let port = match port_name {
@@ -231,6 +238,11 @@ impl Planner {
                 }
                 _ => Vec::new(),
             };
+            state_keys.push(match (&decl.kind, &partitioning) {
+                (NodeKind::Operator(_), Partitioning::Hash(keys)) => Some(keys.clone()),
+                (NodeKind::Operator(factory), _) => factory.input_partitioning(i),
+                _ => None,
+            });
             input_schemas.push(schema);
             inputs.push(Edge {
                 from: index_of[*from_decl],
@@ -287,6 +299,16 @@ impl Planner {
                 Vec::new()
             }
         };
+        if state_keys.iter().any(Option::is_some) && decl.parallelism > self.key_groups.count() {
+            return Err(Error::graph_at(
+                name,
+                "parallelism",
+                format!(
+                    "must be at most `checkpoint.max_parallelism` ({}): its keyed state is split into that many key groups",
+                    self.key_groups.count()
+                ),
+            ));
+        }
         if decl.event_time.is_some() && !matches!(decl.kind, NodeKind::Source(_)) {
             return Err(Error::graph_at(
                 name,
@@ -304,6 +326,7 @@ impl Planner {
             outputs,
             event_time,
             on_error: decl.on_error,
+            state_keys,
         })
     }
 }

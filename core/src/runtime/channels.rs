@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::message::{Barrier, Message, Watermark};
-use crate::partition::HashPartitioner;
+use crate::partition::{HashPartitioner, KeyGroups};
 use crate::watermark::WatermarkTracker;
 
 /// One upstream channel of a node instance.
@@ -205,8 +205,12 @@ impl EdgeSender {
         }
     }
 
-    pub(crate) fn hash(senders: Vec<mpsc::Sender<Message>>, keys: Vec<usize>) -> Self {
-        let partitioner = HashPartitioner::new(keys, senders.len());
+    pub(crate) fn hash(
+        senders: Vec<mpsc::Sender<Message>>,
+        keys: Vec<usize>,
+        groups: KeyGroups,
+    ) -> Self {
+        let partitioner = HashPartitioner::new(keys, senders.len(), groups);
         EdgeSender {
             senders,
             route: Route::Hash(partitioner),

@@ -27,7 +27,7 @@ use self::tasks::{DeadLetters, TaskCheckpoint, TaskEnv};
 use crate::checkpoint::{
     CheckpointSettings, Coordinator, CoordinatorHandles, Loaded, NodeInfo, StartFrom,
 };
-use crate::component::InstanceInfo;
+use crate::component::{InstanceInfo, StateRescale};
 use crate::error::{Error, Result};
 use crate::event_time::WatermarkGenerator;
 use crate::graph::{NodeKind, Plan};
@@ -43,6 +43,8 @@ pub(crate) struct Signals {
     pub(crate) abort: tokio_util::sync::CancellationToken,
     /// Take a checkpoint now rather than at the next interval.
     pub(crate) checkpoint_now: Arc<tokio::sync::Notify>,
+    /// Take a checkpoint now and keep it as a savepoint.
+    pub(crate) savepoint_now: Arc<tokio::sync::Notify>,
 }
 
 /// How a pipeline runs.
@@ -91,6 +93,13 @@ impl ShutdownHandle {
     /// progress (then the request waits for it to finish).
     pub fn checkpoint(&self) {
         self.signals.checkpoint_now.notify_one();
+    }
+
+    /// Takes a checkpoint now and keeps it as savepoint
+    /// `savepoint-<id>` of the checkpoint store, which retention leaves
+    /// alone (see [`CheckpointStore::save`](crate::checkpoint::CheckpointStore::save)).
+    pub fn savepoint(&self) {
+        self.signals.savepoint_now.notify_one();
     }
 }
 
@@ -307,14 +316,24 @@ impl Pipeline {
         settings: &CheckpointSettings,
     ) -> Result<(Coordinator, CoordinatorHandles, Option<Loaded>)> {
         let store = &settings.store;
-        let mut restored = match settings.start {
+        let mut restored = match &settings.start {
             StartFrom::Fresh => None,
             StartFrom::Latest => {
                 store
                     .latest_accepted(|loaded| self.reported_upstream(loaded))
                     .await?
             }
-            StartFrom::Checkpoint(id) => Some(store.load(id).await?),
+            StartFrom::Checkpoint(id) => Some(store.load(*id).await?),
+            StartFrom::Savepoint(name) => {
+                let savepoint = store.savepoint(name)?;
+                let loaded = savepoint.latest().await?.ok_or_else(|| {
+                    Error::Checkpoint(format!(
+                        "there is no savepoint `{name}` in `{}`",
+                        store.display()
+                    ))
+                })?;
+                Some(loaded)
+            }
         };
         if let Some(loaded) = &mut restored {
             self.fit(loaded, settings.allow_non_restored_state)?;
@@ -343,21 +362,82 @@ impl Pipeline {
                 name: n.name.clone(),
                 kind: n.kind.label(),
                 parallelism: n.parallelism,
+                state_keys: n.state_keys.clone(),
+                state_version: match &n.kind {
+                    NodeKind::Operator(factory) => Some(factory.state_version()),
+                    _ => None,
+                },
+                state: self.state_description(n),
             })
             .collect();
-        // New checkpoints are numbered after every one the store holds.
-        let after = store.last_id().await?;
+        // New checkpoints are numbered after every one the store holds,
+        // and after the one restored (a savepoint may come from a later
+        // run than the store's checkpoints): sinks tell transactions
+        // apart by these numbers.
         let restored_id = restored.as_ref().map_or(0, |l| l.manifest.id);
+        let after = store.last_id().await?.max(restored_id);
         let (coordinator, mut handles) = Coordinator::new(
             store.clone(),
             settings.interval,
             settings.keep,
             nodes,
+            self.key_groups,
             after,
             self.signals.clone(),
         );
         handles.restored = restored_id;
         Ok((coordinator, handles, restored))
+    }
+
+    /// Splits the state of `node`'s `instances` earlier instances by key
+    /// group between its instances now.
+    fn hand_key_groups_over(
+        &self,
+        loaded: &mut Loaded,
+        node: &crate::graph::Node,
+        instances: usize,
+    ) -> Result<()> {
+        let earlier = (0..instances)
+            .map(|i| {
+                loaded
+                    .snapshots
+                    .remove(&(node.name.clone(), i))
+                    .and_then(|mut s| s.pop())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let parts = crate::checkpoint::redistribute(
+            &loaded.manifest.nodes[&node.name],
+            loaded.manifest.max_parallelism,
+            earlier,
+            node.parallelism,
+            &node.state_keys,
+            self.key_groups,
+        )
+        .map_err(|e| e.in_node(&node.name))?;
+        for (j, parts) in parts.into_iter().enumerate() {
+            loaded.snapshots.insert((node.name.clone(), j), parts);
+        }
+        tracing::info!(
+            checkpoint = loaded.manifest.id,
+            component = %node.name,
+            "state of {instances} instances handed by key group to {}",
+            node.parallelism
+        );
+        Ok(())
+    }
+
+    /// What an operator node's state is made of, as it says.
+    fn state_description(&self, node: &crate::graph::Node) -> Option<String> {
+        let NodeKind::Operator(factory) = &node.kind else {
+            return None;
+        };
+        let inputs: Vec<_> = node
+            .input_schemas(&self.nodes)
+            .into_iter()
+            .cloned()
+            .collect();
+        factory.state_description(&inputs)
     }
 
     /// Whether every source reported `loaded` upstream before the run that
@@ -384,16 +464,19 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// Whether a checkpoint restores into this pipeline. State is matched
-    /// by component name: a component the checkpoint does not hold starts
-    /// empty (a sink, source or operator added since), and one that kept
-    /// nothing (a stateless transform, changed or not) restores at any
-    /// parallelism. State that cannot be restored (a removed component's,
-    /// or one whose kind or parallelism changed) stops the run before
-    /// anything runs, naming the component, unless `allow_non_restored`,
-    /// which starts those components without it.
+    /// Whether a checkpoint restores into this pipeline, and how. State is
+    /// matched by component name: a component the checkpoint does not hold
+    /// starts empty (a sink, source or operator added since), and one that
+    /// kept nothing (a stateless transform, changed or not) restores at
+    /// any parallelism. A keyed operator whose parallelism changed gets
+    /// its key groups from the instances that held them. State that cannot
+    /// be restored (a removed component's, one whose kind or state format
+    /// changed, or one kept per instance at another parallelism) stops the
+    /// run before anything runs, naming the component, unless
+    /// `allow_non_restored`, which starts those components without it.
     fn fit(&self, loaded: &mut Loaded, allow_non_restored: bool) -> Result<()> {
         let id = loaded.manifest.id;
+        let recorded_groups = loaded.manifest.max_parallelism;
         let mut unfit: Vec<(String, String)> = Vec::new();
         for node in &self.nodes {
             let Some(record) = loaded.manifest.nodes.get(&node.name) else {
@@ -417,17 +500,74 @@ impl Pipeline {
                         node.kind.label()
                     ),
                 ));
-            } else if record.instances.len() != node.parallelism {
-                unfit.push((
-                    node.name.clone(),
-                    format!(
-                        "`{}` ran {} instances and now has parallelism {}, and its state is kept per instance",
-                        node.name,
-                        record.instances.len(),
-                        node.parallelism
-                    ),
-                ));
+                continue;
             }
+            if let NodeKind::Operator(factory) = &node.kind {
+                let (was, is) = (record.state_version.unwrap_or(1), factory.state_version());
+                if was != is {
+                    unfit.push((
+                        node.name.clone(),
+                        format!(
+                            "`{}` keeps its state in format version {is}, and the checkpoint holds version {was}",
+                            node.name
+                        ),
+                    ));
+                    continue;
+                }
+                if let (Some(was), Some(is)) = (&record.state, self.state_description(node))
+                    && *was != is
+                {
+                    unfit.push((
+                        node.name.clone(),
+                        format!(
+                            "`{}` keeps other state now: it held {was}, and now holds {is}",
+                            node.name
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            let instances = record.instances.len();
+            let same_placement = instances == node.parallelism
+                && (node.parallelism == 1
+                    || (recorded_groups == Some(self.key_groups.count())
+                        && record.state_keys == node.state_keys));
+            if same_placement {
+                continue;
+            }
+            if let NodeKind::Source(factory) = &node.kind
+                && factory.positions_merge()
+                && instances != node.parallelism
+            {
+                hand_positions_over(loaded, node, instances);
+                continue;
+            }
+            let by_key_group = matches!(&node.kind, NodeKind::Operator(f) if f.state_rescale() == StateRescale::ByKeyGroup);
+            if by_key_group && recorded_groups.is_some() {
+                self.hand_key_groups_over(loaded, node, instances)?;
+                continue;
+            }
+            let why = if instances == node.parallelism {
+                // Same parallelism, other placement: keys now go elsewhere.
+                match recorded_groups {
+                    None => "its state was checkpointed before key groups, and keys are now placed by key group".to_string(),
+                    Some(_) => "its keys are now placed differently (another `max_parallelism` or hash key), and its state is kept per instance".to_string(),
+                }
+            } else {
+                let kept = match &node.kind {
+                    NodeKind::Source(_) => "a source's read positions are kept per instance",
+                    NodeKind::Sink(_) => "a sink's transactions are kept per instance",
+                    NodeKind::Operator(_) if recorded_groups.is_none() => {
+                        "its state was checkpointed before key groups"
+                    }
+                    NodeKind::Operator(_) => "its state is kept per instance",
+                };
+                format!(
+                    "ran {instances} instances and now has parallelism {}, and {kept}",
+                    node.parallelism
+                )
+            };
+            unfit.push((node.name.clone(), format!("`{}` {why}", node.name)));
         }
         for (name, record) in &loaded.manifest.nodes {
             if record.holds_state() && !self.nodes.iter().any(|n| &n.name == name) {
@@ -492,9 +632,11 @@ impl Pipeline {
                             let senders = (0..node.parallelism).map(&mut channel).collect();
                             match other {
                                 Partitioning::Broadcast => EdgeSender::broadcast(senders),
-                                Partitioning::Hash(_) => {
-                                    EdgeSender::hash(senders, edge.key_columns.clone())
-                                }
+                                Partitioning::Hash(_) => EdgeSender::hash(
+                                    senders,
+                                    edge.key_columns.clone(),
+                                    self.key_groups,
+                                ),
                                 _ => EdgeSender::round_robin(senders, producer),
                             }
                         }
@@ -571,9 +713,10 @@ impl Pipeline {
                         restored: h.restored,
                     }),
                 };
-                let mut snapshot = restored
+                let mut snapshots = restored
                     .as_mut()
-                    .and_then(|l| l.snapshots.remove(&(node.name.clone(), index)));
+                    .and_then(|l| l.snapshots.remove(&(node.name.clone(), index)))
+                    .unwrap_or_default();
                 let in_node = |e: Error| e.in_node(&node.name);
                 let task = match &node.kind {
                     NodeKind::Source(factory) => {
@@ -582,12 +725,12 @@ impl Pipeline {
                             .event_time
                             .as_ref()
                             .map(|(config, column)| WatermarkGenerator::new(config, *column));
-                        let position = snapshot.take().map(|s| s.values);
+                        let positions = snapshots.into_iter().map(|s| s.values).collect();
                         let checkpoints = handles.as_ref().map(|h| tasks::SourceCheckpoints {
                             trigger: h.trigger.clone(),
                             completed: h.completed.clone(),
                         });
-                        tasks::run_source(env, source, outputs, watermarks, position, checkpoints)
+                        tasks::run_source(env, source, outputs, watermarks, positions, checkpoints)
                             .boxed()
                     }
                     NodeKind::Operator(factory) => {
@@ -603,7 +746,7 @@ impl Pipeline {
                             operator,
                             Inputs::new(channels),
                             outputs,
-                            snapshot,
+                            snapshots,
                             completed,
                         )
                         .boxed()
@@ -611,7 +754,7 @@ impl Pipeline {
                     NodeKind::Sink(factory) => {
                         let schema = node.input_schemas(&self.nodes)[0].clone();
                         let sink = factory.create(instance, schema).map_err(in_node)?;
-                        let transaction = snapshot.take().map(|s| s.values);
+                        let transaction = snapshots.pop().map(|s| s.values);
                         let commits = handles.as_mut().and_then(|h| h.commits[n][index].take());
                         tasks::run_sink(env, sink, Inputs::new(channels), transaction, commits)
                             .boxed()
@@ -633,19 +776,50 @@ impl Pipeline {
     }
 }
 
-/// SIGUSR1: a checkpoint now.
+/// Hands the positions of a source's `instances` earlier instances (of a
+/// shared consumer) to its instances now: instance *i* takes those of the
+/// earlier instances *i*, *i* + *n*, ...
+fn hand_positions_over(loaded: &mut Loaded, node: &crate::graph::Node, instances: usize) {
+    for earlier in 0..instances {
+        if let Some(parts) = loaded.snapshots.remove(&(node.name.clone(), earlier)) {
+            let target = (node.name.clone(), earlier % node.parallelism);
+            loaded.snapshots.entry(target).or_default().extend(parts);
+        }
+    }
+    tracing::info!(
+        checkpoint = loaded.manifest.id,
+        component = %node.name,
+        "positions of {instances} instances handed to {}",
+        node.parallelism
+    );
+}
+
+/// SIGUSR1: a checkpoint now. SIGUSR2: a savepoint now.
 fn listen_for_checkpoint_requests(signals: &Signals) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut requests) = signal(SignalKind::user_defined1()) {
-            let checkpoint_now = signals.checkpoint_now.clone();
-            tokio::spawn(async move {
-                while requests.recv().await.is_some() {
-                    tracing::info!("SIGUSR1: taking a checkpoint");
-                    checkpoint_now.notify_one();
-                }
-            });
+        let requests = [
+            (
+                SignalKind::user_defined1(),
+                signals.checkpoint_now.clone(),
+                "SIGUSR1: taking a checkpoint",
+            ),
+            (
+                SignalKind::user_defined2(),
+                signals.savepoint_now.clone(),
+                "SIGUSR2: taking a savepoint",
+            ),
+        ];
+        for (kind, now, message) in requests {
+            if let Ok(mut requests) = signal(kind) {
+                tokio::spawn(async move {
+                    while requests.recv().await.is_some() {
+                        tracing::info!("{message}");
+                        now.notify_one();
+                    }
+                });
+            }
         }
     }
     #[cfg(not(unix))]

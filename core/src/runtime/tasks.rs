@@ -135,10 +135,12 @@ pub(crate) async fn run_source(
     mut source: Box<dyn Source>,
     mut outputs: Outputs,
     mut watermarks: Option<WatermarkGenerator>,
-    restore: Option<serde_json::Value>,
+    restore: Vec<serde_json::Value>,
     mut checkpoints: Option<SourceCheckpoints>,
 ) -> Result<()> {
-    if let Some(position) = restore {
+    // One position, or after a change of parallelism those of the earlier
+    // instances this one takes.
+    for position in restore {
         source.restore(position).await?;
     }
     if env.checkpoint.is_some() {
@@ -290,10 +292,12 @@ pub(crate) async fn run_operator(
     mut operator: Box<dyn Operator>,
     mut inputs: Inputs,
     mut outputs: Outputs,
-    restore: Option<Snapshot>,
+    restore: Vec<Snapshot>,
     mut completed: Option<watch::Receiver<(u64, bool)>>,
 ) -> Result<()> {
-    if let Some(snapshot) = restore {
+    // One snapshot, or after a change of parallelism one part per earlier
+    // instance.
+    for snapshot in restore {
         operator.restore(snapshot)?;
     }
     let mut ctx = env.context();

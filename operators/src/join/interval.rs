@@ -8,8 +8,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use arrow::array::{Array, BooleanArray, Int64Array, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
+use arrow::datatypes::{DataType, Field};
 use arrow::record_batch::RecordBatch;
 use flumen_core::event_time::to_millis;
 use flumen_core::prelude::*;
@@ -311,64 +312,66 @@ impl Operator for IntervalJoin {
         self.on_watermark(EventTime::MAX, ctx, out).await
     }
 
-    /// Per side (`left`, `right`): the kept rows in arrival order, how
-    /// many rows each kept batch has (`*_batches`: rows expire a batch at a
-    /// time, so the batches are kept as they were) and which rows have
-    /// matched (`*_matched`: a left join emits the others when they
-    /// expire). The key index is rebuilt from the rows.
+    /// Per side (`left`, `right`): the kept rows, each with the kept
+    /// batch it is in (`_batch`, numbered in arrival order: rows expire a
+    /// batch at a time, so the batches are kept as they were) and whether
+    /// it has matched (`_matched`: a left join emits the others when they
+    /// expire). Both tables split by key group; the key index is rebuilt
+    /// from the rows.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let mut tables = Vec::new();
+        let mut snapshot = Snapshot::new(serde_json::json!({ "watermark": self.watermark }));
         let schemas = [&self.plan.left, &self.plan.right];
-        for ((name, side), schema) in SIDES.iter().zip(&self.sides).zip(schemas) {
+        for (input, ((name, side), schema)) in
+            SIDES.iter().zip(&self.sides).zip(schemas).enumerate()
+        {
             let kept = &side.batches;
-            tables.push((
-                name.to_string(),
-                concat_batches(schema, kept.iter().map(|k| &k.rows))?,
-            ));
-            let rows = Int64Array::from_iter_values(kept.iter().map(|k| k.rows.num_rows() as i64));
-            tables.push((
-                format!("{name}_batches"),
-                RecordBatch::try_from_iter([("rows", Arc::new(rows) as ArrayRef)])?,
-            ));
+            let rows = concat_batches(schema, kept.iter().map(|k| &k.rows))?;
+            let batch = kept
+                .iter()
+                .enumerate()
+                .flat_map(|(b, k)| std::iter::repeat_n(b as i64, k.rows.num_rows()));
             let matched: BooleanArray = kept
                 .iter()
                 .flat_map(|k| &k.matched)
                 .map(|m| Some(*m))
                 .collect();
-            tables.push((
-                format!("{name}_matched"),
-                RecordBatch::try_from_iter([("matched", Arc::new(matched) as ArrayRef)])?,
-            ));
+            let mut columns = rows.columns().to_vec();
+            columns.push(Arc::new(Int64Array::from_iter_values(batch)));
+            columns.push(Arc::new(matched));
+            let mut fields = schema.fields().to_vec();
+            fields.push(Arc::new(Field::new("_batch", DataType::Int64, false)));
+            fields.push(Arc::new(Field::new("_matched", DataType::Boolean, false)));
+            let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+            snapshot = snapshot.with_keyed_table(*name, table, input);
         }
-        Ok(Snapshot {
-            values: serde_json::json!({ "watermark": self.watermark }),
-            tables,
-        })
+        Ok(snapshot)
     }
 
+    /// Takes back a snapshot; several (the key groups of several earlier
+    /// instances) add up.
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
-        self.watermark = state::watermark(&snapshot)?;
+        self.watermark = self.watermark.max(state::watermark(&snapshot)?);
         for (input, name) in SIDES.iter().enumerate() {
             let time = [self.plan.left_time, self.plan.right_time][input].expect("timed join");
-            let rows = state::table(&snapshot, name)?;
-            let batches = state::table(&snapshot, &format!("{name}_batches"))?;
-            let matched = state::table(&snapshot, &format!("{name}_matched"))?;
-            let matched = state::booleans(matched, "matched")?;
-            if matched.len() != rows.num_rows() {
-                return Err(Error::internal(format!(
-                    "interval join checkpoint: `{name}_matched` and `{name}` differ in length"
-                )));
-            }
-            let mut offset = 0;
-            for batch in state::split(rows, state::int64s(batches, "rows")?)? {
+            let table = state::table(&snapshot, name)?;
+            let order =
+                arrow::compute::sort_to_indices(state::int64s(table, "_batch")?, None, None)?;
+            let table = arrow::compute::take_record_batch(table, &order)?;
+            let batches = state::int64s(&table, "_batch")?;
+            let matched = state::booleans(&table, "_matched")?.clone();
+            let width = [&self.plan.left, &self.plan.right][input].fields().len();
+            let rows = table.project(&(0..width).collect::<Vec<_>>())?;
+            let mut start = 0;
+            while start < rows.num_rows() {
+                let number = batches.value(start);
+                let end = (start..rows.num_rows())
+                    .find(|&r| batches.value(r) != number)
+                    .unwrap_or(rows.num_rows());
+                let batch = rows.slice(start, end - start);
                 let times = to_millis(batch.column(time))?;
-                let flags = matched
-                    .slice(offset, batch.num_rows())
-                    .values()
-                    .iter()
-                    .collect();
-                offset += batch.num_rows();
+                let flags = matched.slice(start, end - start).values().iter().collect();
                 self.sides[input].add(batch, times, flags)?;
+                start = end;
             }
         }
         Ok(())

@@ -89,6 +89,23 @@ impl KeyEncoder {
     }
 }
 
+impl KeyEncoder {
+    /// The key columns of keys [`KeyEncoder::encode`] made.
+    pub(crate) fn decode<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        let rows = keys.into_iter().map(|key| parser.parse(key));
+        Ok(self.converter.convert_rows(rows)?)
+    }
+
+    /// Encodes key columns as they are (not picked out of a batch).
+    pub(crate) fn encode_columns(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        Ok(self.converter.convert_columns(columns)?)
+    }
+}
+
 /// Rows of one batch by key.
 pub(crate) struct KeyTable {
     rows: HashMap<Box<[u8]>, Vec<u32>>,

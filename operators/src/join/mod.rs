@@ -494,6 +494,38 @@ impl OperatorFactory for Join {
         }
     }
 
+    /// An interval join's state is at 2: each kept row carries its batch
+    /// and whether it matched, so that it splits by key group.
+    fn state_version(&self) -> u32 {
+        match self.mode {
+            Mode::Interval { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    fn state_rescale(&self) -> StateRescale {
+        match self.mode {
+            Mode::Interval { .. } => StateRescale::ByKeyGroup,
+            _ => StateRescale::PerInstance,
+        }
+    }
+
+    fn state_description(&self, inputs: &[SchemaRef]) -> Option<String> {
+        let kept = match self.mode {
+            Mode::Lookup(_) => return None,
+            Mode::Window { size, slide } => format!("in windows of {size} ms every {slide} ms"),
+            Mode::Interval { lower, upper } => format!("from {lower} ms to {upper} ms apart"),
+        };
+        let describe = flumen_core::graph::describe_schema;
+        Some(format!(
+            "rows matched on [{}] = [{}] {kept}: left ({}), right ({})",
+            self.config.left_keys.join(", "),
+            self.config.right_keys.join(", "),
+            describe(&inputs[0]),
+            describe(&inputs[1])
+        ))
+    }
+
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         let plan = self.plan(inputs)?;
         Ok(match &self.mode {

@@ -174,6 +174,7 @@ impl Operator for WindowJoin {
         let left = concat_batches(&self.plan.left, sides.clone().flat_map(|s| &s.left))?;
         let right = concat_batches(&self.plan.right, sides.flat_map(|s| &s.right))?;
         Ok(Snapshot {
+            keyed: Vec::new(),
             values: serde_json::json!({ "watermark": self.watermark }),
             tables: vec![
                 ("windows".into(), windows),

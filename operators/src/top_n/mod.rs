@@ -339,6 +339,29 @@ impl OperatorFactory for TopN {
         self.config.partition_by.is_empty().then_some(1)
     }
 
+    fn state_rescale(&self) -> StateRescale {
+        match self.running() {
+            true => StateRescale::ByKeyGroup,
+            false => StateRescale::PerInstance,
+        }
+    }
+
+    fn state_description(&self, inputs: &[SchemaRef]) -> Option<String> {
+        let config = &self.config;
+        let windows = match self.windows {
+            Some((size, slide)) => format!(" in windows of {size} ms every {slide} ms"),
+            None => String::new(),
+        };
+        Some(format!(
+            "the top {} by [{}] per [{}] of rows keyed by [{}]{windows}: ({})",
+            config.n,
+            config.order_by.join(", "),
+            config.partition_by.join(", "),
+            config.key.join(", "),
+            flumen_core::graph::describe_schema(&inputs[0])
+        ))
+    }
+
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         if self.running() {
             let columns = self.running_columns(&inputs[0])?;
@@ -822,10 +845,11 @@ impl Operator for TopNInstance {
             ("rows", Arc::new(counts)),
         ])?;
         let rows = concat_batches(&self.input, ranked.map(|r| &r.rows))?;
-        Ok(Snapshot {
-            values: serde_json::json!({ "watermark": self.watermark }),
-            tables: vec![("windows".into(), windows), ("rows".into(), rows)],
-        })
+        Ok(
+            Snapshot::new(serde_json::json!({ "watermark": self.watermark }))
+                .with_table("windows", windows)
+                .with_table("rows", rows),
+        )
     }
 
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {

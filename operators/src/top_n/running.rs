@@ -254,10 +254,8 @@ impl Operator for RunningTopN {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )?;
-        Ok(Snapshot {
-            values: serde_json::json!({ "rows": rows.len() }),
-            tables: vec![("rows".into(), table)],
-        })
+        Ok(Snapshot::new(serde_json::json!({ "rows": rows.len() }))
+            .with_keyed_table("rows", table, 0))
     }
 
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {

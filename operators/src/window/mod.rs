@@ -335,6 +335,36 @@ impl OperatorFactory for WindowAggregate {
         (self.config.group_by.is_empty() || self.config.top.is_some()).then_some(1)
     }
 
+    fn state_rescale(&self) -> StateRescale {
+        match self.shape {
+            Shape::Panes { .. } => StateRescale::ByKeyGroup,
+            Shape::Session { .. } => StateRescale::PerInstance,
+        }
+    }
+
+    fn state_description(&self, inputs: &[SchemaRef]) -> Option<String> {
+        let windows = match self.shape {
+            Shape::Panes { size, slide } if size == slide => {
+                format!("tumbling windows of {size} ms")
+            }
+            Shape::Panes { size, slide } => format!("windows of {size} ms every {slide} ms"),
+            // Sessions keep their rows.
+            Shape::Session { gap } => format!(
+                "sessions of {gap} ms gaps over rows ({})",
+                flumen_core::graph::describe_schema(&inputs[0])
+            ),
+        };
+        let top = match &self.config.top {
+            Some(top) => format!(", ranked {top:?}"),
+            None => String::new(),
+        };
+        Some(format!(
+            "{windows} by [{}] of [{}]{top}",
+            self.config.group_by.join(", "),
+            self.config.aggregates.join(", ")
+        ))
+    }
+
     fn create(&self, _instance: InstanceInfo, inputs: &[SchemaRef]) -> Result<Box<dyn Operator>> {
         let plan = self.plan(&inputs[0])?;
         let windows = match self.shape {

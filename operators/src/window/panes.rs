@@ -526,10 +526,7 @@ impl PaneWindows {
             "next_window": self.next_window,
         });
         if parts.is_empty() {
-            return Ok(Snapshot {
-                values,
-                tables: Vec::new(),
-            });
+            return Ok(Snapshot::new(values));
         }
         let mut batches = Vec::new();
         for (pane, keys, states) in parts {
@@ -571,21 +568,27 @@ impl PaneWindows {
             .map(|columns| RecordBatch::try_new(schema.clone(), columns))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let table = arrow::compute::concat_batches(&schema, &batches)?;
-        Ok(Snapshot {
-            values: serde_json::json!({
-                "watermark": self.watermark,
-                "next_window": self.next_window,
-                "state_widths": widths,
-            }),
-            tables: vec![("panes".to_string(), table)],
-        })
+        let values = serde_json::json!({
+            "watermark": self.watermark,
+            "next_window": self.next_window,
+            "state_widths": widths,
+        });
+        Ok(Snapshot::new(values).with_keyed_table("panes", table, 0))
     }
 
     /// Takes back what [`PaneWindows::snapshot`] gave: every pane open.
+    /// Restoring several snapshots (the key groups of several earlier
+    /// instances) merges them.
     pub(crate) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
         let number = |key: &str| snapshot.values.get(key).and_then(serde_json::Value::as_i64);
-        self.watermark = number("watermark").unwrap_or(EventTime::MIN);
-        self.next_window = number("next_window");
+        self.watermark = self
+            .watermark
+            .max(number("watermark").unwrap_or(EventTime::MIN));
+        // The earliest window any of them still had to fire.
+        self.next_window = match (self.next_window, number("next_window")) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let Some(table) = snapshot.table("panes") else {
             return Ok(());
         };

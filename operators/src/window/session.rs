@@ -268,6 +268,7 @@ impl SessionWindows {
             .map(|(key, until)| (key.as_ref(), *until))
             .unzip();
         Ok(Snapshot {
+            keyed: Vec::new(),
             values: serde_json::json!({ "watermark": self.watermark }),
             tables: vec![
                 ("rows".into(), rows),

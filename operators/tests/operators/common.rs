@@ -71,6 +71,7 @@ pub fn quiet() -> RunOptions {
 /// text, tables through Arrow IPC files, as the checkpoint store keeps
 /// them.
 pub fn through_storage(snapshot: Snapshot) -> Snapshot {
+    let keyed = snapshot.keyed;
     let tables = snapshot
         .tables
         .into_iter()
@@ -87,5 +88,9 @@ pub fn through_storage(snapshot: Snapshot) -> Snapshot {
         })
         .collect();
     let values = serde_json::from_str(&snapshot.values.to_string()).unwrap();
-    Snapshot { values, tables }
+    Snapshot {
+        values,
+        tables,
+        keyed,
+    }
 }

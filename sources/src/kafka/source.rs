@@ -136,6 +136,13 @@ impl SourceFactory for KafkaSource {
         }))
     }
 
+    /// The restored offsets are pooled over all instances (each takes
+    /// whichever partitions the group assigns it), so any instance may
+    /// restore any earlier one's.
+    fn positions_merge(&self) -> bool {
+        true
+    }
+
     fn default_event_time(&self) -> Option<EventTimeConfig> {
         self.config
             .metadata
