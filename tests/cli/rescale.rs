@@ -1,5 +1,6 @@
 //! State that moves between parallelisms: a pipeline with a windowed
-//! aggregate, a running top-N, an interval join and dedupe is stopped
+//! aggregate, session windows, a running top-N, an interval join, a
+//! windowed join and dedupe is stopped
 //! mid-run and restored at 2, then 4, then 1 instances; and upgraded from
 //! a savepoint. The output must equal an uninterrupted run's and
 //! DataFusion's answer over the same events.
@@ -83,6 +84,21 @@ transforms:
     partition_by: [key]
     order_by: [id]
     n: 3
+  sessions:
+    type: window
+    inputs: [events]
+    parallelism: {parallelism}
+    window: {{ session: {{ gap: 5ms }} }}
+    group_by: [dup]
+    aggregates: ["count(*) AS ids", "sum(id) AS id_sum"]
+  window_joined:
+    type: join
+    inputs: [events, payments]
+    parallelism: {parallelism}
+    left_keys: [id]
+    right_keys: [order_id]
+    window: {{ tumble: 1s }}
+    right_prefix: payment_
   joined:
     type: join
     inputs: [events, payments]
@@ -104,6 +120,14 @@ sinks:
     type: file
     inputs: [joined]
     path: {dir}/{out}/paid
+  pairs:
+    type: file
+    inputs: [sessions]
+    path: {dir}/{out}/pairs
+  same_second:
+    type: file
+    inputs: [window_joined]
+    path: {dir}/{out}/same_second
   first_three:
     type: kv
     inputs: [top3]
@@ -128,6 +152,10 @@ struct Output {
     paid: Vec<(i64, i64)>,
     /// (key, id) of the top-N view.
     first_three: Vec<(i64, i64)>,
+    /// (dup, ids, id_sum) of each session, ascending.
+    pairs: Vec<(i64, i64, i64)>,
+    /// Order ids paid in the second they were placed, ascending.
+    same_second: Vec<i64>,
 }
 
 fn field(line: &serde_json::Value, name: &str) -> i64 {
@@ -155,6 +183,16 @@ fn read_output(dir: &Path) -> Output {
         .collect();
     let mut unique: Vec<i64> = lines("unique").iter().map(|u| field(u, "id")).collect();
     unique.sort_unstable();
+    let mut pairs: Vec<(i64, i64, i64)> = lines("pairs")
+        .iter()
+        .map(|p| (field(p, "dup"), field(p, "ids"), field(p, "id_sum")))
+        .collect();
+    pairs.sort_unstable();
+    let mut same_second: Vec<i64> = lines("same_second")
+        .iter()
+        .map(|p| field(p, "id"))
+        .collect();
+    same_second.sort_unstable();
     let mut paid: Vec<(i64, i64)> = lines("paid")
         .iter()
         .map(|p| (field(p, "id"), field(p, "payment_amount")))
@@ -176,6 +214,8 @@ fn read_output(dir: &Path) -> Output {
         unique,
         paid,
         first_three,
+        pairs,
+        same_second,
     }
 }
 
@@ -265,11 +305,25 @@ fn batch_answer(dir: &Path) -> Output {
         .into_iter()
         .map(|r| (r[0], r[1]))
         .collect();
+        let pairs = rows("SELECT dup, count(*), sum(id) FROM events GROUP BY dup")
+            .await
+            .into_iter()
+            .map(|r| (r[0], r[1], r[2]))
+            .collect();
+        let same_second = rows(
+            "SELECT id FROM events JOIN payments ON id = order_id AND ts / 1000 = paid_at / 1000",
+        )
+        .await
+        .into_iter()
+        .map(|r| r[0])
+        .collect();
         Output {
             windows,
             unique,
             paid,
             first_three,
+            pairs,
+            same_second,
         }
     })
 }

@@ -494,20 +494,17 @@ impl OperatorFactory for Join {
         }
     }
 
-    /// An interval join's state is at 2: each kept row carries its batch
-    /// and whether it matched, so that it splits by key group.
+    /// Timed joins are at 2: each kept row carries its window, or its
+    /// batch and whether it matched, so that it splits by key group.
     fn state_version(&self) -> u32 {
         match self.mode {
-            Mode::Interval { .. } => 2,
-            _ => 1,
+            Mode::Lookup(_) => 1,
+            _ => 2,
         }
     }
 
     fn state_rescale(&self) -> StateRescale {
-        match self.mode {
-            Mode::Interval { .. } => StateRescale::ByKeyGroup,
-            _ => StateRescale::PerInstance,
-        }
+        StateRescale::ByKeyGroup
     }
 
     fn state_description(&self, inputs: &[SchemaRef]) -> Option<String> {

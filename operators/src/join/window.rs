@@ -154,55 +154,69 @@ impl Operator for WindowJoin {
         self.on_watermark(EventTime::MAX, ctx, out).await
     }
 
-    /// The open windows (`windows`: start, and how many rows each side
-    /// has in it) and their rows (`left`, `right`: every window's rows one
-    /// after another, in arrival order). A hopping window's row is stored
-    /// once per window it is in, as it is kept.
+    /// Each side's rows of the open windows (`left`, `right`: the input's
+    /// columns and `_window`, the window's start, in arrival order within
+    /// a window). Both split by key group. A hopping window's row is
+    /// stored once per window it is in, as it is kept.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let sides = self.windows.values();
-        let count = |batches: &[RecordBatch]| {
-            batches.iter().map(RecordBatch::num_rows).sum::<usize>() as i64
-        };
-        let starts = Int64Array::from_iter_values(self.windows.keys().copied());
-        let left_rows = Int64Array::from_iter_values(sides.clone().map(|s| count(&s.left)));
-        let right_rows = Int64Array::from_iter_values(sides.clone().map(|s| count(&s.right)));
-        let windows = RecordBatch::try_from_iter([
-            ("start", Arc::new(starts) as ArrayRef),
-            ("left_rows", Arc::new(left_rows)),
-            ("right_rows", Arc::new(right_rows)),
-        ])?;
-        let left = concat_batches(&self.plan.left, sides.clone().flat_map(|s| &s.left))?;
-        let right = concat_batches(&self.plan.right, sides.flat_map(|s| &s.right))?;
-        Ok(Snapshot {
-            keyed: Vec::new(),
-            values: serde_json::json!({ "watermark": self.watermark }),
-            tables: vec![
-                ("windows".into(), windows),
-                ("left".into(), left),
-                ("right".into(), right),
-            ],
-        })
+        let mut snapshot = Snapshot::new(serde_json::json!({ "watermark": self.watermark }));
+        let schemas = [&self.plan.left, &self.plan.right];
+        for (input, (name, schema)) in ["left", "right"].into_iter().zip(schemas).enumerate() {
+            let side = |sides: &Sides| match input {
+                0 => sides.left.clone(),
+                _ => sides.right.clone(),
+            };
+            let mut starts: Vec<i64> = Vec::new();
+            let mut batches: Vec<RecordBatch> = Vec::new();
+            for (start, sides) in &self.windows {
+                for batch in side(sides) {
+                    starts.extend(std::iter::repeat_n(*start, batch.num_rows()));
+                    batches.push(batch);
+                }
+            }
+            let rows = concat_batches(schema, &batches)?;
+            let mut columns = rows.columns().to_vec();
+            columns.push(Arc::new(Int64Array::from(starts)));
+            let mut fields = schema.fields().to_vec();
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                "_window",
+                arrow::datatypes::DataType::Int64,
+                false,
+            )));
+            let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+            snapshot = snapshot.with_keyed_table(name, table, input);
+        }
+        Ok(snapshot)
     }
 
+    /// Takes back a snapshot; several (the key groups of several earlier
+    /// instances) add up.
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
-        self.watermark = state::watermark(&snapshot)?;
-        let windows = state::table(&snapshot, "windows")?;
-        let side = |name: &str| {
-            state::split(
-                state::table(&snapshot, name)?,
-                state::int64s(windows, &format!("{name}_rows"))?,
-            )
-        };
-        let (left, right) = (side("left")?, side("right")?);
-        let starts = state::int64s(windows, "start")?;
-        // A side with no rows in a window keeps no batch, as when running.
-        let kept = |rows: RecordBatch| (rows.num_rows() > 0).then_some(rows);
-        for ((start, left), right) in starts.values().iter().zip(left).zip(right) {
-            let sides = Sides {
-                left: kept(left).into_iter().collect(),
-                right: kept(right).into_iter().collect(),
-            };
-            self.windows.insert(*start, sides);
+        self.watermark = self.watermark.max(state::watermark(&snapshot)?);
+        let schemas = [&self.plan.left, &self.plan.right];
+        for (input, (name, schema)) in ["left", "right"].into_iter().zip(schemas).enumerate() {
+            let table = state::table(&snapshot, name)?;
+            // Stored by key group: put each window's rows together again,
+            // keeping their order.
+            let order =
+                arrow::compute::sort_to_indices(state::int64s(table, "_window")?, None, None)?;
+            let table = take_record_batch(table, &order)?;
+            let starts = state::int64s(&table, "_window")?;
+            let rows = table.project(&(0..schema.fields().len()).collect::<Vec<_>>())?;
+            let mut first = 0;
+            while first < rows.num_rows() {
+                let start = starts.value(first);
+                let end = (first..rows.num_rows())
+                    .find(|&r| starts.value(r) != start)
+                    .unwrap_or(rows.num_rows());
+                let batch = rows.slice(first, end - first);
+                let sides = self.windows.entry(start).or_default();
+                match input {
+                    0 => sides.left.push(batch),
+                    _ => sides.right.push(batch),
+                }
+                first = end;
+            }
         }
         Ok(())
     }

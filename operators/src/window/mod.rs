@@ -336,9 +336,16 @@ impl OperatorFactory for WindowAggregate {
     }
 
     fn state_rescale(&self) -> StateRescale {
+        StateRescale::ByKeyGroup
+    }
+
+    /// Sessions are at 2: each row's time is a column of its row, and the
+    /// emitted ends are keyed by the key columns, so that both split by
+    /// key group.
+    fn state_version(&self) -> u32 {
         match self.shape {
-            Shape::Panes { .. } => StateRescale::ByKeyGroup,
-            Shape::Session { .. } => StateRescale::PerInstance,
+            Shape::Panes { .. } => 1,
+            Shape::Session { .. } => 2,
         }
     }
 
@@ -530,7 +537,7 @@ impl Operator for WindowInstance {
 /// column of the wrong type is an error, not a panic: the files may have
 /// been written by another version, or damaged.
 pub(crate) mod state {
-    use arrow::array::{AsArray, BinaryArray, BooleanArray, Int64Array, UInt32Array};
+    use arrow::array::{AsArray, BooleanArray, Int64Array, UInt32Array};
     use arrow::compute::take_record_batch;
     use arrow::datatypes::Int64Type;
     use flumen_core::prelude::*;
@@ -554,14 +561,6 @@ pub(crate) mod state {
         table
             .column_by_name(name)
             .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| corrupt(name))
-    }
-
-    /// Column `name` of `table`, as binary (row-encoded keys).
-    pub(crate) fn binaries<'a>(table: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
-        table
-            .column_by_name(name)
-            .and_then(|c| c.as_binary_opt::<i32>())
             .ok_or_else(|| corrupt(name))
     }
 

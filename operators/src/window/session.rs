@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
 use arrow::compute::{concat_batches, filter, filter_record_batch, take, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -254,52 +254,67 @@ impl SessionWindows {
             .min()
     }
 
-    /// The buffered rows (`rows`) with their times (`times`), and each
-    /// key's end of its last emitted session (`emitted`). Open sessions are
-    /// not stored: each is exactly the merge of its rows' `[time, time +
-    /// gap]`, in whatever order, so restore rebuilds them from the rows.
+    /// The buffered rows with their times (`rows`: the input's columns
+    /// and `_time`), and each key's end of its last emitted session
+    /// (`emitted`: the key columns and `until`). Both split by key group.
+    /// Open sessions are not stored: each is exactly the merge of its
+    /// rows' `[time, time + gap]`, in whatever order, so restore rebuilds
+    /// them from the rows.
     pub(crate) fn snapshot(&mut self) -> Result<Snapshot> {
         let rows = concat_batches(&self.spec.input, self.buffered.iter().map(|(b, _)| b))?;
         let times = self.buffered.iter().flat_map(|(_, t)| t.values().iter());
-        let times: ArrayRef = Arc::new(Int64Array::from_iter_values(times.copied()));
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from_iter_values(times.copied())));
+        let mut fields = self.spec.input.fields().to_vec();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            "_time",
+            DataType::Int64,
+            false,
+        )));
+        let rows = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+
         let (keys, until): (Vec<&[u8]>, Vec<i64>) = self
             .emitted_until
             .iter()
             .map(|(key, until)| (key.as_ref(), *until))
             .unzip();
-        Ok(Snapshot {
-            keyed: Vec::new(),
-            values: serde_json::json!({ "watermark": self.watermark }),
-            tables: vec![
-                ("rows".into(), rows),
-                (
-                    "times".into(),
-                    RecordBatch::try_from_iter([("time", times)])?,
-                ),
-                (
-                    "emitted".into(),
-                    RecordBatch::try_from_iter([
-                        ("key", Arc::new(BinaryArray::from(keys)) as ArrayRef),
-                        ("until", Arc::new(Int64Array::from(until))),
-                    ])?,
-                ),
-            ],
-        })
+        let mut emitted: Vec<(String, ArrayRef)> = Vec::new();
+        if !self.spec.keys.is_empty() {
+            let parser = self.converter.parser();
+            let decoded = self
+                .converter
+                .convert_rows(keys.iter().map(|k| parser.parse(k)))?;
+            let names = self
+                .spec
+                .key_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone());
+            emitted.extend(names.zip(decoded));
+        }
+        emitted.push(("until".into(), Arc::new(Int64Array::from(until))));
+        let emitted = RecordBatch::try_from_iter_with_nullable(
+            emitted
+                .into_iter()
+                .map(|(name, column)| (name, column, true)),
+        )?;
+        Ok(
+            Snapshot::new(serde_json::json!({ "watermark": self.watermark }))
+                .with_keyed_table("rows", rows, 0)
+                .with_keyed_table("emitted", emitted, 0),
+        )
     }
 
-    /// Takes back what [`SessionWindows::snapshot`] gave.
+    /// Takes back what [`SessionWindows::snapshot`] gave; several (the
+    /// key groups of several earlier instances) add up.
     pub(crate) fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
-        self.watermark = state::watermark(&snapshot)?;
-        let rows = state::table(&snapshot, "rows")?;
-        let times = state::int64s(state::table(&snapshot, "times")?, "time")?;
-        if times.len() != rows.num_rows() {
-            return Err(Error::internal(
-                "session window checkpoint: `times` and `rows` differ in length",
-            ));
-        }
+        self.watermark = self.watermark.max(state::watermark(&snapshot)?);
+        let table = state::table(&snapshot, "rows")?;
+        let times = state::int64s(table, "_time")?.clone();
+        let rows = table.project(&(0..self.spec.input.fields().len()).collect::<Vec<_>>())?;
         // Inserted directly: these rows were on time when they arrived,
         // whatever the watermark says of them now.
-        let keys = self.key_rows(rows)?;
+        let keys = self.key_rows(&rows)?;
         for row in 0..rows.num_rows() {
             let time = times.value(row);
             let sessions = self
@@ -309,16 +324,34 @@ impl SessionWindows {
             insert_session(sessions, (time, time + self.spec.gap));
         }
         if rows.num_rows() > 0 {
-            self.buffered.push((rows.clone(), times.clone()));
+            self.buffered.push((rows, times));
         }
         let emitted = state::table(&snapshot, "emitted")?;
-        let (keys, until) = (
-            state::binaries(emitted, "key")?,
-            state::int64s(emitted, "until")?,
-        );
+        let until = state::int64s(emitted, "until")?;
+        let mut keys: Vec<ArrayRef> = self
+            .spec
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                emitted.column_by_name(f.name()).cloned().ok_or_else(|| {
+                    Error::Checkpoint(format!(
+                        "the session snapshot has no key column `{}`",
+                        f.name()
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        if keys.is_empty() {
+            keys.push(arrow::array::new_null_array(
+                &DataType::Null,
+                emitted.num_rows(),
+            ));
+        }
+        let keys = self.converter.convert_columns(&keys)?;
         for (row, until) in until.values().iter().enumerate() {
             self.emitted_until
-                .insert(Box::from(keys.value(row)), *until);
+                .insert(Box::from(keys.row(row).as_ref()), *until);
         }
         Ok(())
     }
