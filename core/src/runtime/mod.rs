@@ -528,8 +528,11 @@ impl Pipeline {
                 }
             }
             let instances = record.instances.len();
+            // Sources and sinks keep nothing by key; an operator's keys go
+            // where they went if the groups and hash keys are the same.
             let same_placement = instances == node.parallelism
                 && (node.parallelism == 1
+                    || !matches!(node.kind, NodeKind::Operator(_))
                     || (recorded_groups == Some(self.key_groups.count())
                         && record.state_keys == node.state_keys));
             if same_placement {
