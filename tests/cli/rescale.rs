@@ -1,6 +1,6 @@
 //! State that moves between parallelisms: a pipeline with a windowed
-//! aggregate, session windows, a running top-N, an interval join, a
-//! windowed join and dedupe is stopped
+//! aggregate, session windows, a running and a windowed top-N, an interval
+//! join, a windowed join and dedupe is stopped
 //! mid-run and restored at 2, then 4, then 1 instances; and upgraded from
 //! a savepoint. The output must equal an uninterrupted run's and
 //! DataFusion's answer over the same events.
@@ -84,6 +84,14 @@ transforms:
     partition_by: [key]
     order_by: [id]
     n: 3
+  last2:
+    type: top_n
+    inputs: [events]
+    parallelism: {parallelism}
+    window: {{ tumble: 1s }}
+    partition_by: [key]
+    order_by: [id DESC]
+    n: 2
   sessions:
     type: window
     inputs: [events]
@@ -120,6 +128,10 @@ sinks:
     type: file
     inputs: [joined]
     path: {dir}/{out}/paid
+  last_two:
+    type: file
+    inputs: [last2]
+    path: {dir}/{out}/last_two
   pairs:
     type: file
     inputs: [sessions]
@@ -152,6 +164,9 @@ struct Output {
     paid: Vec<(i64, i64)>,
     /// (key, id) of the top-N view.
     first_three: Vec<(i64, i64)>,
+    /// (window end in ms, key, id) of each second's two last ids per key,
+    /// ascending.
+    last_two: Vec<(i64, i64, i64)>,
     /// (dup, ids, id_sum) of each session, ascending.
     pairs: Vec<(i64, i64, i64)>,
     /// Order ids paid in the second they were placed, ascending.
@@ -188,6 +203,14 @@ fn read_output(dir: &Path) -> Output {
         .map(|p| (field(p, "dup"), field(p, "ids"), field(p, "id_sum")))
         .collect();
     pairs.sort_unstable();
+    let mut last_two: Vec<(i64, i64, i64)> = lines("last_two")
+        .iter()
+        .map(|t| {
+            let end = chrono_millis(t["window_end"].as_str().unwrap());
+            (end, field(t, "key"), field(t, "id"))
+        })
+        .collect();
+    last_two.sort_unstable();
     let mut same_second: Vec<i64> = lines("same_second")
         .iter()
         .map(|p| field(p, "id"))
@@ -214,6 +237,7 @@ fn read_output(dir: &Path) -> Output {
         unique,
         paid,
         first_three,
+        last_two,
         pairs,
         same_second,
     }
@@ -305,6 +329,15 @@ fn batch_answer(dir: &Path) -> Output {
         .into_iter()
         .map(|r| (r[0], r[1]))
         .collect();
+        let last_two = rows(
+            "SELECT window_end, key, id FROM (SELECT (ts / 1000 + 1) * 1000 AS window_end, \
+             key, id, row_number() OVER (PARTITION BY ts / 1000, key ORDER BY id DESC) AS rank \
+             FROM events) WHERE rank <= 2",
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0], r[1], r[2]))
+        .collect();
         let pairs = rows("SELECT dup, count(*), sum(id) FROM events GROUP BY dup")
             .await
             .into_iter()
@@ -322,6 +355,7 @@ fn batch_answer(dir: &Path) -> Output {
             unique,
             paid,
             first_three,
+            last_two,
             pairs,
             same_second,
         }
@@ -347,6 +381,10 @@ fn assert_same(got: &Output, expected: &Output) {
     assert!(got.unique == expected.unique, "dedupe differs");
     assert!(got.paid == expected.paid, "the join differs");
     assert_eq!(got.first_three, expected.first_three);
+    assert!(
+        got.last_two == expected.last_two,
+        "the windowed top-N differs"
+    );
     assert!(got.windows == expected.windows, "windows differ");
 }
 

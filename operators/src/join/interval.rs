@@ -353,25 +353,15 @@ impl Operator for IntervalJoin {
         self.watermark = self.watermark.max(state::watermark(&snapshot)?);
         for (input, name) in SIDES.iter().enumerate() {
             let time = [self.plan.left_time, self.plan.right_time][input].expect("timed join");
-            let table = state::table(&snapshot, name)?;
-            let order =
-                arrow::compute::sort_to_indices(state::int64s(table, "_batch")?, None, None)?;
-            let table = arrow::compute::take_record_batch(table, &order)?;
-            let batches = state::int64s(&table, "_batch")?;
+            let (table, runs) = state::runs_by(state::table(&snapshot, name)?, "_batch")?;
             let matched = state::booleans(&table, "_matched")?.clone();
             let width = [&self.plan.left, &self.plan.right][input].fields().len();
             let rows = table.project(&(0..width).collect::<Vec<_>>())?;
-            let mut start = 0;
-            while start < rows.num_rows() {
-                let number = batches.value(start);
-                let end = (start..rows.num_rows())
-                    .find(|&r| batches.value(r) != number)
-                    .unwrap_or(rows.num_rows());
-                let batch = rows.slice(start, end - start);
+            for (_, first, count) in runs {
+                let batch = rows.slice(first, count);
                 let times = to_millis(batch.column(time))?;
-                let flags = matched.slice(start, end - start).values().iter().collect();
+                let flags = matched.slice(first, count).values().iter().collect();
                 self.sides[input].add(batch, times, flags)?;
-                start = end;
             }
         }
         Ok(())

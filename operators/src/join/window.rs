@@ -195,27 +195,16 @@ impl Operator for WindowJoin {
         self.watermark = self.watermark.max(state::watermark(&snapshot)?);
         let schemas = [&self.plan.left, &self.plan.right];
         for (input, (name, schema)) in ["left", "right"].into_iter().zip(schemas).enumerate() {
-            let table = state::table(&snapshot, name)?;
-            // Stored by key group: put each window's rows together again,
-            // keeping their order.
-            let order =
-                arrow::compute::sort_to_indices(state::int64s(table, "_window")?, None, None)?;
-            let table = take_record_batch(table, &order)?;
-            let starts = state::int64s(&table, "_window")?;
+            // Stored by key group: put each window's rows together again.
+            let (table, runs) = state::runs_by(state::table(&snapshot, name)?, "_window")?;
             let rows = table.project(&(0..schema.fields().len()).collect::<Vec<_>>())?;
-            let mut first = 0;
-            while first < rows.num_rows() {
-                let start = starts.value(first);
-                let end = (first..rows.num_rows())
-                    .find(|&r| starts.value(r) != start)
-                    .unwrap_or(rows.num_rows());
-                let batch = rows.slice(first, end - first);
+            for (start, first, count) in runs {
+                let batch = rows.slice(first, count);
                 let sides = self.windows.entry(start).or_default();
                 match input {
                     0 => sides.left.push(batch),
                     _ => sides.right.push(batch),
                 }
-                first = end;
             }
         }
         Ok(())

@@ -340,9 +340,20 @@ impl OperatorFactory for TopN {
     }
 
     fn state_rescale(&self) -> StateRescale {
-        match self.running() {
+        // Without `partition_by` a ranking runs as one instance, and its
+        // state goes whole to the next one.
+        match self.running() || !self.config.partition_by.is_empty() {
             true => StateRescale::ByKeyGroup,
             false => StateRescale::PerInstance,
+        }
+    }
+
+    /// Rankings over windows are at 2: their rows carry their window, so
+    /// that they split by key group.
+    fn state_version(&self) -> u32 {
+        match self.running() {
+            true => 1,
+            false => 2,
         }
     }
 
@@ -831,40 +842,48 @@ impl Operator for TopNInstance {
         self.emit(out, true)
     }
 
-    /// The open windows (`windows`: start, end and how many rows) and
-    /// their top rows so far, in rank order (`rows`, every window's rows
-    /// one after another).
+    /// One table, `rows`: the top rows so far of every open window, each
+    /// with its window's `_start` and `_end`. With `partition_by` it is
+    /// keyed by those columns, so that a restore at another parallelism
+    /// hands each instance the rankings of its own partitions.
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let ranked = self.windows.values();
-        let starts = Int64Array::from_iter_values(self.windows.keys().copied());
-        let ends = Int64Array::from_iter_values(ranked.clone().map(|r| r.end));
-        let counts = Int64Array::from_iter_values(ranked.clone().map(|r| r.rows.num_rows() as i64));
-        let windows = RecordBatch::try_from_iter([
-            ("start", Arc::new(starts) as ArrayRef),
-            ("end", Arc::new(ends)),
-            ("rows", Arc::new(counts)),
-        ])?;
-        let rows = concat_batches(&self.input, ranked.map(|r| &r.rows))?;
-        Ok(
-            Snapshot::new(serde_json::json!({ "watermark": self.watermark }))
-                .with_table("windows", windows)
-                .with_table("rows", rows),
-        )
+        let ranked = self.windows.iter();
+        let bounds = |bound: fn(i64, &Ranked) -> i64| {
+            let values = ranked
+                .clone()
+                .flat_map(|(start, r)| std::iter::repeat_n(bound(*start, r), r.rows.num_rows()));
+            Arc::new(Int64Array::from_iter_values(values)) as ArrayRef
+        };
+        let (starts, ends) = (bounds(|start, _| start), bounds(|_, r| r.end));
+        let rows = concat_batches(&self.input, ranked.clone().map(|(_, r)| &r.rows))?;
+        let mut fields = self.input.fields().to_vec();
+        fields.push(Arc::new(Field::new("_start", DataType::Int64, false)));
+        fields.push(Arc::new(Field::new("_end", DataType::Int64, false)));
+        let mut columns = rows.columns().to_vec();
+        columns.extend([starts, ends]);
+        let table = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+        )?;
+        let snapshot = Snapshot::new(serde_json::json!({ "watermark": self.watermark }));
+        Ok(match self.plan.partition.is_empty() {
+            true => snapshot.with_table("rows", table),
+            false => snapshot.with_keyed_table("rows", table, 0),
+        })
     }
 
+    /// Takes back what [`snapshot`](Self::snapshot) gave. Several
+    /// snapshots (the key groups of several earlier instances) merge: a
+    /// window's rankings from each are ranked together again.
     fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
-        self.watermark = state::watermark(&snapshot)?;
-        let windows = state::table(&snapshot, "windows")?;
-        let rows = state::split(
-            state::table(&snapshot, "rows")?,
-            state::int64s(windows, "rows")?,
-        )?;
-        let (starts, ends) = (
-            state::int64s(windows, "start")?,
-            state::int64s(windows, "end")?,
-        );
-        for ((start, end), rows) in starts.values().iter().zip(ends.values()).zip(rows) {
-            self.windows.insert(*start, Ranked { end: *end, rows });
+        self.watermark = self.watermark.max(state::watermark(&snapshot)?);
+        let (rows, runs) = state::runs_by(state::table(&snapshot, "rows")?, "_start")?;
+        let ends = state::int64s(&rows, "_end")?.clone();
+        let columns = self.input.fields().len();
+        let rows = rows.project(&(0..columns).collect::<Vec<_>>())?;
+        for (start, first, count) in runs {
+            self.rank_into(start, ends.value(first), rows.slice(first, count))?;
         }
         Ok(())
     }

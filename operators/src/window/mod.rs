@@ -537,8 +537,7 @@ impl Operator for WindowInstance {
 /// column of the wrong type is an error, not a panic: the files may have
 /// been written by another version, or damaged.
 pub(crate) mod state {
-    use arrow::array::{AsArray, BooleanArray, Int64Array, UInt32Array};
-    use arrow::compute::take_record_batch;
+    use arrow::array::{AsArray, BooleanArray, Int64Array};
     use arrow::datatypes::Int64Type;
     use flumen_core::prelude::*;
 
@@ -564,37 +563,36 @@ pub(crate) mod state {
             .ok_or_else(|| corrupt(name))
     }
 
+    /// A run of rows with one value: `(value, first row, rows)`.
+    pub(crate) type Run = (i64, usize, usize);
+
+    /// `table`'s rows ordered by its int64 column `name` (rows of a state
+    /// table stored by key group, put back together by window or batch),
+    /// with each run of one value: `(value, first row, rows)`. The sort is
+    /// stable: rows with one value keep their order.
+    pub(crate) fn runs_by(table: &RecordBatch, name: &str) -> Result<(RecordBatch, Vec<Run>)> {
+        let values = int64s(table, name)?.values();
+        let mut order: Vec<u32> = (0..table.num_rows() as u32).collect();
+        order.sort_by_key(|&row| values[row as usize]);
+        let table =
+            arrow::compute::take_record_batch(table, &arrow::array::UInt32Array::from(order))?;
+        let values = int64s(&table, name)?.values();
+        let mut runs: Vec<Run> = Vec::new();
+        for (row, value) in values.iter().enumerate() {
+            match runs.last_mut() {
+                Some((last, _, rows)) if last == value => *rows += 1,
+                _ => runs.push((*value, row, 1)),
+            }
+        }
+        Ok((table, runs))
+    }
+
     /// Column `name` of `table`, as booleans.
     pub(crate) fn booleans<'a>(table: &'a RecordBatch, name: &str) -> Result<&'a BooleanArray> {
         table
             .column_by_name(name)
             .and_then(|c| c.as_boolean_opt())
             .ok_or_else(|| corrupt(name))
-    }
-
-    /// Cuts `rows` back into the consecutive parts of `lengths` rows they
-    /// were concatenated from. Each part is copied rather than sliced: a
-    /// slice would count the whole table in its memory size, so
-    /// `state_size` would report the table once per part.
-    pub(crate) fn split(rows: &RecordBatch, lengths: &Int64Array) -> Result<Vec<RecordBatch>> {
-        let mut parts = Vec::with_capacity(lengths.len());
-        let mut offset = 0u32;
-        for &length in lengths.values() {
-            let end = u32::try_from(length)
-                .ok()
-                .and_then(|length| offset.checked_add(length))
-                .filter(|end| *end as usize <= rows.num_rows())
-                .ok_or_else(|| corrupt("row counts"))?;
-            parts.push(take_record_batch(
-                rows,
-                &UInt32Array::from_iter_values(offset..end),
-            )?);
-            offset = end;
-        }
-        if offset as usize != rows.num_rows() {
-            return Err(corrupt("row counts"));
-        }
-        Ok(parts)
     }
 
     fn corrupt(what: &str) -> Error {
