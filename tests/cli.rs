@@ -36,6 +36,9 @@ mod http_clients;
 #[cfg(feature = "kafka")]
 #[path = "cli/kafka.rs"]
 mod kafka;
+#[cfg(feature = "kafka")]
+#[path = "cli/kafka_tasks.rs"]
+mod kafka_tasks;
 #[cfg(feature = "kinesis")]
 #[path = "cli/kinesis.rs"]
 mod kinesis;

@@ -26,6 +26,9 @@ pub struct InstanceInfo {
     pub index: usize,
     /// How many instances the node has.
     pub parallelism: usize,
+    /// In a pipeline run as tasks ([`TaskGroup`]): the task this instance
+    /// works for, the source partition it reads.
+    pub task: Option<u32>,
 }
 
 impl InstanceInfo {
@@ -33,7 +36,18 @@ impl InstanceInfo {
     pub const SINGLE: InstanceInfo = InstanceInfo {
         index: 0,
         parallelism: 1,
+        task: None,
     };
+
+    /// What the instance names the things it alone writes (a sink's
+    /// files, a transactional id): its index, and its task before it, as
+    /// every task has an instance 0: `3`, or `t5-3` in task 5.
+    pub fn label(&self) -> String {
+        match self.task {
+            Some(task) => format!("t{task}-{}", self.index),
+            None => self.index.to_string(),
+        }
+    }
 }
 
 /// What a source returns from [`Source::next`].
@@ -210,6 +224,50 @@ pub trait SourceFactory: Send + Sync + 'static {
     ) -> Result<bool> {
         Ok(true)
     }
+
+    /// For a source whose partitions run as tasks (Kafka's `tasks: true`):
+    /// joins the group that shares the partitions between processes. The
+    /// pipeline then runs once per partition this process is given, each
+    /// run with its own checkpoints, which follow the partition to
+    /// whichever process reads it next. `None`: the pipeline runs whole.
+    fn task_group(&self) -> Result<Option<Box<dyn TaskGroup>>> {
+        Ok(None)
+    }
+}
+
+/// The processes sharing a source's partitions, as this process sees them:
+/// the partitions are its tasks, each a run of the whole pipeline over one
+/// partition (as in Kafka Streams).
+#[async_trait]
+pub trait TaskGroup: Send {
+    /// How many tasks (partitions) there are in all.
+    fn tasks(&self) -> u32;
+
+    /// The next change of this process's tasks. `None`: the group has
+    /// closed.
+    async fn next(&mut self) -> Result<Option<TaskChange>>;
+
+    /// Leaves the group, handing every task over.
+    async fn leave(&mut self) -> Result<()>;
+}
+
+/// A change of the tasks this process runs.
+#[derive(Debug)]
+pub enum TaskChange {
+    /// Start these tasks, each from its latest complete checkpoint.
+    Assigned(Vec<u32>),
+    /// Stop these tasks with a checkpoint (suspend them) and answer on
+    /// `done`: the group hands them over once it has been told.
+    Revoked {
+        /// The tasks to suspend.
+        tasks: Vec<u32>,
+        /// Told once they are all suspended.
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// These tasks were taken away without asking (this process lost its
+    /// place in the group): stop them at once, without a checkpoint, as
+    /// another process may already run them.
+    Lost(Vec<u32>),
 }
 
 /// What an operator instance knows about where it runs.

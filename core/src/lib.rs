@@ -44,7 +44,8 @@ pub mod prelude {
     pub use crate::checkpoint::Snapshot;
     pub use crate::component::{
         Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,
-        SourceContext, SourceFactory, SourceStep, SplitChange, StateRescale, StateSize,
+        SourceContext, SourceFactory, SourceStep, SplitChange, StateRescale, StateSize, TaskChange,
+        TaskGroup,
     };
     pub use crate::dead_letter::{OnError, Rejected};
     pub use crate::error::{Error, Result};

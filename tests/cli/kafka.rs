@@ -20,7 +20,7 @@ use super::streams::{
     unique, windows,
 };
 
-fn brokers() -> String {
+pub(super) fn brokers() -> String {
     std::env::var("FLUMEN_TEST_KAFKA_BROKERS").expect(
         "this test needs a Kafka-API broker: run it through scripts/test.sh, which starts one",
     )
@@ -30,7 +30,7 @@ fn tansu() -> String {
     std::env::var("FLUMEN_TEST_TANSU").unwrap_or_else(|_| "tansu".to_string())
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: u32) {
+pub(super) fn create_topic(brokers: &str, topic: &str, partitions: u32) {
     let output = Command::new(tansu())
         .args(["topic", "create", topic, "--broker"])
         .arg(format!("tcp://{brokers}"))
@@ -76,7 +76,7 @@ impl rdkafka::producer::ProducerContext for Deliveries {
 /// rest of that one; so a topic that consumers will resume reading at
 /// arbitrary offsets (after a crash, or a partition handed over) is
 /// written one message per batch.
-fn produce<'a>(
+pub(super) fn produce<'a>(
     brokers: &str,
     topic: &str,
     messages: impl ExactSizeIterator<Item = (i32, String, &'a [u8])>,
@@ -120,7 +120,7 @@ fn produce<'a>(
 }
 
 /// How many messages `topic` holds (the sum of its partitions' ends).
-fn topic_size(brokers: &str, topic: &str) -> i64 {
+pub(super) fn topic_size(brokers: &str, topic: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)

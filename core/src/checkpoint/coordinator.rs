@@ -110,6 +110,8 @@ pub(crate) struct Coordinator {
     ended_states: HashMap<(usize, usize), Snapshot>,
     /// The checkpoint in progress that is to be kept as a savepoint.
     saving: Option<u64>,
+    /// The checkpoint in progress that the run stops at.
+    suspending: Option<u64>,
     signals: Signals,
 }
 
@@ -161,6 +163,7 @@ impl Coordinator {
             ended: HashMap::new(),
             ended_states: HashMap::new(),
             saving: None,
+            suspending: None,
             signals,
         };
         let handles = CoordinatorHandles {
@@ -212,13 +215,22 @@ impl Coordinator {
                     self.start();
                     ticks.reset();
                 }
+                _ = self.signals.suspend.notified(), if self.idle() && !self.sources_all_ended() => {
+                    tracing::info!(checkpoint = self.next_id, "suspending: taking a last checkpoint to stop at");
+                    self.suspending = Some(self.next_id);
+                    self.start();
+                }
                 ack = self.acks.recv() => {
                     let Some(ack) = ack else { return Ok(()) };
                     self.receive(ack);
                 }
             }
             self.complete_if_ready().await?;
-            self.commit_if_reported();
+            if self.commit_if_reported() {
+                // Suspended: the sinks stop once they have committed.
+                self.signals.suspended.cancel();
+                return Ok(());
+            }
             if self.idle() && self.all_ended() {
                 return self.finish().await;
             }
@@ -348,17 +360,22 @@ impl Coordinator {
     }
 
     /// Sends the sinks their commits once every source has reported.
-    fn commit_if_reported(&mut self) {
-        if self
+    /// Returns whether that was the checkpoint the run stops at: its
+    /// commits are then the sinks' last.
+    fn commit_if_reported(&mut self) -> bool {
+        if !self
             .reporting
             .as_ref()
             .is_some_and(|r| r.waiting.is_empty())
         {
-            let reporting = self.reporting.take().expect("checked above");
-            for (n, i, transaction) in reporting.commits {
-                self.send_commit(n, i, transaction, false);
-            }
+            return false;
         }
+        let reporting = self.reporting.take().expect("checked above");
+        let last = self.suspending == Some(reporting.checkpoint);
+        for (n, i, transaction) in reporting.commits {
+            self.send_commit(n, i, transaction, last);
+        }
+        last
     }
 
     /// The final checkpoint: every source has ended (or was drained) and

@@ -22,6 +22,7 @@ use crate::storage::{StorageOptions, resolve};
 
 const MANIFEST: &str = "_manifest.json";
 const SAVEPOINTS: &str = "savepoints";
+const TASKS: &str = "tasks";
 
 /// A checkpoint as its manifest records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -411,6 +412,44 @@ impl CheckpointStore {
             root: self.root.clone().join(SAVEPOINTS).join(name),
             display: format!("{}/{SAVEPOINTS}/{name}", self.display.trim_end_matches('/')),
         })
+    }
+
+    /// Where task `task` of a pipeline run as tasks keeps its
+    /// checkpoints: `tasks/<task>/` of this store, which every process
+    /// sharing the tasks uses, so that a task's next owner finds them.
+    pub fn task(&self, task: u32) -> CheckpointStore {
+        CheckpointStore {
+            store: self.store.clone(),
+            root: self.root.clone().join(TASKS).join(task.to_string()),
+            display: format!("{}/{TASKS}/{task}", self.display.trim_end_matches('/')),
+        }
+    }
+
+    /// The tasks with checkpoints in this store, ascending.
+    pub async fn tasks(&self) -> Result<Vec<u32>> {
+        let folder = self.root.clone().join(TASKS);
+        let listing = match self.store.list_with_delimiter(Some(&folder)).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.unreachable(e)),
+        };
+        let mut tasks: Vec<u32> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect();
+        tasks.sort_unstable();
+        Ok(tasks)
+    }
+
+    /// The newest complete checkpoint's manifest, without its state.
+    pub async fn latest_manifest(&self) -> Result<Option<Manifest>> {
+        for id in self.folders().await?.into_iter().rev() {
+            if let Some(manifest) = self.manifest(id).await? {
+                return Ok(Some(manifest));
+            }
+        }
+        Ok(None)
     }
 
     /// Every savepoint's name and manifest, by name.

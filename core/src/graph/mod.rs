@@ -350,7 +350,7 @@ impl Node {
 
 /// A checked, planned graph: what a [`Pipeline`] runs. Nodes are in
 /// topological order: every node comes after its inputs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub(crate) nodes: Vec<Node>,
     pub(crate) dead_letter: Option<DeadLetterSink>,

@@ -20,14 +20,19 @@ pub(crate) async fn run(
     factory: Arc<dyn SinkFactory>,
     mut rejected: mpsc::Receiver<RecordBatch>,
     signals: Signals,
+    task: Option<u32>,
 ) -> Result<()> {
     let in_node = |e: Error| e.in_node("dead_letter");
+    let instance = InstanceInfo {
+        task,
+        ..InstanceInfo::SINGLE
+    };
     let mut sink = factory
-        .create(InstanceInfo::SINGLE, crate::dead_letter::schema())
+        .create(instance, crate::dead_letter::schema())
         .map_err(in_node)?;
     let mut ctx = Context {
         node: Arc::from("dead_letter"),
-        instance: InstanceInfo::SINGLE,
+        instance,
         watermark: None,
         // Committed in pieces, like a sink in a checkpointed run.
         checkpointing: true,

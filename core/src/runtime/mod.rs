@@ -9,6 +9,7 @@ mod channels;
 mod dead_letter;
 pub mod metrics;
 mod stats;
+mod task_group;
 mod tasks;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
 use self::metrics::{MetricsKind, MetricsLabels, NodeMetrics};
@@ -45,6 +47,13 @@ pub(crate) struct Signals {
     pub(crate) checkpoint_now: Arc<tokio::sync::Notify>,
     /// Take a checkpoint now and keep it as a savepoint.
     pub(crate) savepoint_now: Arc<tokio::sync::Notify>,
+    /// Take a checkpoint, commit it, and stop without ending the streams:
+    /// open windows and the rest of the state stay in that checkpoint,
+    /// for whichever process runs the pipeline next.
+    pub(crate) suspend: Arc<tokio::sync::Notify>,
+    /// The suspending checkpoint's commits are on their way to the sinks:
+    /// the stop that follows is not a failure.
+    pub(crate) suspended: tokio_util::sync::CancellationToken,
 }
 
 /// How a pipeline runs.
@@ -101,6 +110,15 @@ impl ShutdownHandle {
     pub fn savepoint(&self) {
         self.signals.savepoint_now.notify_one();
     }
+
+    /// Takes a checkpoint now and stops once its sinks have committed it,
+    /// without ending the streams: windows still open are neither emitted
+    /// nor lost, but kept in the checkpoint for the next run. `run` then
+    /// returns with [`RunReport::suspended`] set. A run without
+    /// checkpoints, or whose sources have all ended, finishes instead.
+    pub fn suspend(&self) {
+        self.signals.suspend.notify_one();
+    }
 }
 
 /// What a finished run did.
@@ -113,6 +131,9 @@ pub struct RunReport {
     /// Whether the run was asked to stop early (an interrupt, or
     /// [`ShutdownHandle::drain`]) and drained rather than finished.
     pub drained: bool,
+    /// Whether the run stopped at a checkpoint with its state kept there
+    /// ([`ShutdownHandle::suspend`]).
+    pub suspended: bool,
     /// The checkpoint the run started from, if it restored one.
     pub restored: Option<RestoredCheckpoint>,
 }
@@ -167,6 +188,8 @@ pub struct Pipeline {
     plan: Plan,
     pub(crate) stats: Arc<[Arc<NodeStats>]>,
     pub(crate) signals: Signals,
+    /// In a pipeline run as tasks: the task this run is.
+    pub(crate) task: Option<u32>,
 }
 
 impl std::ops::Deref for Pipeline {
@@ -182,7 +205,17 @@ impl Pipeline {
         Pipeline {
             stats: plan.nodes.iter().map(|_| Arc::default()).collect(),
             signals: Signals::default(),
+            task: None,
             plan,
+        }
+    }
+
+    /// The run of task `task` of this pipeline: the same plan, with
+    /// counters and stop signals of its own.
+    pub(crate) fn for_task(&self, task: u32) -> Pipeline {
+        Pipeline {
+            task: Some(task),
+            ..Pipeline::new(self.plan.clone())
         }
     }
 
@@ -209,6 +242,14 @@ impl Pipeline {
 
     /// Runs with the given options. See [`Pipeline::run`].
     pub async fn run_with(self, options: RunOptions) -> Result<RunReport> {
+        if let Some((source, group)) = self.task_group()? {
+            return task_group::run(self, source, group, options).await;
+        }
+        self.run_whole(options).await
+    }
+
+    /// Runs every node (of one task, in a pipeline run as tasks).
+    pub(crate) async fn run_whole(self, options: RunOptions) -> Result<RunReport> {
         let started = Instant::now();
         let capacity = options.channel_capacity.max(1);
         let signals = self.signals.clone();
@@ -233,7 +274,7 @@ impl Pipeline {
         let (dead_letter_tx, dead_letter_task) = match &self.dead_letter {
             Some(sink) => {
                 let (tx, rx) = mpsc::channel(capacity);
-                let task = dead_letter::run(sink.0.clone(), rx, signals.clone());
+                let task = dead_letter::run(sink.0.clone(), rx, signals.clone(), self.task);
                 (Some(tx), Some(task))
             }
             None => (None, None),
@@ -244,8 +285,17 @@ impl Pipeline {
         });
         let instances =
             self.create_instances(inputs, outputs, capacity, handles, restored, dead_letter_tx)?;
+        let mut sinks = std::collections::HashSet::new();
         for (node, task) in instances {
-            let id = tasks.spawn(task).id();
+            let is_sink = self
+                .node(&node)
+                .is_some_and(|n| matches!(n.kind, NodeKind::Sink(_)));
+            // In a pipeline run as tasks, the task's span names it in
+            // every line its nodes log.
+            let id = tasks.spawn(task.in_current_span()).id();
+            if is_sink {
+                sinks.insert(id);
+            }
             names.insert(id, node);
         }
         if let Some(task) = dead_letter_task {
@@ -253,12 +303,25 @@ impl Pipeline {
             names.insert(id, Arc::from("dead_letter"));
         }
         if let Some(coordinator) = coordinator {
-            let id = tasks.spawn(coordinator.run()).id();
+            let id = tasks.spawn(coordinator.run().in_current_span()).id();
             names.insert(id, Arc::from("checkpoints"));
         }
 
         let mut failure: Option<Error> = None;
+        let mut suspended = false;
         while let Some(joined) = tasks.join_next_with_id().await {
+            if let Ok((id, _)) = &joined {
+                sinks.remove(id);
+            }
+            if signals.suspended.is_cancelled() && sinks.is_empty() && !suspended {
+                // Every sink has committed the suspending checkpoint:
+                // what the other tasks do from here is never committed.
+                suspended = true;
+                signals.abort.cancel();
+            }
+            if suspended {
+                continue;
+            }
             let error = match joined {
                 Ok((_, Ok(()))) => continue,
                 Ok((_, Err(error))) => error,
@@ -274,6 +337,11 @@ impl Pipeline {
             if failure.is_none() && !error.is_shutting_down() {
                 failure = Some(error);
             }
+            if signals.suspended.is_cancelled() && failure.is_none() {
+                // A sink that stopped after its last commit closes its
+                // input; the others must still be let finish theirs.
+                continue;
+            }
             signals.abort.cancel();
         }
         if let Some(task) = signal_task {
@@ -283,7 +351,7 @@ impl Pipeline {
         if let Some(error) = failure {
             return Err(error);
         }
-        if signals.abort.is_cancelled() {
+        if signals.abort.is_cancelled() && !suspended {
             return Err(Error::Interrupted);
         }
         if interrupted.load(Ordering::Relaxed) {
@@ -291,6 +359,7 @@ impl Pipeline {
         }
         Ok(RunReport {
             drained: signals.drain.is_cancelled(),
+            suspended,
             restored: restored_checkpoint,
             duration: started.elapsed(),
             nodes: self
@@ -340,6 +409,7 @@ impl Pipeline {
             tracing::info!(
                 checkpoint = loaded.manifest.id,
                 store = store.display(),
+                state_bytes = loaded.manifest.state_bytes(),
                 "restoring from checkpoint"
             );
         } else {
@@ -676,6 +746,7 @@ impl Pipeline {
                 let instance = InstanceInfo {
                     index,
                     parallelism: node.parallelism,
+                    task: self.task,
                 };
                 let kind = match node.kind {
                     NodeKind::Source(_) => MetricsKind::Source,

@@ -452,6 +452,11 @@ async fn sink_loop(
                 commit = commits.recv() => {
                     let commit = commit.ok_or(Error::ShuttingDown)?;
                     sink.commit(commit.transaction, ctx).await?;
+                    if commit.last {
+                        // The run is suspended at this checkpoint: what
+                        // comes after it is the next run's to write.
+                        return Ok(());
+                    }
                     continue;
                 }
                 received = env.receive(inputs) => received?,

@@ -82,7 +82,7 @@ impl SinkFactory for FileSink {
         Ok(Box::new(FileInstance {
             single: self.path_of(instance),
             directory: self.config.path.clone(),
-            instance: instance.index,
+            instance: instance.label(),
             extension: self.config.format.extension(),
             encoder: Encoder::new(self.config.format),
             staging: None,
@@ -102,7 +102,8 @@ struct FileInstance {
     single: PathBuf,
     /// The output directory of a run with checkpoints.
     directory: PathBuf,
-    instance: usize,
+    /// Names its files: [`InstanceInfo::label`].
+    instance: String,
     extension: &'static str,
     encoder: Encoder,
     /// The file rows go to until the next pre-commit.

@@ -51,7 +51,7 @@ impl SinkFactory for KafkaSink {
                         .transactional_id
                         .clone()
                         .unwrap_or_else(|| format!("flumen-{}", self.config.topic)),
-                    instance.index
+                    instance.label()
                 ),
                 open: None,
                 pending: BTreeMap::new(),

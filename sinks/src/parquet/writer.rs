@@ -60,7 +60,7 @@ impl SinkFactory for ParquetSink {
                 display: self.location.display.clone(),
             },
             root: self.location.path.clone(),
-            instance: instance.index,
+            instance: instance.label(),
             config: self.config.clone(),
             partitioner,
             properties,
@@ -157,7 +157,8 @@ impl Files {
 struct ParquetInstance {
     files: Files,
     root: Path,
-    instance: usize,
+    /// Names its files: [`InstanceInfo::label`].
+    instance: String,
     config: ParquetSinkConfig,
     partitioner: Partitioner,
     properties: WriterProperties,

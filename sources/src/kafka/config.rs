@@ -72,6 +72,18 @@ pub struct KafkaSourceConfig {
     #[serde(default)]
     pub metadata: MetadataColumns,
 
+    /// Run the pipeline as one task per partition of the topic, as Kafka
+    /// Streams does: the group hands partitions to processes, and each
+    /// process runs the whole pipeline once per partition it holds, with
+    /// checkpoints under `tasks/<partition>/` of the checkpoint store.
+    /// When a partition moves (a process joins, leaves or dies), its new
+    /// owner starts its task from the latest complete checkpoint, state
+    /// and offset together, so open windows finish once and exactly.
+    /// Needs one topic, a `checkpoint` section with a store every process
+    /// shares, and the pipeline's keys to be the topic's message keys
+    /// (rows of one key in one partition). See docs/scaling.md.
+    #[serde(default)]
+    pub tasks: bool,
     /// Where a partition the group has no committed offset for starts:
     /// `earliest` (default) or `latest`.
     #[serde(default)]
@@ -167,6 +179,7 @@ impl KafkaSourceConfig {
             csv: CsvOptions::default(),
             avro: None,
             metadata: MetadataColumns::default(),
+            tasks: false,
             start_from: StartFrom::Earliest,
             stop_at: None,
             batch_size: default_batch_size(),
@@ -212,6 +225,12 @@ impl SourceConfig for KafkaSourceConfig {
         }
         if self.batch_size == 0 {
             return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        if self.tasks && (self.topics.len() != 1 || self.topics[0].starts_with('^')) {
+            return Err(Error::config(
+                "tasks",
+                "needs exactly one topic, named (not a pattern): its partitions are the tasks",
+            ));
         }
         if self.stop_at.is_some() && self.topics.iter().any(|t| t.starts_with('^')) {
             return Err(Error::config(

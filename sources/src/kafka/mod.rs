@@ -5,12 +5,17 @@
 //! are committed to the group only once a checkpoint is complete, and a
 //! rebalance that takes partitions away first waits for a checkpoint that
 //! covers everything read from them.
+//!
+//! With `tasks: true` the group hands out tasks instead ([`tasks`]): each
+//! partition is a run of the whole pipeline, whose checkpoints (state and
+//! offset) follow the partition from process to process.
 
 mod config;
 mod consumer;
 mod position;
 mod sample;
 mod source;
+mod tasks;
 #[cfg(test)]
 mod tests;
 

@@ -44,9 +44,10 @@ pub(super) fn end_offsets(
     Ok(ends)
 }
 
-/// Offsets as recorded in a checkpoint, with the member that read them.
+/// Offsets as recorded in a checkpoint, with the member that read them
+/// (none for a task, whose checkpoints alone say where it is).
 pub(super) fn position_to_json(
-    member: &str,
+    member: Option<&str>,
     offsets: &[(TopicPartition, i64)],
 ) -> serde_json::Value {
     let list: Vec<_> = offsets
@@ -55,7 +56,10 @@ pub(super) fn position_to_json(
             json!({ "topic": topic.as_ref(), "partition": partition, "offset": offset })
         })
         .collect();
-    json!({ "member": member, "offsets": list })
+    match member {
+        Some(member) => json!({ "member": member, "offsets": list }),
+        None => json!({ "offsets": list }),
+    }
 }
 
 /// A restored position: its member (absent for an empty one) and offsets.

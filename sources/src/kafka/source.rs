@@ -133,7 +133,17 @@ impl SourceFactory for KafkaSource {
             last_commit: Instant::now(),
             wants_checkpoint: false,
             waiting: None,
+            task_restored: HashMap::new(),
         }))
+    }
+
+    fn task_group(&self) -> Result<Option<Box<dyn TaskGroup>>> {
+        if !self.config.tasks {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(super::tasks::KafkaTasks::join(
+            &self.config,
+        )?)))
     }
 
     /// The restored offsets are pooled over all instances (each takes
@@ -313,6 +323,8 @@ struct KafkaInstance {
     wants_checkpoint: bool,
     /// Waiting for a broker to answer, before joining the group.
     waiting: Option<BrokerWait>,
+    /// As a task: the offsets its checkpoint recorded.
+    task_restored: HashMap<TopicPartition, i64>,
 }
 
 impl KafkaInstance {
@@ -348,7 +360,8 @@ impl KafkaInstance {
     }
 
     async fn start(&mut self) -> Result<()> {
-        let config = &self.source.config;
+        let source = self.source.clone();
+        let config = &source.config;
         let mut client = client_config(&config.brokers, &config.security, &config.properties)?;
         client
             .set("group.id", &config.group)
@@ -363,7 +376,7 @@ impl KafkaInstance {
             )
             .set(
                 "client.id",
-                format!("flumen-{}-{}", self.node, self.instance.index),
+                format!("flumen-{}-{}", self.node, self.instance.label()),
             );
         // The user's properties win.
         for (key, value) in &config.properties {
@@ -386,8 +399,13 @@ impl KafkaInstance {
                 .map_err(|e| Error::internal(e.to_string()))??;
             self.ends = Some(ends);
         }
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(kafka_error)?;
+        match self.instance.task {
+            Some(task) => self.read_task_partition(&consumer, task).await?,
+            None => {
+                let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topics).map_err(kafka_error)?;
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let settings = PollSettings {
             batch_size: config.batch_size,
@@ -400,19 +418,82 @@ impl KafkaInstance {
             .name(format!("kafka-{}-{}", self.node, self.instance.index))
             .spawn(move || poll_loop(thread_consumer, settings, thread_stop))
             .map_err(|e| Error::internal(format!("cannot start the consumer thread: {e}")))?;
-        tracing::info!(
-            node = %self.node,
-            instance = self.instance.index,
-            group = %config.group,
-            topics = %config.topics.join(", "),
-            "joining the consumer group"
-        );
+        if self.instance.task.is_none() {
+            tracing::info!(
+                node = %self.node,
+                instance = self.instance.index,
+                group = %config.group,
+                topics = %config.topics.join(", "),
+                "joining the consumer group"
+            );
+        }
         self.running = Some(Running {
             consumer: Some(consumer),
             events,
             stop,
             thread: Some(thread),
         });
+        Ok(())
+    }
+
+    /// As task `task`: reads partition `task` of the topic alone, outside
+    /// the group's assignment (the task group has made this process its
+    /// owner), from the offset its checkpoint recorded; without one, from
+    /// the group's committed offset (a pipeline that ran whole before),
+    /// else where `start_from` says.
+    async fn read_task_partition(
+        &mut self,
+        consumer: &Arc<BaseConsumer<GroupContext>>,
+        task: u32,
+    ) -> Result<()> {
+        let topic = self.source.config.topics[0].clone();
+        let partition: TopicPartition = (Arc::from(topic.as_str()), task as i32);
+        let recorded = self.task_restored.get(&partition).copied();
+        let group = match recorded {
+            Some(_) => None,
+            None => {
+                let consumer = consumer.clone();
+                let (topic, number) = (topic.clone(), partition.1);
+                tokio::task::spawn_blocking(move || {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, number);
+                    consumer
+                        .committed_offsets(tpl, Duration::from_secs(30))
+                        .ok()
+                        .and_then(|c| match c.elements().first().map(|e| e.offset()) {
+                            Some(Offset::Offset(offset)) => Some(offset),
+                            _ => None,
+                        })
+                })
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?
+            }
+        };
+        let start = recorded.or(group);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &topic,
+            partition.1,
+            start.map_or(Offset::Invalid, Offset::Offset),
+        )
+        .map_err(kafka_error)?;
+        consumer.assign(&tpl).map_err(kafka_error)?;
+        if let Some(ends) = &mut self.ends {
+            ends.retain(|p, _| *p == partition);
+        }
+        let from = match (recorded, group) {
+            (Some(_), _) => "its checkpoint",
+            (None, Some(_)) => "the group's committed offset",
+            (None, None) => "`start_from`",
+        };
+        tracing::info!(
+            node = %self.node,
+            task,
+            partition = %format!("{topic}[{}]", partition.1),
+            offset = ?start,
+            "reading the task's partition from {from}"
+        );
+        self.assigned(vec![(partition, start)]);
         Ok(())
     }
 
@@ -570,6 +651,11 @@ impl KafkaInstance {
     /// carries the offsets on. Only another member taking over a
     /// partition reads the group's offset.
     async fn commit(&mut self, offsets: Vec<(TopicPartition, i64)>, checkpoint: u64) -> bool {
+        if self.instance.task.is_some() {
+            // A task's offsets live in its checkpoints, where its next
+            // owner reads them; the group only hands out partitions.
+            return true;
+        }
         let releasing = self.releasing.as_ref().map(|r| &r.offsets);
         let member = self
             .source
@@ -706,7 +792,9 @@ impl KafkaInstance {
 impl Source for KafkaInstance {
     async fn next(&mut self) -> Result<SourceStep> {
         if self.running.is_none() {
-            if self.source.shared.opened.load(Ordering::Acquire) < self.instance.parallelism {
+            if self.instance.task.is_none()
+                && self.source.shared.opened.load(Ordering::Acquire) < self.instance.parallelism
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 return Ok(SourceStep::Idle);
             }
@@ -774,6 +862,9 @@ impl Source for KafkaInstance {
                     .filter_map(|(p, owned)| owned.next.map(|n| (p.clone(), n))),
             );
         }
+        if self.instance.task.is_some() {
+            return Ok(position_to_json(None, &offsets));
+        }
         let member = self
             .source
             .shared
@@ -781,11 +872,15 @@ impl Source for KafkaInstance {
             .lock()
             .expect("not poisoned")
             .clone();
-        Ok(position_to_json(&member, &offsets))
+        Ok(position_to_json(Some(&member), &offsets))
     }
 
     async fn restore(&mut self, position: serde_json::Value) -> Result<()> {
         let (member, offsets) = position_from_json(&position)?;
+        if self.instance.task.is_some() {
+            self.task_restored.extend(offsets);
+            return Ok(());
+        }
         if let Some(member) = member {
             *self.source.shared.member.lock().expect("not poisoned") = member;
         }

@@ -1,0 +1,295 @@
+//! A pipeline run as tasks (`tasks: true`) by several processes: a
+//! windowed count keyed by the message key over an 8-partition topic. One
+//! process is SIGKILLed mid-window and a replacement joins; the tasks it
+//! held start elsewhere from their checkpoints. Every window must be
+//! emitted once, with DataFusion's count.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::crash::committed;
+use super::kafka::{brokers, create_topic, produce, topic_size};
+use super::streams::{BASE_TS, chrono_millis, follow, message, save_logs, spawn, unique};
+
+const PARTITIONS: usize = 8;
+const USERS: u64 = 40;
+const EVENTS: u64 = 40_000;
+
+/// Events `{"id": i, "ts": …}` 5 ms apart, keyed by user `u<i % 40>`; a
+/// user's events all go to partition `user % 8`, as a keyed producer
+/// sends them. Also written, with the user, to a JSON lines file for
+/// DataFusion.
+fn produce_clicks(brokers: &str, topic: &str, file: &Path) {
+    let events: Vec<(u64, String, String)> = (0..EVENTS)
+        .map(|i| {
+            let user = format!("u{}", i % USERS);
+            let value = format!("{{\"id\":{i},\"ts\":{}}}", BASE_TS + i * 5);
+            (i, user, value)
+        })
+        .collect();
+    let lines: Vec<String> = events
+        .iter()
+        .map(|(i, user, _)| {
+            format!(
+                "{{\"id\":{i},\"user\":\"{user}\",\"ts\":{}}}",
+                BASE_TS + i * 5
+            )
+        })
+        .collect();
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+    // One message per record batch: tasks resume reading at any offset
+    // (see `produce`).
+    produce(
+        brokers,
+        topic,
+        events.iter().map(|(i, user, value)| {
+            (
+                ((i % USERS) as usize % PARTITIONS) as i32,
+                user.clone(),
+                value.as_bytes(),
+            )
+        }),
+        PARTITIONS,
+        1,
+    );
+}
+
+/// The pipeline every process runs: one store and one output directory
+/// for all, as they would be on object storage. A buffer lets 200 windows a
+/// second out per task (40 s of events), so that the run lasts long enough
+/// to be interrupted mid-window; small batches keep few rows queued before
+/// it, so that a checkpoint barrier is not held up behind them for long.
+fn pipeline(dir: &Path, topic: &str, group: &str, brokers: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 100ms
+  store: {dir}/store
+dead_letter:
+  type: file
+  path: {dir}/dead_letters
+sources:
+  clicks:
+    type: kafka
+    brokers: {brokers}
+    topics: [{topic}]
+    group: {group}
+    tasks: true
+    schema: {{ id: int64, ts: timestamp_ms }}
+    metadata: {{ key: user }}
+    batch_size: 20
+    stop_at: latest
+    event_time: {{ column: ts }}
+    properties:
+      session.timeout.ms: "6000"
+      heartbeat.interval.ms: "500"
+      max.poll.interval.ms: "10000"
+transforms:
+  per_user:
+    type: window
+    inputs: [clicks]
+    window: {{ tumble: 1s }}
+    group_by: [user]
+    aggregates: ["count(*) AS clicks", "sum(id) AS id_sum"]
+  paced:
+    type: buffer
+    inputs: [per_user]
+    rate: {{ events_per_second: 200 }}
+    max_events: 50
+sinks:
+  counts:
+    type: file
+    inputs: [paced]
+    path: {dir}/out
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("clicks.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// (window end in ms, user) → (clicks, id sum), by DataFusion.
+fn batch_answer(events: &Path) -> BTreeMap<(i64, String), (i64, i64)> {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::prelude::SessionContext;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("user", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+    ]));
+    let reader = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(65536)
+        .build(std::io::BufReader::new(
+            std::fs::File::open(events).unwrap(),
+        ))
+        .unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ctx = SessionContext::new();
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
+        ctx.register_table("clicks", Arc::new(table)).unwrap();
+        let sql = "SELECT (ts / 1000 + 1) * 1000, \"user\", count(*), sum(id) \
+                   FROM clicks GROUP BY 1, 2";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut answer = BTreeMap::new();
+        for batch in batches {
+            let int = |c: usize| {
+                datafusion::arrow::compute::cast(batch.column(c), &DataType::Int64).unwrap()
+            };
+            let (ends, counts, sums) = (int(0), int(2), int(3));
+            let users = batch.column(1).as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                assert!(ends.is_valid(row) && counts.is_valid(row) && sums.is_valid(row));
+                answer.insert(
+                    (
+                        ends.as_primitive::<Int64Type>().value(row),
+                        users.value(row).to_string(),
+                    ),
+                    (
+                        counts.as_primitive::<Int64Type>().value(row),
+                        sums.as_primitive::<Int64Type>().value(row),
+                    ),
+                );
+            }
+        }
+        answer
+    })
+}
+
+/// The task a log line was written in, if any.
+fn task_of(line: &serde_json::Value) -> Option<u64> {
+    line["span"]["task"].as_u64()
+}
+
+/// The tasks a process held when its log ended: started, and not
+/// suspended or finished since.
+fn held_at_end(log: &[serde_json::Value]) -> BTreeSet<u64> {
+    let mut held = BTreeSet::new();
+    for line in log {
+        let task = line["task"].as_u64();
+        match (message(line), task) {
+            ("task starting from its latest checkpoint", Some(task)) => {
+                held.insert(task);
+            }
+            (
+                "task suspended at a checkpoint, for its next owner" | "task finished",
+                Some(task),
+            ) => {
+                held.remove(&task);
+            }
+            _ => {}
+        }
+    }
+    held
+}
+
+#[test]
+fn tasks_follow_their_partitions_so_a_killed_process_windows_finish_once_elsewhere() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("clicks");
+    create_topic(&brokers, &topic, PARTITIONS as u32);
+    let events = dir.path().join("clicks.jsonl");
+    produce_clicks(&brokers, &topic, &events);
+    assert_eq!(topic_size(&brokers, &topic), EVENTS as i64);
+    let file = pipeline(dir.path(), &topic, &unique("counts"), &brokers);
+
+    // A starts every task, hands some to B and C as they join, and is
+    // SIGKILLed once it has checkpointed the ones it kept a few times.
+    let mut a = spawn(&file);
+    let mut others = Vec::new();
+    let mut revoked = false;
+    let mut checkpoints_since = 0;
+    let a_log = follow(&mut a, |line| {
+        match message(line) {
+            "tasks assigned" if others.is_empty() => {
+                others.push(spawn(&file));
+                others.push(spawn(&file));
+            }
+            "tasks revoked; stopping them at a checkpoint" => revoked = true,
+            "checkpoint complete"
+                if revoked && line["state_bytes"].as_u64().is_some_and(|b| b > 0) =>
+            {
+                checkpoints_since += 1
+            }
+            _ => {}
+        }
+        // Two seconds or so in: each task it kept is thousands of events
+        // from its end.
+        checkpoints_since >= 20
+    });
+    a.kill().unwrap();
+    let status = a.wait().unwrap();
+    let a_log = a_log.join().unwrap();
+    save_logs("KAFKA_TEST_LOGS", &[("A", &a_log)]);
+    assert!(!status.success(), "A finished before it was killed");
+    let killed_with = held_at_end(&a_log);
+    assert!(!killed_with.is_empty(), "A held no task when killed");
+
+    // A replacement joins, as a supervisor would start one.
+    others.push(spawn(&file));
+    let mut logs = vec![("A".to_string(), a_log)];
+    let followers: Vec<_> = others
+        .iter_mut()
+        .map(|child| follow(child, |_| false))
+        .collect();
+    for ((name, child), log) in ["B", "C", "D"].iter().zip(&mut others).zip(followers) {
+        let log = log.join().unwrap();
+        let status = child.wait().unwrap();
+        logs.push((name.to_string(), log));
+        assert!(status.success(), "{name} failed");
+    }
+    let named: Vec<(&str, &[serde_json::Value])> = logs
+        .iter()
+        .map(|(n, l)| (n.as_str(), l.as_slice()))
+        .collect();
+    save_logs("KAFKA_TEST_LOGS", &named);
+
+    // The killed process's tasks were restored by the others, with their
+    // open windows.
+    for task in &killed_with {
+        let restored = logs[1..].iter().flat_map(|(_, log)| log).any(|line| {
+            message(line) == "restoring from checkpoint"
+                && task_of(line) == Some(*task)
+                && line["state_bytes"].as_u64().is_some_and(|b| b > 0)
+        });
+        assert!(
+            restored,
+            "task {task}, A's when it was killed, was not restored with its state elsewhere"
+        );
+    }
+
+    // Every window once, with DataFusion's count.
+    let mut got: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    for line in committed(&dir.path().join("out")) {
+        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let key = (
+            chrono_millis(row["window_end"].as_str().unwrap()),
+            row["user"].as_str().unwrap().to_string(),
+        );
+        let value = (
+            row["clicks"].as_i64().unwrap(),
+            row["id_sum"].as_i64().unwrap(),
+        );
+        assert!(
+            got.insert(key.clone(), value).is_none(),
+            "window {key:?} was emitted twice"
+        );
+    }
+    let expected = batch_answer(&events);
+    assert_eq!(got.len(), expected.len(), "windows emitted");
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(key, value)| got.get(*key) != Some(*value))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "windows differ from DataFusion's: {wrong:?}"
+    );
+}
