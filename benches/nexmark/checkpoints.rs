@@ -12,6 +12,7 @@ use flumen::prelude::*;
 use flumen_core::checkpoint::{
     CheckpointSettings, CheckpointStore, InstanceRecord, Manifest, NodeRecord, StartFrom,
 };
+use flumen_core::storage::StorageOptions;
 
 use super::stateful::{Events, q5_graph, q5_rows};
 use super::{RUNS, millions};
@@ -179,47 +180,52 @@ fn million_keys(runtime: &tokio::runtime::Runtime) {
     let snapshot = window.snapshot().expect("snapshot");
     let snapshot_time = started.elapsed();
 
+    // Written and read back as a run stores it (by key group), and as a
+    // task moving to another process hands it over: the old owner writes
+    // its last checkpoint, the new one reads it and restores.
+    let hand_over = |store: &CheckpointStore| {
+        let mut manifest = Manifest {
+            id: 1,
+            created_at_ms: 0,
+            finished: false,
+            max_parallelism: Some(128),
+            nodes: BTreeMap::from([(
+                "window".to_string(),
+                NodeRecord {
+                    kind: "operator".into(),
+                    instances: vec![InstanceRecord::default()],
+                    state_keys: vec![Some(vec!["key".into()])],
+                    state_version: Some(1),
+                    state: None,
+                },
+            )]),
+        };
+        let started = Instant::now();
+        runtime
+            .block_on(store.write(&mut manifest, &[("window".into(), 0, snapshot.clone())]))
+            .expect("write");
+        let write_time = started.elapsed();
+        let started = Instant::now();
+        let mut loaded = runtime.block_on(store.load(1)).expect("load");
+        let mut restored = new_instance();
+        for snapshot in loaded
+            .snapshots
+            .remove(&("window".to_string(), 0))
+            .expect("state")
+        {
+            restored.restore(snapshot).expect("restore");
+        }
+        let restore_time = started.elapsed();
+        assert_eq!(restored.state_size().rows, rows);
+        (write_time, restore_time, manifest.state_bytes())
+    };
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = CheckpointStore::open(
+    let local = CheckpointStore::open(
         dir.path().to_str().expect("utf-8 path"),
         &Default::default(),
     )
     .expect("local store");
-    // Stored by key group, as a run stores it.
-    let mut manifest = Manifest {
-        id: 1,
-        created_at_ms: 0,
-        finished: false,
-        max_parallelism: Some(128),
-        nodes: BTreeMap::from([(
-            "window".to_string(),
-            NodeRecord {
-                kind: "operator".into(),
-                instances: vec![InstanceRecord::default()],
-                state_keys: vec![Some(vec!["key".into()])],
-                state_version: Some(1),
-                state: None,
-            },
-        )]),
-    };
-    let started = Instant::now();
-    runtime
-        .block_on(store.write(&mut manifest, &[("window".into(), 0, snapshot)]))
-        .expect("write");
-    let write_time = started.elapsed();
-
-    let started = Instant::now();
-    let mut loaded = runtime.block_on(store.load(1)).expect("load");
-    let mut restored = new_instance();
-    for snapshot in loaded
-        .snapshots
-        .remove(&("window".to_string(), 0))
-        .expect("state")
-    {
-        restored.restore(snapshot).expect("restore");
-    }
-    let restore_time = started.elapsed();
-    assert_eq!(restored.state_size().rows, rows);
+    let (write_time, restore_time, bytes) = hand_over(&local);
 
     println!("checkpoint of a tumbling window holding {rows} keys (count and sum per key)");
     println!(
@@ -236,9 +242,34 @@ fn million_keys(runtime: &tokio::runtime::Runtime) {
     );
     println!(
         "  size                                      {:>8.1} MB ({} bytes per key)",
-        manifest.state_bytes() as f64 / 1e6,
-        manifest.state_bytes() / rows.max(1)
+        bytes as f64 / 1e6,
+        bytes / rows.max(1)
     );
+    // The local S3-API server, when one runs (scripts/services.sh): a
+    // task's state moving between processes through object storage.
+    if let Ok(endpoint) = std::env::var("FLUMEN_TEST_S3_ENDPOINT") {
+        let options = StorageOptions {
+            endpoint: Some(endpoint),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("flumen".into()),
+            secret_access_key: Some("flumen".into()),
+            ..StorageOptions::default()
+        };
+        let location = format!("s3://flumen-test/bench-tasks-{}", std::process::id());
+        let s3 = CheckpointStore::open(&location, &options).expect("S3 store");
+        let (write_time, restore_time, _) = hand_over(&s3);
+        println!(
+            "a task holding those keys moving to another process, through the local S3 server"
+        );
+        println!(
+            "  old owner: snapshot and write             {:>8.1} ms",
+            ms(snapshot_time + write_time)
+        );
+        println!(
+            "  new owner: read and restore               {:>8.1} ms",
+            ms(restore_time)
+        );
+    }
 }
 
 fn ms(duration: Duration) -> f64 {
