@@ -396,6 +396,16 @@ pub trait Operator: Send + 'static {
         input
     }
 
+    /// While the operator holds rows it has not let out yet (a buffer
+    /// draining at its own pace): the watermark the oldest of them arrived
+    /// under. The output watermark stays at or below it, so that those
+    /// rows are not late downstream when they do go out; the runtime
+    /// forwards the watermark on as the hold rises (after
+    /// [`Operator::on_timer`] too).
+    fn watermark_hold(&self) -> Option<EventTime> {
+        None
+    }
+
     /// When the operator next wants [`Operator::on_timer`] called, in wall
     /// clock milliseconds since the epoch (processing-time windows).
     fn next_timer(&self) -> Option<EventTime> {

@@ -182,6 +182,9 @@ impl OperatorFactory for Buffer {
             waiting: Waiting::default(),
             next_drain: None,
             snapshots: VecDeque::new(),
+            arrivals: VecDeque::new(),
+            pushed: 0,
+            let_out: 0,
         }))
     }
 }
@@ -217,6 +220,14 @@ struct BufferInstance {
     next_drain: Option<EventTime>,
     /// The log offsets the latest snapshots drained up to, newest last.
     snapshots: VecDeque<u64>,
+    /// The watermarks rows arrived under, as (rows taken in up to here,
+    /// watermark), oldest first, for the rows still waiting: the output
+    /// watermark is held at the oldest, so that a row let out later is
+    /// not late downstream.
+    arrivals: VecDeque<(u64, EventTime)>,
+    /// Rows taken in, and let out, since the counts began.
+    pushed: u64,
+    let_out: u64,
 }
 
 impl BufferInstance {
@@ -237,6 +248,7 @@ impl BufferInstance {
                         events: log.usage().events,
                         bytes: log.usage().bytes,
                     };
+                    self.count_from_waiting();
                     let next = log.released();
                     Store::Disk { log, next }
                 }
@@ -254,6 +266,19 @@ impl BufferInstance {
             max_bytes: u64::MAX,
             max_events: u64::MAX,
             preallocate: self.config.preallocate,
+        }
+    }
+
+    /// Rows found waiting (restored, or left in the log by an earlier
+    /// run) arrived under no watermark known here: they hold it back
+    /// until they are out.
+    fn count_from_waiting(&mut self) {
+        self.pushed = self.waiting.events;
+        self.let_out = 0;
+        self.arrivals.clear();
+        if self.waiting.events > 0 {
+            self.arrivals
+                .push_back((self.waiting.events, EventTime::MIN));
         }
     }
 
@@ -337,6 +362,14 @@ impl BufferInstance {
         } else if let Some(Store::Disk { next, .. }) = &mut self.store {
             *next += 1;
         }
+        self.let_out += taken.num_rows() as u64;
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|(until, _)| *until <= self.let_out)
+        {
+            self.arrivals.pop_front();
+        }
         self.waiting.events = self.waiting.events.saturating_sub(taken.num_rows() as u64);
         self.waiting.bytes = self
             .waiting
@@ -411,8 +444,23 @@ impl Operator for BufferInstance {
                 }
             }
         }
+        let rows = batch.num_rows() as u64;
         self.push(batch, ctx.checkpointing).await?;
+        self.pushed += rows;
+        let watermark = ctx.watermark.unwrap_or(EventTime::MIN);
+        match self.arrivals.back_mut() {
+            // Under the same watermark as the rows before: one mark.
+            Some((until, last)) if *last == watermark => *until = self.pushed,
+            _ => self.arrivals.push_back((self.pushed, watermark)),
+        }
         self.drain(out)
+    }
+
+    fn watermark_hold(&self) -> Option<EventTime> {
+        match self.waiting.events {
+            0 => None,
+            _ => Some(self.arrivals.front().map_or(EventTime::MIN, |(_, w)| *w)),
+        }
     }
 
     fn next_timer(&self) -> Option<EventTime> {
@@ -500,6 +548,7 @@ impl Operator for BufferInstance {
                     queue.push_back(waiting.clone());
                 }
                 self.store = Some(Store::Memory(queue));
+                self.count_from_waiting();
             }
             Some(dir) => {
                 let number =
@@ -511,6 +560,7 @@ impl Operator for BufferInstance {
                     events: log.usage().events,
                     bytes: log.usage().bytes,
                 };
+                self.count_from_waiting();
                 self.store = Some(Store::Disk { log, next });
             }
         }

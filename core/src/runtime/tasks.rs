@@ -302,6 +302,9 @@ pub(crate) async fn run_operator(
     }
     let mut ctx = env.context();
     let mut out = Collector::default();
+    // The last watermark sent on: what an operator's hold lets through
+    // later is sent only when it rises past it.
+    let mut forwarded: Option<EventTime> = None;
     loop {
         if let Some(completed) = &mut completed
             && completed.has_changed().unwrap_or(false)
@@ -319,6 +322,9 @@ pub(crate) async fn run_operator(
                     _ = tokio::time::sleep(wait) => {
                         operator.on_timer(wall_clock_millis(), &mut ctx, &mut out).await?;
                         flush(&env, &mut out, &mut outputs).await?;
+                        if let Some(released) = released_watermark(operator.as_ref(), &ctx, &mut forwarded) {
+                            outputs.send_to_all(released).await?;
+                        }
                         env.metrics.record_state(operator.state_size());
                         continue;
                     }
@@ -342,11 +348,10 @@ pub(crate) async fn run_operator(
                         ctx.watermark = Some(time);
                         operator.on_watermark(time, &mut ctx, &mut out).await?;
                         flush(&env, &mut out, &mut outputs).await?;
-                        // The end of all time stays the end of all time.
-                        match time {
-                            EventTime::MAX => Watermark::MAX,
-                            time => Watermark::EventTime(operator.output_watermark(time)),
-                        }
+                        let time = held_output(operator.as_ref(), time);
+                        let time = forwarded.map_or(time, |f| time.max(f));
+                        forwarded = Some(time);
+                        Watermark::EventTime(time)
                     }
                     Watermark::Idle => Watermark::Idle,
                 };
@@ -377,6 +382,11 @@ pub(crate) async fn run_operator(
                         .on_timer(wall_clock_millis(), &mut ctx, &mut out)
                         .await?;
                     flush(&env, &mut out, &mut outputs).await?;
+                    if let Some(released) =
+                        released_watermark(operator.as_ref(), &ctx, &mut forwarded)
+                    {
+                        outputs.send_to_all(released).await?;
+                    }
                     env.metrics.record_state(operator.state_size());
                 }
                 env.metrics.record_state(operator.state_size());
@@ -394,6 +404,34 @@ pub(crate) async fn run_operator(
         }
         env.metrics.record_state(operator.state_size());
     }
+}
+
+/// The watermark to send on after input watermark `input`: the
+/// operator's output watermark (the end of all time stays the end of all
+/// time), held at the watermark of rows it still holds.
+fn held_output(operator: &dyn Operator, input: EventTime) -> EventTime {
+    let output = match input {
+        EventTime::MAX => EventTime::MAX,
+        input => operator.output_watermark(input),
+    };
+    operator
+        .watermark_hold()
+        .map_or(output, |hold| output.min(hold))
+}
+
+/// The watermark an operator's hold no longer keeps back (rows it held
+/// have gone out), if it rose past the last one sent on.
+fn released_watermark(
+    operator: &dyn Operator,
+    ctx: &Context,
+    forwarded: &mut Option<EventTime>,
+) -> Option<Message> {
+    let time = held_output(operator, ctx.watermark?);
+    if !forwarded.is_some_and(|f| time > f) {
+        return None;
+    }
+    *forwarded = Some(time);
+    Some(Message::Watermark(Watermark::EventTime(time)))
 }
 
 /// Wall-clock time in milliseconds since the epoch.

@@ -68,6 +68,60 @@ async fn rows_leave_in_order_in_batches_of_at_most_batch_size() {
     }
 }
 
+/// A buffer before an event-time window: the watermark waits for the rows
+/// the buffer holds, so none of them is late when it comes out, and every
+/// window counts all its rows.
+#[tokio::test]
+async fn the_watermark_waits_for_the_rows_a_buffer_holds() {
+    use std::time::Duration;
+
+    use arrow::array::Array;
+    use flumen_operators::{WindowConfig, WindowKind};
+
+    // 2,000 events 10 ms apart: 20 windows of 100 events, let out at
+    // 20,000 a second while the source runs ahead.
+    let events: Vec<Event> = (0..2_000).map(|i| (i % 7, 0, i, 1_000 + i * 10)).collect();
+    let (sink, output) = CollectSink::new();
+    let (late_sink, late) = CollectSink::new();
+    let mut graph = GraphBuilder::new();
+    graph
+        .source(
+            "events",
+            MemorySource::new(events_schema(), batches(&events, 50)),
+        )
+        .event_time(EventTimeConfig::new("ts"));
+    graph.operator(
+        "buffer",
+        buffer(None, 20_000, 50).build().unwrap(),
+        ["events"],
+    );
+    let window = WindowConfig {
+        window: WindowKind::Tumble(Duration::from_secs(1)),
+        time: Default::default(),
+        time_column: None,
+        group_by: Vec::new(),
+        aggregates: vec!["count(*) AS n".into()],
+        allowed_lateness: Duration::ZERO,
+        top: None,
+    };
+    graph.operator("per_second", window.build().unwrap(), ["buffer"]);
+    graph.sink("out", sink, ["per_second"]);
+    graph.sink("late", late_sink, ["per_second.late"]);
+    graph.build().unwrap().run_with(quiet()).await.unwrap();
+    let late: usize = late.batches().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(late, 0, "rows the buffer held came out late");
+    let counts: Vec<i64> = output
+        .batches()
+        .iter()
+        .flat_map(|b| {
+            let n = b.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+            assert_eq!(n.null_count(), 0);
+            n.values().to_vec()
+        })
+        .collect();
+    assert_eq!(counts, vec![100; 20]);
+}
+
 #[tokio::test]
 async fn a_full_buffer_rejects_or_drops_what_does_not_fit_and_blocks_otherwise() {
     let mut config = buffer(None, 2_000, 10);
