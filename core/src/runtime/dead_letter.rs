@@ -42,6 +42,7 @@ pub(crate) async fn run(
         .await
         .map_err(in_node)?;
     let mut pending = false;
+    let mut last = 0;
     let mut ticks = tokio::time::interval(COMMIT_EVERY);
     loop {
         tokio::select! {
@@ -56,18 +57,28 @@ pub(crate) async fn run(
             },
             _ = ticks.tick() => {
                 if pending {
-                    commit(sink.as_mut(), &mut ctx).await.map_err(in_node)?;
+                    commit(sink.as_mut(), &mut ctx, &mut last).await.map_err(in_node)?;
                     pending = false;
                 }
             }
         }
     }
     sink.finish(&mut ctx).await.map_err(in_node)?;
-    commit(sink.as_mut(), &mut ctx).await.map_err(in_node)
+    commit(sink.as_mut(), &mut ctx, &mut last)
+        .await
+        .map_err(in_node)
 }
 
-/// Publishes what was written so far, numbered by the time.
-async fn commit(sink: &mut dyn crate::component::Sink, ctx: &mut Context) -> Result<()> {
-    let transaction = sink.pre_commit(wall_clock_millis() as u64, ctx).await?;
+/// Publishes what was written so far, numbered by the time, and after the
+/// number before: two commits in one millisecond must not share a number
+/// (a file sink names its files by it, and the second would replace the
+/// first).
+async fn commit(
+    sink: &mut dyn crate::component::Sink,
+    ctx: &mut Context,
+    last: &mut u64,
+) -> Result<()> {
+    *last = (wall_clock_millis() as u64).max(*last + 1);
+    let transaction = sink.pre_commit(*last, ctx).await?;
     sink.commit(transaction, ctx).await
 }
