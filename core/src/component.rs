@@ -233,6 +233,13 @@ pub trait SourceFactory: Send + Sync + 'static {
     fn task_group(&self) -> Result<Option<Box<dyn TaskGroup>>> {
         Ok(None)
     }
+
+    /// Whether [`SourceFactory::task_group`] would join a group: asked
+    /// first, so that a pipeline that cannot run as tasks is refused
+    /// before anything connects.
+    fn runs_as_tasks(&self) -> bool {
+        false
+    }
 }
 
 /// The processes sharing a source's partitions, as this process sees them:

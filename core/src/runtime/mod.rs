@@ -242,7 +242,7 @@ impl Pipeline {
 
     /// Runs with the given options. See [`Pipeline::run`].
     pub async fn run_with(self, options: RunOptions) -> Result<RunReport> {
-        if let Some((source, group)) = self.task_group()? {
+        if let Some((source, group)) = self.task_group(&options)? {
             return task_group::run(self, source, group, options).await;
         }
         self.run_whole(options).await

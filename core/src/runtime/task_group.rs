@@ -30,15 +30,18 @@ use crate::graph::NodeKind;
 impl Pipeline {
     /// The source whose partitions the pipeline runs as, and its group,
     /// joined; `None` for a pipeline that runs whole.
-    pub(super) fn task_group(&self) -> Result<Option<(String, Box<dyn TaskGroup>)>> {
+    pub(super) fn task_group(
+        &self,
+        options: &RunOptions,
+    ) -> Result<Option<(String, Box<dyn TaskGroup>)>> {
         let mut found = None;
         for node in &self.nodes {
             let NodeKind::Source(factory) = &node.kind else {
                 continue;
             };
-            let Some(group) = factory.task_group().map_err(|e| e.in_node(&node.name))? else {
+            if !factory.runs_as_tasks() {
                 continue;
-            };
+            }
             if let Some((first, _)) = &found {
                 return Err(Error::config(
                     format!("sources.{}.tasks", node.name),
@@ -51,9 +54,30 @@ impl Pipeline {
                     "must be 1 for a source run as tasks: each task reads one partition",
                 ));
             }
-            found = Some((node.name.clone(), group));
+            if options
+                .checkpoints
+                .as_ref()
+                .is_some_and(|c| !matches!(c.start, StartFrom::Latest))
+            {
+                return Err(Error::Checkpoint(
+                    "a pipeline run as tasks starts each task from its own latest checkpoint; \
+                     to start over, delete the checkpoint store"
+                        .into(),
+                ));
+            }
+            if options.checkpoints.is_none() {
+                return Err(Error::config(
+                    format!("sources.{}.tasks", node.name),
+                    "needs a `checkpoint` section: a task's state and offsets are kept in its checkpoints, where its next owner finds them",
+                ));
+            }
+            found = Some((node.name.clone(), factory));
         }
-        Ok(found)
+        let Some((name, factory)) = found else {
+            return Ok(None);
+        };
+        let group = factory.task_group().map_err(|e| e.in_node(&name))?;
+        Ok(group.map(|group| (name, group)))
     }
 }
 
@@ -73,19 +97,7 @@ pub(super) async fn run(
     options: RunOptions,
 ) -> Result<RunReport> {
     let started = Instant::now();
-    let Some(settings) = options.checkpoints.clone() else {
-        return Err(Error::config(
-            format!("sources.{source}.tasks"),
-            "needs a `checkpoint` section: a task's state and offsets are kept in its checkpoints, where its next owner finds them",
-        ));
-    };
-    if !matches!(settings.start, StartFrom::Latest) {
-        return Err(Error::Checkpoint(
-            "a pipeline run as tasks starts each task from its own latest checkpoint; \
-             to start over, delete the checkpoint store"
-                .into(),
-        ));
-    }
+    let settings = options.checkpoints.clone().expect("checked in task_group");
     let signals = pipeline.signals.clone();
     let interrupted = Arc::new(AtomicBool::new(false));
     let signal_task = options.handle_signals.then(|| {

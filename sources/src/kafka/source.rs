@@ -137,6 +137,10 @@ impl SourceFactory for KafkaSource {
         }))
     }
 
+    fn runs_as_tasks(&self) -> bool {
+        self.config.tasks
+    }
+
     fn task_group(&self) -> Result<Option<Box<dyn TaskGroup>>> {
         if !self.config.tasks {
             return Ok(None);

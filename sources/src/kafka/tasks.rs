@@ -57,7 +57,16 @@ impl KafkaTasks {
             client.create_with_context(context).map_err(kafka_error)?;
         let metadata = consumer
             .fetch_metadata(Some(&topic), config.connect_timeout)
-            .map_err(kafka_error)?;
+            .map_err(|e| {
+                Error::connector(
+                    "kafka",
+                    true,
+                    format!(
+                        "cannot reach the brokers at `{}` to join group `{}` within {:?} ({e}): is Kafka running there? (`brokers`, `connect_timeout`)",
+                        config.brokers, config.group, config.connect_timeout
+                    ),
+                )
+            })?;
         let tasks = metadata
             .topics()
             .iter()
