@@ -24,6 +24,8 @@
 //! [`operators`], [`sources`] and [`sinks`].
 
 pub mod config;
+#[cfg(feature = "kafka")]
+pub mod repartition;
 #[cfg(feature = "serve")]
 pub mod serve;
 
@@ -34,6 +36,8 @@ pub use flumen_sources as sources;
 
 /// Everything needed to build and run pipelines in code.
 pub mod prelude {
+    #[cfg(feature = "kafka")]
+    pub use crate::repartition::KafkaRepartition;
     pub use flumen_core::prelude::*;
     pub use flumen_operators::{MapBatches, SqlTransform, Union, Unnest};
     #[cfg(feature = "kafka")]

@@ -277,6 +277,48 @@ pub enum TaskChange {
     Lost(Vec<u32>),
 }
 
+/// Carries the rows of one edge between processes through a broker, as
+/// Kafka Streams' repartition topics do, for a pipeline run as tasks that
+/// groups by a key other than its source's partitioning.
+///
+/// The pipeline is cut at the edge into two stages, each run as tasks.
+/// The first stage's tasks (one per source partition) write the edge's
+/// rows with [`Repartition::writer`], each row to the partition its keys
+/// hash to, so that each row is read once however often a restarted task
+/// writes it (the first stage is stateless, and replays in order). The
+/// second stage's
+/// tasks (one per partition of the carrier) read them back with
+/// [`Repartition::reader`], whose group hands those partitions out, so
+/// every key's rows and state meet in one task.
+#[async_trait]
+pub trait Repartition: std::fmt::Debug + Send + Sync + 'static {
+    /// What carries the rows, for logs: `kafka topic clicks-by-page`.
+    fn describe(&self) -> String;
+
+    /// A name for the folder of the checkpoint store the reading stage's
+    /// tasks keep their checkpoints in: `repartition-clicks-by-page`.
+    fn folder(&self) -> String;
+
+    /// Makes the carrier ready (creates the topic), before either stage
+    /// starts; a carrier that exists but does not fit is an error.
+    async fn prepare(&self) -> Result<()>;
+
+    /// The sink writing the edge's rows (in `schema`), each to the
+    /// partition its `keys` (column indices) hash to. `producers` is how
+    /// many writer instances there are over all tasks: the reader waits
+    /// for every one to end before it ends.
+    fn writer(
+        &self,
+        schema: &SchemaRef,
+        keys: &[usize],
+        producers: u32,
+    ) -> Result<Arc<dyn SinkFactory>>;
+
+    /// The source reading the rows back, run as tasks: one per partition
+    /// of the carrier.
+    fn reader(&self, schema: &SchemaRef) -> Result<Arc<dyn SourceFactory>>;
+}
+
 /// What an operator instance knows about where it runs.
 #[derive(Debug, Clone)]
 pub struct Context {

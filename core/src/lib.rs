@@ -43,9 +43,9 @@ pub mod prelude {
     pub use crate::catalog::{Catalog, ComponentType, SinkConfig, SourceConfig, TransformConfig};
     pub use crate::checkpoint::Snapshot;
     pub use crate::component::{
-        Collector, Context, InstanceInfo, Operator, OperatorFactory, Sink, SinkFactory, Source,
-        SourceContext, SourceFactory, SourceStep, SplitChange, StateRescale, StateSize, TaskChange,
-        TaskGroup,
+        Collector, Context, InstanceInfo, Operator, OperatorFactory, Repartition, Sink,
+        SinkFactory, Source, SourceContext, SourceFactory, SourceStep, SplitChange, StateRescale,
+        StateSize, TaskChange, TaskGroup,
     };
     pub use crate::dead_letter::{OnError, Rejected};
     pub use crate::error::{Error, Result};

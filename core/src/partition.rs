@@ -122,6 +122,11 @@ impl HashPartitioner {
         }
     }
 
+    /// How many parts batches are split into.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
     /// Splits `batch`; part *i* holds the rows for instance *i*, `None` where
     /// there are none. Row order within a part is kept.
     pub fn split(&mut self, batch: &RecordBatch) -> Result<Vec<Option<RecordBatch>>> {

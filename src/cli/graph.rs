@@ -77,6 +77,9 @@ fn edges(loaded: &LoadedPipeline, labels: EdgeLabels) -> Vec<(&str, &str, Vec<St
             if let Some(port) = &output.name {
                 label[0] = format!("{port}: {}", label[0]);
             }
+            if let Some(repartition) = &edge.repartition {
+                label[0] = format!("{} via {}", label[0], repartition.describe());
+            }
             if labels == EdgeLabels::WithSchemas {
                 label.extend(columns(&output.schema));
             }

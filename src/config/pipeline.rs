@@ -91,6 +91,16 @@ pub struct CommonKeys {
     #[serde(default)]
     pub event_time: Option<EventTimeConfig>,
 
+    /// Sends the component's input between processes through a broker,
+    /// keyed by the `partitioning: { hash: [...] }` columns, for a
+    /// pipeline run as tasks that groups by another key than its
+    /// source's partitioning: `repartition: { kafka: { topic, partitions,
+    /// replication } }` (the topic, created with `partitions` partitions
+    /// and `replication` replicas, default the broker's, when missing).
+    /// See docs/kafka.md, "Repartitioning through Kafka".
+    #[serde(default)]
+    pub repartition: Option<RepartitionConfig>,
+
     /// What the component does with a record it cannot handle (a line
     /// that does not decode, a row an expression fails on, a batch a sink
     /// rejects): `dead_letter` sends it to the dead letters (the
@@ -102,6 +112,32 @@ pub struct CommonKeys {
 
 fn one() -> usize {
     1
+}
+
+/// What carries a repartitioned edge's rows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RepartitionConfig {
+    /// A Kafka topic in the cluster of the pipeline's task source (a
+    /// `kafka` source with `tasks: true`), read back in its group.
+    Kafka(KafkaRepartitionConfig),
+}
+
+/// A repartition topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaRepartitionConfig {
+    /// The topic, used by this edge alone. Created when missing; one that
+    /// exists must have `partitions` partitions.
+    pub topic: String,
+    /// How many partitions the topic has: the tasks of the stage after
+    /// the repartition, the most processes it can spread over.
+    #[schemars(range(min = 1))]
+    pub partitions: u32,
+    /// Replicas of each partition when the topic is created. Default:
+    /// the broker's default.
+    #[serde(default)]
+    pub replication: Option<u32>,
 }
 
 /// `inputs: name` or `inputs: [a, b]`.
@@ -123,9 +159,13 @@ impl CommonKeys {
     pub fn keys(section: Section) -> &'static [&'static str] {
         match section {
             Section::Sources => &["parallelism", "event_time", "on_error"],
-            Section::Transforms | Section::Sinks => {
-                &["inputs", "parallelism", "partitioning", "on_error"]
-            }
+            Section::Transforms | Section::Sinks => &[
+                "inputs",
+                "parallelism",
+                "partitioning",
+                "repartition",
+                "on_error",
+            ],
         }
     }
 
@@ -147,6 +187,9 @@ impl CommonKeys {
     fn misplaced(section: Section, key: &str) -> Option<&'static str> {
         match (section, key) {
             (Section::Sources, "inputs") => Some("sources have no inputs"),
+            (Section::Sources, "repartition") => Some(
+                "sources have no inputs to repartition; set `repartition` on the components that read them",
+            ),
             (Section::Sources, "partitioning") => Some(
                 "sources have no inputs to partition; set `partitioning` on the components that read them",
             ),
@@ -183,6 +226,8 @@ pub struct Component {
     pub parallelism: usize,
     /// How inputs are split between instances.
     pub partitioning: Option<Partitioning>,
+    /// What carries the inputs between processes, if anything.
+    pub repartition: Option<RepartitionConfig>,
     /// Event time, for sources.
     pub event_time: Option<EventTimeConfig>,
     /// What the component does with a record it cannot handle.
@@ -686,6 +731,7 @@ impl FileParser<'_> {
             inputs: keys.inputs,
             parallelism: keys.parallelism,
             partitioning: keys.partitioning.map(Partitioning::from),
+            repartition: keys.repartition,
             event_time: keys.event_time,
             on_error: keys.on_error,
             settings: Value::Object(settings),
@@ -814,9 +860,14 @@ impl FileParser<'_> {
                         None => self.core_error(components, error),
                     },
                 })?;
+            let repartition = match &component.repartition {
+                Some(config) => Some(self.repartition(component, config, components)?),
+                None => None,
+            };
             let inputs = component.inputs.iter().map(|from| Input {
                 from: from.clone(),
                 partitioning: component.partitioning.clone(),
+                repartition: repartition.clone(),
             });
             let mut added = graph
                 .node(&component.name, node, inputs.collect())
@@ -832,6 +883,58 @@ impl FileParser<'_> {
         graph.dead_letter_sink_shared(sink);
         let pipeline = graph.build().map_err(|e| self.core_error(components, e))?;
         Ok((pipeline, output))
+    }
+
+    /// What carries `component`'s repartitioned inputs: a topic in the
+    /// cluster of the pipeline's task source.
+    fn repartition(
+        &self,
+        component: &Component,
+        config: &RepartitionConfig,
+        components: &[Component],
+    ) -> Result<Arc<dyn flumen_core::component::Repartition>, ConfigError> {
+        let path = format!("{}.repartition", component.path());
+        let RepartitionConfig::Kafka(kafka) = config;
+        if kafka.partitions == 0 {
+            return Err(self.error(
+                format!("{path}.kafka.partitions"),
+                Target::Value,
+                "must be at least 1",
+            ));
+        }
+        let task_source = components.iter().find(|c| {
+            c.section == Section::Sources
+                && c.type_name == "kafka"
+                && c.settings.get("tasks") == Some(&Value::Bool(true))
+        });
+        let Some(task_source) = task_source else {
+            return Err(self.error(
+                &path,
+                Target::Key,
+                "needs the pipeline run as tasks: a `kafka` source with `tasks: true`, \
+                 in whose cluster and group the repartition topic is written and read",
+            ));
+        };
+        #[cfg(feature = "kafka")]
+        {
+            let source: flumen_sources::kafka::KafkaSourceConfig =
+                self.typed(&task_source.path(), &task_source.settings)?;
+            let mut carrier =
+                crate::repartition::KafkaRepartition::new(&source, &kafka.topic, kafka.partitions);
+            if let Some(replication) = kafka.replication {
+                carrier = carrier.with_replication(replication as i32);
+            }
+            Ok(Arc::new(carrier))
+        }
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = task_source;
+            Err(self.error(
+                &path,
+                Target::Key,
+                "needs Kafka, which this build of flumen leaves out (feature `kafka`)",
+            ))
+        }
     }
 
     /// The sink that receives every component's rejected records: the

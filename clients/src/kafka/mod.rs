@@ -1,5 +1,8 @@
 //! What the Kafka source and sink share: connection and security
-//! settings, librdkafka's errors and logs.
+//! settings, librdkafka's errors and logs, and the messages of
+//! repartition topics.
+
+pub mod repartition;
 
 use std::time::{Duration, Instant};
 

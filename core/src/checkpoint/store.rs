@@ -425,6 +425,17 @@ impl CheckpointStore {
         }
     }
 
+    /// The store in folder `folder` of this one: where the tasks of a
+    /// pipeline's second stage, after a repartition, keep their
+    /// checkpoints (`repartition-<topic>/tasks/<task>/`).
+    pub fn child(&self, folder: &str) -> CheckpointStore {
+        CheckpointStore {
+            store: self.store.clone(),
+            root: self.root.clone().join(folder),
+            display: format!("{}/{folder}", self.display.trim_end_matches('/')),
+        }
+    }
+
     /// The tasks with checkpoints in this store, ascending.
     pub async fn tasks(&self) -> Result<Vec<u32>> {
         let folder = self.root.clone().join(TASKS);

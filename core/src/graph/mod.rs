@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 
-use crate::component::{OperatorFactory, SinkFactory, SourceFactory};
+use crate::component::{OperatorFactory, Repartition, SinkFactory, SourceFactory};
 use crate::dead_letter::OnError;
 use crate::error::{Error, Result};
 use crate::event_time::{EventTimeConfig, with_event_time};
@@ -45,7 +45,7 @@ mod planner;
 use self::planner::Planner;
 
 /// A reference to an upstream output, with the partitioning of the edge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Input {
     /// `node`, or `node.output` for a named output.
     pub from: String,
@@ -53,6 +53,9 @@ pub struct Input {
     /// forward when both sides have the same parallelism, round-robin
     /// otherwise.
     pub partitioning: Option<Partitioning>,
+    /// Carries the rows between processes through a broker, keyed by the
+    /// hash partitioning's columns: see [`Repartition`].
+    pub repartition: Option<Arc<dyn Repartition>>,
 }
 
 impl Input {
@@ -61,7 +64,15 @@ impl Input {
         Input {
             from: from.into(),
             partitioning: None,
+            repartition: None,
         }
+    }
+
+    /// Sends the rows through `repartition` (an input partitioned by
+    /// hash, of a pipeline run as tasks).
+    pub fn through(mut self, repartition: Arc<dyn Repartition>) -> Self {
+        self.repartition = Some(repartition);
+        self
     }
 
     /// Instance *i* feeds instance *i*.
@@ -310,6 +321,8 @@ pub struct Edge {
     pub partitioning: Partitioning,
     /// Column indices of hash keys (empty unless hash-partitioned).
     pub key_columns: Vec<usize>,
+    /// The broker the rows go through between processes, if any.
+    pub repartition: Option<Arc<dyn Repartition>>,
 }
 
 /// A checked node of a [`Pipeline`].

@@ -219,10 +219,11 @@ impl Planner {
                     })?,
             };
             let schema = from.outputs[port].schema.clone();
+            // A repartitioned edge is keyed even into one instance: its
+            // keys choose the broker partition, and so the task.
+            let keyed = decl.parallelism > 1 || input.repartition.is_some();
             let required = match &decl.kind {
-                NodeKind::Operator(factory) if decl.parallelism > 1 => {
-                    factory.input_partitioning(i)
-                }
+                NodeKind::Operator(factory) if keyed => factory.input_partitioning(i),
                 _ => None,
             };
             let partitioning = resolve_partitioning(
@@ -243,12 +244,20 @@ impl Planner {
                 (NodeKind::Operator(factory), _) => factory.input_partitioning(i),
                 _ => None,
             });
+            if input.repartition.is_some() && !matches!(partitioning, Partitioning::Hash(_)) {
+                return Err(Error::graph_at(
+                    name,
+                    "repartition",
+                    "writes rows keyed: set `partitioning: { hash: [columns] }` to say by which columns",
+                ));
+            }
             input_schemas.push(schema);
             inputs.push(Edge {
                 from: index_of[*from_decl],
                 port,
                 partitioning,
                 key_columns,
+                repartition: input.repartition.clone(),
             });
         }
 

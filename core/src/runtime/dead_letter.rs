@@ -21,11 +21,15 @@ pub(crate) async fn run(
     mut rejected: mpsc::Receiver<RecordBatch>,
     signals: Signals,
     task: Option<u32>,
+    stage: usize,
 ) -> Result<()> {
     let in_node = |e: Error| e.in_node("dead_letter");
+    // Each stage of a repartitioned pipeline has a task of each number:
+    // the stage tells their dead letters apart (`t3-0`, `t3-1`).
     let instance = InstanceInfo {
         task,
-        ..InstanceInfo::SINGLE
+        index: stage,
+        parallelism: stage + 1,
     };
     let mut sink = factory
         .create(instance, crate::dead_letter::schema())

@@ -8,6 +8,7 @@
 mod channels;
 mod dead_letter;
 pub mod metrics;
+mod stages;
 mod stats;
 mod task_group;
 mod tasks;
@@ -190,6 +191,9 @@ pub struct Pipeline {
     pub(crate) signals: Signals,
     /// In a pipeline run as tasks: the task this run is.
     pub(crate) task: Option<u32>,
+    /// In a pipeline cut by a repartition: 0 for the stage before the
+    /// cut, 1 for the one after.
+    pub(crate) stage: usize,
 }
 
 impl std::ops::Deref for Pipeline {
@@ -206,6 +210,7 @@ impl Pipeline {
             stats: plan.nodes.iter().map(|_| Arc::default()).collect(),
             signals: Signals::default(),
             task: None,
+            stage: 0,
             plan,
         }
     }
@@ -215,6 +220,7 @@ impl Pipeline {
     pub(crate) fn for_task(&self, task: u32) -> Pipeline {
         Pipeline {
             task: Some(task),
+            stage: self.stage,
             ..Pipeline::new(self.plan.clone())
         }
     }
@@ -242,6 +248,9 @@ impl Pipeline {
 
     /// Runs with the given options. See [`Pipeline::run`].
     pub async fn run_with(self, options: RunOptions) -> Result<RunReport> {
+        if let Some(cut) = self.cut()? {
+            return stages::run(self, cut, options).await;
+        }
         if let Some((source, group)) = self.task_group(&options)? {
             return task_group::run(self, source, group, options).await;
         }
@@ -274,7 +283,8 @@ impl Pipeline {
         let (dead_letter_tx, dead_letter_task) = match &self.dead_letter {
             Some(sink) => {
                 let (tx, rx) = mpsc::channel(capacity);
-                let task = dead_letter::run(sink.0.clone(), rx, signals.clone(), self.task);
+                let task =
+                    dead_letter::run(sink.0.clone(), rx, signals.clone(), self.task, self.stage);
                 (Some(tx), Some(task))
             }
             None => (None, None),

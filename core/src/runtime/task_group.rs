@@ -159,12 +159,10 @@ pub(super) async fn run(
                             if running.contains_key(&task) {
                                 continue;
                             }
+                            // A task found finished runs too: its run
+                            // reads nothing, and publishes what its last
+                            // owner staged, had it died before doing so.
                             let store = settings.store.task(task);
-                            if store.latest_manifest().await?.is_some_and(|m| m.finished) {
-                                tracing::info!(task, "task already finished: nothing left to read");
-                                finished.insert(task);
-                                continue;
-                            }
                             let run = pipeline.for_task(task);
                             let stop = run.shutdown_handle();
                             let options = RunOptions {
@@ -227,8 +225,10 @@ pub(super) async fn run(
             }
             // A bounded input: once some task has finished, or while this
             // process runs none, see whether all have.
+            // A task still running here may have recorded its end, and
+            // still be publishing what it wrote: wait for it.
             _ = ticks.tick(), if (!finished.is_empty() || running.is_empty()) && !leaving => {
-                if all_finished(&settings, count, &finished).await? {
+                if running.is_empty() && all_finished(&settings, count, &finished).await? {
                     tracing::info!(tasks = count, "every task has finished");
                     break;
                 }

@@ -11,7 +11,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::json;
 
+use flumen_clients::kafka::repartition::{Framing, encode_rows};
 use flumen_clients::kafka::{BrokerWait, kafka_error};
+use flumen_core::partition::{HashPartitioner, KeyGroups};
 use flumen_core::prelude::*;
 
 use super::config::{Delivery, KafkaSinkConfig};
@@ -21,27 +23,97 @@ use crate::message::RowEncoder;
 /// fails.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A sink producing one message per row. Built from a [`KafkaSinkConfig`].
+/// A sink producing one message per row, or the writer of a repartition
+/// topic. Built from a [`KafkaSinkConfig`].
 #[derive(Debug, Clone)]
 pub struct KafkaSink {
     config: Arc<KafkaSinkConfig>,
+    repartition: Option<RepartitionWrite>,
+}
+
+/// How the writer of a repartition topic places rows.
+#[derive(Debug, Clone)]
+struct RepartitionWrite {
+    /// Column indices whose hash picks the partition.
+    keys: Vec<usize>,
+    partitions: u32,
+    /// Writer instances over all tasks.
+    producers: u32,
 }
 
 impl KafkaSink {
     pub(super) fn new(config: KafkaSinkConfig) -> Result<Self> {
         Ok(KafkaSink {
             config: Arc::new(config),
+            repartition: None,
+        })
+    }
+
+    /// The writer of the repartition topic `config.topic`, which has
+    /// `partitions` partitions: each batch's rows go to the partitions
+    /// their `keys` (column indices) hash to, one message per partition
+    /// (see [`flumen_clients::kafka::repartition`]). `producers` is how
+    /// many instances write, over all tasks.
+    ///
+    /// Writes are at least once (an idempotent producer, flushed at every
+    /// checkpoint), and numbered: each checkpoint records the number of
+    /// the next row per partition, so a writer restarted from it numbers
+    /// the rows it writes again as it did the first time, and the reader
+    /// drops them. Kafka transactions are not needed, and a crash between
+    /// a checkpoint and a commit loses nothing.
+    pub fn repartition_writer(
+        config: KafkaSinkConfig,
+        keys: Vec<usize>,
+        partitions: u32,
+        producers: u32,
+    ) -> Result<Self> {
+        let mut config = config;
+        config.delivery = Delivery::AtLeastOnce;
+        // Each message already carries many rows: one message per record
+        // batch lets a reader resume at any offset exactly there.
+        config
+            .properties
+            .entry("batch.num.messages".into())
+            .or_insert_with(|| "1".into());
+        config.client_config()?;
+        Ok(KafkaSink {
+            config: Arc::new(config),
+            repartition: Some(RepartitionWrite {
+                keys,
+                partitions,
+                producers,
+            }),
         })
     }
 }
 
 impl SinkFactory for KafkaSink {
     fn check_input(&self, schema: &SchemaRef) -> Result<()> {
+        if self.repartition.is_some() {
+            return Ok(());
+        }
         RowEncoder::new(&self.config.message_settings(), schema).map(|_| ())
     }
 
     fn create(&self, instance: InstanceInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
-        let encoder = RowEncoder::new(&self.config.message_settings(), &schema)?;
+        let encoding = match &self.repartition {
+            None => Encoding::Rows(RowEncoder::new(&self.config.message_settings(), &schema)?),
+            Some(write) => {
+                let task = instance.task.unwrap_or(0);
+                let producer = task * instance.parallelism as u32 + instance.index as u32;
+                let partitions = write.partitions as usize;
+                Encoding::Repartition {
+                    partitioner: HashPartitioner::new(
+                        write.keys.clone(),
+                        partitions,
+                        KeyGroups::new(partitions),
+                    ),
+                    producer,
+                    producers: write.producers,
+                    next: vec![0; partitions],
+                }
+            }
+        };
         let mode = match self.config.delivery {
             Delivery::AtLeastOnce => Mode::AtLeastOnce(None),
             Delivery::ExactlyOnce => Mode::ExactlyOnce(Transactions {
@@ -62,7 +134,7 @@ impl SinkFactory for KafkaSink {
         Ok(Box::new(KafkaSinkInstance {
             config: self.config.clone(),
             brokers_answered: false,
-            encoder,
+            encoding,
             mode,
             rejected: Vec::new(),
         }))
@@ -123,9 +195,24 @@ enum Mode {
     ExactlyOnce(Transactions),
 }
 
+/// How rows become messages.
+enum Encoding {
+    /// One message per row.
+    Rows(RowEncoder),
+    /// A repartition topic's: one message per partition per batch.
+    Repartition {
+        partitioner: HashPartitioner,
+        /// This writer's number, and how many there are.
+        producer: u32,
+        producers: u32,
+        /// Per partition, the number of the next row written to it.
+        next: Vec<u64>,
+    },
+}
+
 struct KafkaSinkInstance {
     config: Arc<KafkaSinkConfig>,
-    encoder: RowEncoder,
+    encoding: Encoding,
     mode: Mode,
     /// Rows of the last batch that could not be made messages.
     rejected: Vec<Rejected>,
@@ -226,6 +313,22 @@ fn delivery_failure(producer: &KafkaProducer) -> Result<()> {
     }
 }
 
+/// Sends a message, waiting while the local queue is full (the broker
+/// catching up: backpressure).
+async fn send(producer: &KafkaProducer, record: BaseRecord<'_, str, [u8]>) -> Result<()> {
+    let mut record = record;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((error, _)) => return Err(kafka_error(error)),
+        }
+    }
+}
+
 async fn flush(producer: &Arc<KafkaProducer>) -> Result<()> {
     let flushing = producer.clone();
     blocking(move || flushing.flush(TIMEOUT)).await?;
@@ -235,41 +338,96 @@ async fn flush(producer: &Arc<KafkaProducer>) -> Result<()> {
 #[async_trait]
 impl Sink for KafkaSinkInstance {
     async fn write(&mut self, batch: RecordBatch, _ctx: &mut Context) -> Result<()> {
-        let (messages, rejected) = self.encoder.encode(batch)?;
+        if let Encoding::Repartition {
+            partitioner,
+            producer: writer,
+            producers,
+            next,
+        } = &mut self.encoding
+        {
+            let (writer, producers) = (*writer, *producers);
+            let parts = partitioner.split(&batch)?;
+            let mut messages = Vec::new();
+            for (partition, part) in parts.into_iter().enumerate() {
+                let Some(part) = part else { continue };
+                let first = next[partition];
+                next[partition] += part.num_rows() as u64;
+                let key = Framing::Rows {
+                    producer: writer,
+                    producers,
+                    first,
+                }
+                .key();
+                messages.push((partition as i32, key, encode_rows(&part)?));
+            }
+            let producer = self.current().await?;
+            delivery_failure(&producer)?;
+            for (partition, key, value) in &messages {
+                let record = BaseRecord::to(&self.config.topic)
+                    .partition(*partition)
+                    .key(key.as_str())
+                    .payload(value.as_slice());
+                send(&producer, record).await?;
+            }
+            return Ok(());
+        }
+        let Encoding::Rows(encoder) = &mut self.encoding else {
+            unreachable!("handled above")
+        };
+        let (messages, rejected) = encoder.encode(batch)?;
         self.rejected = rejected;
         let producer = self.current().await?;
         delivery_failure(&producer)?;
         let topic = self.config.topic.as_str();
         for row in 0..messages.len() {
-            loop {
-                let mut record: BaseRecord<'_, str, [u8]> =
-                    BaseRecord::to(topic).payload(messages.value(row));
-                let keyed = usize::from(self.config.key.is_some());
-                if keyed == 1
-                    && let Some(key) = messages.text(0, row)
-                {
-                    record = record.key(key);
-                }
-                let mut headers = OwnedHeaders::new();
-                let mut any = false;
-                for (index, name) in self.config.headers.keys().enumerate() {
-                    let value = messages.text(keyed + index, row);
-                    headers = headers.insert(Header { key: name, value });
-                    any = true;
-                }
-                if any {
-                    record = record.headers(headers);
-                }
-                match producer.send(record) {
-                    Ok(()) => break,
-                    // The local queue is full: wait for the broker to
-                    // catch up (backpressure), then send again.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((error, _)) => return Err(kafka_error(error)),
-                }
+            let mut record: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(topic).payload(messages.value(row));
+            let keyed = usize::from(self.config.key.is_some());
+            if keyed == 1
+                && let Some(key) = messages.text(0, row)
+            {
+                record = record.key(key);
             }
+            let mut headers = OwnedHeaders::new();
+            let mut any = false;
+            for (index, name) in self.config.headers.keys().enumerate() {
+                let value = messages.text(keyed + index, row);
+                headers = headers.insert(Header { key: name, value });
+                any = true;
+            }
+            if any {
+                record = record.headers(headers);
+            }
+            send(&producer, record).await?;
+        }
+        Ok(())
+    }
+
+    /// A repartition topic's writer tells every partition's reader that
+    /// it has written everything, in the final checkpoint's transaction.
+    async fn finish(&mut self, _ctx: &mut Context) -> Result<()> {
+        let Encoding::Repartition {
+            partitioner,
+            producer,
+            producers,
+            ..
+        } = &self.encoding
+        else {
+            return Ok(());
+        };
+        let key = Framing::End {
+            producer: *producer,
+            producers: *producers,
+        }
+        .key();
+        let partitions = partitioner.partitions();
+        let producer = self.current().await?;
+        for partition in 0..partitions {
+            let record = BaseRecord::<'_, str, [u8]>::to(&self.config.topic)
+                .partition(partition as i32)
+                .key(key.as_str())
+                .payload(&[][..]);
+            send(&producer, record).await?;
         }
         Ok(())
     }
@@ -283,11 +441,16 @@ impl Sink for KafkaSinkInstance {
         checkpoint: u64,
         _ctx: &mut Context,
     ) -> Result<serde_json::Value> {
+        // A repartition topic's writer records where its row numbers are.
+        let numbered = match &self.encoding {
+            Encoding::Repartition { next, .. } => json!({ "next_rows": next }),
+            Encoding::Rows(_) => serde_json::Value::Null,
+        };
         match &mut self.mode {
-            Mode::AtLeastOnce(None) => Ok(serde_json::Value::Null),
+            Mode::AtLeastOnce(None) => Ok(numbered),
             Mode::AtLeastOnce(Some(producer)) => {
                 flush(producer).await?;
-                Ok(serde_json::Value::Null)
+                Ok(numbered)
             }
             Mode::ExactlyOnce(transactions) => {
                 let slots = transactions.slots;
@@ -355,6 +518,20 @@ impl Sink for KafkaSinkInstance {
         from: Option<(u64, serde_json::Value)>,
         _ctx: &mut Context,
     ) -> Result<()> {
+        if let Encoding::Repartition { next, .. } = &mut self.encoding
+            && let Some(recorded) = from.as_ref().and_then(|(_, t)| t.get("next_rows"))
+        {
+            let recorded: Vec<u64> = serde_json::from_value(recorded.clone())
+                .map_err(|e| Error::internal(format!("a repartition writer's row numbers: {e}")))?;
+            if recorded.len() != next.len() {
+                return Err(Error::Checkpoint(format!(
+                    "the repartition topic had {} partitions when the checkpoint was taken and has {} now",
+                    recorded.len(),
+                    next.len()
+                )));
+            }
+            *next = recorded;
+        }
         let Mode::ExactlyOnce(transactions) = &self.mode else {
             return Ok(());
         };

@@ -13,6 +13,7 @@
 mod config;
 mod consumer;
 mod position;
+mod repartition;
 mod sample;
 mod source;
 mod tasks;

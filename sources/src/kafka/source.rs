@@ -18,6 +18,7 @@ use flumen_core::prelude::*;
 use super::config::{KafkaSourceConfig, StartFrom};
 use super::consumer::{Chunk, Event, GroupContext, PollSettings, TopicPartition, poll_loop};
 use super::position::{end_offsets, position_from_json, position_to_json};
+use super::repartition::Producers;
 use crate::payload::{Format, ValueDecoder, shown};
 use flumen_clients::kafka::{BrokerWait, client_config, kafka_error};
 
@@ -32,6 +33,9 @@ pub struct KafkaSource {
     /// Those plus the metadata columns.
     schema: SchemaRef,
     shared: Arc<Shared>,
+    /// Reads a repartition topic (see [`super::repartition`]) rather than
+    /// values in `format`.
+    repartition: bool,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -96,7 +100,27 @@ impl KafkaSource {
                 member: Arc::new(Mutex::new(new_member_id())),
                 ..Shared::default()
             }),
+            repartition: false,
         })
+    }
+
+    /// The reader of the repartition topic `config.topics[0]`, whose rows
+    /// are in `schema`: run as tasks, one per partition, each row once
+    /// (see [`super::repartition`]), ending once every writer has.
+    pub fn repartition_reader(config: KafkaSourceConfig, schema: SchemaRef) -> Result<Self> {
+        let mut config = config;
+        config.tasks = true;
+        config.stop_at = None;
+        config.metadata = super::MetadataColumns::default();
+        flumen_clients::kafka::client_config(
+            &config.brokers,
+            &config.security,
+            &config.properties,
+        )?;
+        let mut source = KafkaSource::new(config, Format::Bytes, schema.clone())?;
+        source.schema = schema;
+        source.repartition = true;
+        Ok(source)
     }
 }
 
@@ -134,6 +158,8 @@ impl SourceFactory for KafkaSource {
             wants_checkpoint: false,
             waiting: None,
             task_restored: HashMap::new(),
+            producers: self.repartition.then(Producers::default),
+            leftover: None,
         }))
     }
 
@@ -329,6 +355,11 @@ struct KafkaInstance {
     waiting: Option<BrokerWait>,
     /// As a task: the offsets its checkpoint recorded.
     task_restored: HashMap<TopicPartition, i64>,
+    /// As the reader of a repartition topic: what it knows of the writers.
+    producers: Option<Producers>,
+    /// The rest of a chunk whose messages come from several writers: a
+    /// batch holds one writer's rows.
+    leftover: Option<Chunk>,
 }
 
 impl KafkaInstance {
@@ -414,7 +445,7 @@ impl KafkaInstance {
         let settings = PollSettings {
             batch_size: config.batch_size,
             max_wait: config.max_wait,
-            with_keys: config.metadata.key.is_some(),
+            with_keys: config.metadata.key.is_some() || self.producers.is_some(),
         };
         let thread_consumer = consumer.clone();
         let thread_stop = stop.clone();
@@ -521,6 +552,23 @@ impl KafkaInstance {
         if skip == chunk.offsets.len() {
             return Ok(None);
         }
+        if let Some(producers) = &mut self.producers {
+            let read = producers.read(&chunk, skip, &self.source.schema)?;
+            self.rejected.extend(read.rejected);
+            self.split_changes.extend(read.changes);
+            self.owned.insert(
+                chunk.partition.clone(),
+                Owned {
+                    next: Some(chunk.offsets[read.next - 1] + 1),
+                    from: owned.from.or(Some(chunk.offsets[skip])),
+                },
+            );
+            if read.next < chunk.offsets.len() {
+                self.leftover = Some(chunk);
+            }
+            self.last_split = read.producer.map(u64::from);
+            return Ok(read.batch);
+        }
         let last = *chunk.offsets.last().expect("not empty");
         let batch = self.decode(&chunk, skip)?;
         self.owned.insert(
@@ -601,8 +649,12 @@ impl KafkaInstance {
 
     fn assigned(&mut self, partitions: Vec<(TopicPartition, Option<i64>)>) {
         for (partition, next) in partitions {
-            let split = self.split(&partition);
-            self.split_changes.push(SplitChange::Added(split));
+            // A repartition topic's splits are its writers, not its
+            // partitions.
+            if self.producers.is_none() {
+                let split = self.split(&partition);
+                self.split_changes.push(SplitChange::Added(split));
+            }
             self.owned.insert(partition, Owned { next, from: next });
         }
     }
@@ -731,6 +783,9 @@ impl KafkaInstance {
     /// With `stop_at: latest`: whether every partition of the topics has
     /// been read to its end, here or (committed) by another member.
     async fn reached_end(&mut self) -> Result<bool> {
+        if let Some(producers) = &self.producers {
+            return Ok(self.leftover.is_none() && producers.all_ended());
+        }
         let Some(ends) = &self.ends else {
             return Ok(false);
         };
@@ -818,6 +873,11 @@ impl Source for KafkaInstance {
             let offsets = self.emitted_offsets();
             self.commit(offsets, 0).await;
         }
+        if let Some(chunk) = self.leftover.take()
+            && let Some(batch) = self.accept(chunk)?
+        {
+            return Ok(SourceStep::Batch(batch));
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
         loop {
             let events = &mut self.running.as_mut().expect("started").events;
@@ -867,7 +927,11 @@ impl Source for KafkaInstance {
             );
         }
         if self.instance.task.is_some() {
-            return Ok(position_to_json(None, &offsets));
+            let mut position = position_to_json(None, &offsets);
+            if let Some(producers) = &self.producers {
+                position["producers"] = producers.to_json();
+            }
+            return Ok(position);
         }
         let member = self
             .source
@@ -883,6 +947,11 @@ impl Source for KafkaInstance {
         let (member, offsets) = position_from_json(&position)?;
         if self.instance.task.is_some() {
             self.task_restored.extend(offsets);
+            if let (Some(producers), Some(recorded)) =
+                (&mut self.producers, position.get("producers"))
+            {
+                *producers = Producers::from_json(recorded)?;
+            }
             return Ok(());
         }
         if let Some(member) = member {

@@ -52,6 +52,7 @@ impl KafkaTasks {
         let context = TaskContext {
             changes: changes_tx,
             leaving: leaving.clone(),
+            topic: topic.clone(),
         };
         let consumer: BaseConsumer<TaskContext> =
             client.create_with_context(context).map_err(kafka_error)?;
@@ -142,6 +143,8 @@ impl Drop for KafkaTasks {
 struct TaskContext {
     changes: mpsc::Sender<TaskChange>,
     leaving: Arc<AtomicBool>,
+    /// The topic whose partitions are the tasks, for the log.
+    topic: String,
 }
 
 impl TaskContext {
@@ -192,19 +195,19 @@ impl ConsumerContext for TaskContext {
                 }
                 let tasks = tasks_of(tpl);
                 if !tasks.is_empty() {
-                    tracing::info!(tasks = ?tasks, "tasks assigned");
+                    tracing::info!(tasks = ?tasks, topic = %self.topic, "tasks assigned");
                     self.tell(TaskChange::Assigned(tasks));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let tasks = tasks_of(tpl);
                 if self.leaving.load(Ordering::Relaxed) {
-                    tracing::info!(tasks = ?tasks, "tasks released: leaving the group");
+                    tracing::info!(tasks = ?tasks, topic = %self.topic, "tasks released: leaving the group");
                 } else if consumer.assignment_lost() {
-                    tracing::warn!(tasks = ?tasks, "tasks lost: this process left the group without handing them over");
+                    tracing::warn!(tasks = ?tasks, topic = %self.topic, "tasks lost: this process left the group without handing them over");
                     self.tell(TaskChange::Lost(tasks));
                 } else if !tasks.is_empty() {
-                    tracing::info!(tasks = ?tasks, "tasks revoked; stopping them at a checkpoint");
+                    tracing::info!(tasks = ?tasks, topic = %self.topic, "tasks revoked; stopping them at a checkpoint");
                     let (done, wait) = std_mpsc::channel();
                     if self.tell(TaskChange::Revoked { tasks, done }) {
                         let _ = wait.recv();
