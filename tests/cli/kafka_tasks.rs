@@ -477,3 +477,33 @@ fn a_repartitioned_pipeline_killed_mid_write_counts_each_row_once_after_restart(
     // each row counts once.
     assert_every_window_once(&dir.path().join("out"), &events, "page");
 }
+
+#[test]
+fn a_repartition_the_pipeline_cannot_keep_exact_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = repartitioned_pipeline(dir.path(), "clicks", "by-page", "pages", "127.0.0.1:1");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    let refused = |yaml: String, expected: &str| {
+        std::fs::write(&file, yaml).unwrap();
+        let output = crate::flumen().arg("validate").arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted: {stderr}");
+        assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
+    };
+    // A window before the repartition: its output could come out in
+    // another order after a restart.
+    refused(
+        yaml.replace(
+            "  per_page:\n    type: window\n    inputs: [clicks]",
+            "  early:\n    type: window\n    inputs: [clicks]\n    window: { tumble: 1s }\n    \
+             group_by: [page]\n    aggregates: [\"count(*) AS n\", \"sum(id) AS id\"]\n  \
+             per_page:\n    type: window\n    inputs: [early]",
+        ),
+        "`early` keeps state, and comes before the repartition",
+    );
+    // Without tasks, there is no group to share the topic's partitions.
+    refused(
+        yaml.replace("    tasks: true\n", ""),
+        "needs the pipeline run as tasks",
+    );
+}

@@ -297,7 +297,9 @@ impl GraphBuilder {
         }
         let mut plan = Planner::new(self.nodes, self.key_groups)?.plan()?;
         plan.dead_letter = self.dead_letter;
-        Ok(Pipeline::new(plan))
+        let pipeline = Pipeline::new(plan);
+        pipeline.check_stages()?;
+        Ok(pipeline)
     }
 }
 

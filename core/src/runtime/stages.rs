@@ -53,8 +53,9 @@ impl Pipeline {
                     continue;
                 }
                 if let Some(first) = found {
-                    return Err(Error::config(
-                        format!("transforms.{}.repartition", node.name),
+                    return Err(Error::graph_at(
+                        &node.name,
+                        "repartition",
                         format!(
                             "a pipeline has one repartitioned edge, and `{}` has it",
                             self.nodes[first.to].name
@@ -67,52 +68,51 @@ impl Pipeline {
         Ok(found)
     }
 
-    /// The two stages: the nodes before the cut, writing the edge's rows
-    /// to the broker; and a source reading them back, feeding the nodes
-    /// after it. `producers` is how many instances write.
-    fn stages(&self, cut: Cut, producers: u32) -> Result<(Pipeline, Pipeline)> {
-        let to = &self.nodes[cut.to];
-        let edge = &to.inputs[cut.input];
-        let repartition = edge.repartition.clone().expect("a cut edge repartitions");
-        let from = &self.nodes[edge.from];
-        let schema = from.outputs[edge.port].schema.clone();
-        let setting = format!("{}.repartition", to.name);
+    /// Checks that a repartitioned pipeline can be cut in two stages:
+    /// called when the graph is built, so that a pipeline that cannot is
+    /// refused before anything runs.
+    pub(crate) fn check_stages(&self) -> Result<()> {
+        match self.cut()? {
+            Some(cut) => self.after(cut).map(|_| ()),
+            None => Ok(()),
+        }
+    }
 
-        // The cut node and everything reading it, directly or not (nodes
-        // are in topological order).
+    /// Which nodes are after the cut: the cut node and everything reading
+    /// it, directly or not. Checks that nothing after the cut reads
+    /// anything before it but through the cut edge, and that the nodes
+    /// before it replay their input in order, for the reader to drop by
+    /// their numbers the rows a restarted task writes again: one instance
+    /// per task, no state.
+    fn after(&self, cut: Cut) -> Result<Vec<bool>> {
+        let to = &self.nodes[cut.to];
+        // Nodes are in topological order.
         let mut after = vec![false; self.nodes.len()];
         for (index, node) in self.nodes.iter().enumerate() {
             after[index] = index == cut.to || node.inputs.iter().any(|e| after[e.from]);
         }
-        for (index, node) in self.nodes.iter().enumerate().filter(|(i, _)| after[*i]) {
-            for (input, edge) in node.inputs.iter().enumerate() {
-                let is_cut = index == cut.to && input == cut.input;
-                if !is_cut && !after[edge.from] {
-                    return Err(Error::config(
-                        setting,
-                        format!(
-                            "`{}` reads `{}`, which is before the repartition: \
-                             every row after a repartition must come through it",
-                            node.name, self.nodes[edge.from].name
-                        ),
-                    ));
+        for (index, node) in self.nodes.iter().enumerate() {
+            if after[index] {
+                for (input, edge) in node.inputs.iter().enumerate() {
+                    let is_cut = index == cut.to && input == cut.input;
+                    if !is_cut && !after[edge.from] {
+                        return Err(Error::graph_at(
+                            &to.name,
+                            "repartition",
+                            format!(
+                                "`{}` reads `{}`, which is before the repartition: \
+                                 every row after a repartition must come through it",
+                                node.name, self.nodes[edge.from].name
+                            ),
+                        ));
+                    }
                 }
+                continue;
             }
-        }
-
-        // The reader drops the rows a restarted task of stage 1 writes
-        // again by their numbers, which must then come out the same: one
-        // instance per task, and no state that could change the order.
-        for node in self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !after[*i])
-            .map(|(_, n)| n)
-        {
             if node.parallelism != 1 {
-                return Err(Error::config(
-                    format!("{}.parallelism", node.name),
+                return Err(Error::graph_at(
+                    &node.name,
+                    "parallelism",
                     format!(
                         "must be 1 before a repartition (`{}` is): the rows each task writes \
                          are numbered in order, for the reader to drop those a restarted task \
@@ -128,8 +128,9 @@ impl Pipeline {
                     .cloned()
                     .collect();
                 if factory.state_description(&inputs).is_some() {
-                    return Err(Error::config(
-                        setting,
+                    return Err(Error::graph_at(
+                        &to.name,
+                        "repartition",
                         format!(
                             "`{}` keeps state, and comes before the repartition: the stage \
                              before a repartition must be stateless (filters, projections, SQL \
@@ -141,6 +142,20 @@ impl Pipeline {
                 }
             }
         }
+        Ok(after)
+    }
+
+    /// The two stages: the nodes before the cut, writing the edge's rows
+    /// to the broker; and a source reading them back, feeding the nodes
+    /// after it. `producers` is how many instances write.
+    fn stages(&self, cut: Cut, producers: u32) -> Result<(Pipeline, Pipeline)> {
+        let after = self.after(cut)?;
+        let to = &self.nodes[cut.to];
+        let edge = &to.inputs[cut.input];
+        let repartition = edge.repartition.clone().expect("a cut edge repartitions");
+        let from = &self.nodes[edge.from];
+        let schema = from.outputs[edge.port].schema.clone();
+        let name = format!("{}.repartition", to.name);
 
         // Stage 1: the nodes before, and the writer.
         let mut first_index = vec![usize::MAX; self.nodes.len()];
@@ -151,7 +166,7 @@ impl Pipeline {
         }
         let keys = edge.key_columns.clone();
         first.push(Node {
-            name: setting.clone(),
+            name: name.clone(),
             component_type: None,
             kind: NodeKind::Sink(repartition.writer(&schema, &keys, producers)?),
             parallelism: from.parallelism,
@@ -187,7 +202,7 @@ impl Pipeline {
         };
         let mut second_index = vec![usize::MAX; self.nodes.len()];
         let mut second = vec![Node {
-            name: setting,
+            name,
             component_type: None,
             kind: NodeKind::Source(repartition.reader(&schema)?),
             parallelism: 1,
@@ -241,8 +256,9 @@ pub(super) async fn run(pipeline: Pipeline, cut: Cut, options: RunOptions) -> Re
     let edge = &to.inputs[cut.input];
     let repartition: Arc<dyn Repartition> = edge.repartition.clone().expect("cut");
     let Some((source, group)) = pipeline.task_group(&options)? else {
-        return Err(Error::config(
-            format!("{}.repartition", to.name),
+        return Err(Error::graph_at(
+            &to.name,
+            "repartition",
             "needs the pipeline run as tasks: a kafka source with `tasks: true`, \
              whose partitions the rows are read from before they are repartitioned",
         ));

@@ -140,8 +140,10 @@ impl SinkFactory for KafkaSink {
         }))
     }
 
+    /// A repartition topic's rows may be written twice, but its reader
+    /// drops the second copy by its number: each counts once.
     fn exactly_once(&self) -> bool {
-        self.config.delivery == Delivery::ExactlyOnce
+        self.repartition.is_some() || self.config.delivery == Delivery::ExactlyOnce
     }
 }
 
