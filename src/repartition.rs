@@ -78,8 +78,6 @@ impl Repartition for KafkaRepartition {
         let mut config = KafkaSinkConfig::new(&source.brokers, &self.topic);
         config.connect_timeout = source.connect_timeout;
         config.security = source.security.clone();
-        // Unique to the pipeline (its group) and the edge (its topic).
-        config.transactional_id = Some(format!("{}-{}", source.group, self.topic));
         let sink =
             KafkaSink::repartition_writer(config, keys.to_vec(), self.partitions, producers)?;
         Ok(Arc::new(sink))

@@ -119,7 +119,8 @@ fn one() -> usize {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RepartitionConfig {
     /// A Kafka topic in the cluster of the pipeline's task source (a
-    /// `kafka` source with `tasks: true`), read back in its group.
+    /// `kafka` source with `tasks: true`), read back as tasks in the
+    /// consumer group `<group>-<topic>`.
     Kafka(KafkaRepartitionConfig),
 }
 
