@@ -67,18 +67,13 @@ fn produce_clicks(brokers: &str, topic: &str, file: &Path) {
     );
 }
 
-/// The checkpoint store, dead letters and task source of the pipelines
-/// here, all under `dir`: the source reads columns `schema`, with one more
-/// setting (`extra`, or an empty line).
-fn clicks_source(
-    dir: &Path,
-    topic: &str,
-    group: &str,
-    brokers: &str,
-    schema: &str,
-    extra: &str,
-) -> String {
-    format!(
+/// The pipeline every process runs: one store and one output directory
+/// for all, as they would be on object storage. A buffer lets 200 windows a
+/// second out per task (40 s of events), so that the run lasts long enough
+/// to be interrupted mid-window; small batches keep few rows queued before
+/// it, so that a checkpoint barrier is not held up behind them for long.
+fn pipeline(dir: &Path, topic: &str, group: &str, brokers: &str) -> std::path::PathBuf {
+    let yaml = format!(
         r#"
 checkpoint:
   interval: 100ms
@@ -93,35 +88,15 @@ sources:
     topics: [{topic}]
     group: {group}
     tasks: true
-    schema: {schema}
-    {extra}
+    schema: {{ id: int64, ts: timestamp_ms }}
+    metadata: {{ key: user }}
     batch_size: 20
     stop_at: latest
     event_time: {{ column: ts }}
     properties:
       session.timeout.ms: "6000"
       heartbeat.interval.ms: "500"
-      max.poll.interval.ms: "10000""#,
-        dir = dir.display()
-    )
-}
-
-/// The pipeline every process runs: one store and one output directory
-/// for all, as they would be on object storage. A buffer lets 200 windows a
-/// second out per task (40 s of events), so that the run lasts long enough
-/// to be interrupted mid-window; small batches keep few rows queued before
-/// it, so that a checkpoint barrier is not held up behind them for long.
-fn pipeline(dir: &Path, topic: &str, group: &str, brokers: &str) -> std::path::PathBuf {
-    let source = clicks_source(
-        dir,
-        topic,
-        group,
-        brokers,
-        "{ id: int64, ts: timestamp_ms }",
-        "metadata: { key: user }",
-    );
-    let yaml = format!(
-        r#"{source}
+      max.poll.interval.ms: "10000"
 transforms:
   per_user:
     type: window
@@ -356,16 +331,29 @@ fn repartitioned_pipeline(
     group: &str,
     brokers: &str,
 ) -> std::path::PathBuf {
-    let source = clicks_source(
-        dir,
-        topic,
-        group,
-        brokers,
-        "{ id: int64, ts: timestamp_ms, page: string }",
-        "",
-    );
     let yaml = format!(
-        r#"{source}
+        r#"
+checkpoint:
+  interval: 100ms
+  store: {dir}/store
+dead_letter:
+  type: file
+  path: {dir}/dead_letters
+sources:
+  clicks:
+    type: kafka
+    brokers: {brokers}
+    topics: [{topic}]
+    group: {group}
+    tasks: true
+    schema: {{ id: int64, ts: timestamp_ms, page: string }}
+    batch_size: 20
+    stop_at: latest
+    event_time: {{ column: ts }}
+    properties:
+      session.timeout.ms: "6000"
+      heartbeat.interval.ms: "500"
+      max.poll.interval.ms: "10000"
 transforms:
   per_page:
     type: window

@@ -911,20 +911,6 @@ fn listen_for_checkpoint_requests(signals: &Signals) {
 }
 
 /// First signal: drain. Second: abort.
-/// When `handle` is set: answers SIGINT and SIGTERM by cancelling on
-/// `signals` (as [`handle_os_signals`]), for a supervisor of runs that
-/// share them. The flag tells whether an interrupt came; abort the task
-/// once the runs have ended.
-fn answer_interrupts(
-    handle: bool,
-    signals: &Signals,
-) -> (Arc<AtomicBool>, Option<tokio::task::JoinHandle<()>>) {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let task =
-        handle.then(|| tokio::spawn(handle_os_signals(signals.clone(), interrupted.clone())));
-    (interrupted, task)
-}
-
 async fn handle_os_signals(signals: Signals, interrupted: Arc<AtomicBool>) {
     if wait_for_signal().await.is_err() {
         return;

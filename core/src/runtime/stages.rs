@@ -21,7 +21,7 @@
 //! tasks of either stage its groups give it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -288,7 +288,13 @@ pub(super) async fn run(pipeline: Pipeline, cut: Cut, options: RunOptions) -> Re
     // Both stages answer the same signals: an interrupt suspends the
     // tasks of both, and one stage failing stops the other.
     let signals = pipeline.signals.clone();
-    let (interrupted, signal_task) = super::answer_interrupts(options.handle_signals, &signals);
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let signal_task = options.handle_signals.then(|| {
+        tokio::spawn(super::handle_os_signals(
+            signals.clone(),
+            interrupted.clone(),
+        ))
+    });
     let first_options = RunOptions {
         handle_signals: false,
         ..options

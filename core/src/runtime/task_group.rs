@@ -14,7 +14,8 @@
 //! process had not committed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -80,9 +81,6 @@ impl Pipeline {
     }
 }
 
-/// How long a process runs no task before it says why it waits.
-const IDLE_NOTICE: Duration = Duration::from_secs(10);
-
 /// A task running here.
 struct Running {
     stop: super::ShutdownHandle,
@@ -101,7 +99,13 @@ pub(super) async fn run(
     let started = Instant::now();
     let settings = options.checkpoints.clone().expect("checked in task_group");
     let signals = pipeline.signals.clone();
-    let (interrupted, signal_task) = super::answer_interrupts(options.handle_signals, &signals);
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let signal_task = options.handle_signals.then(|| {
+        tokio::spawn(super::handle_os_signals(
+            signals.clone(),
+            interrupted.clone(),
+        ))
+    });
     let count = group.tasks();
     tracing::info!(
         source = %source,
@@ -120,8 +124,6 @@ pub(super) async fn run(
     let mut ticks = tokio::time::interval(Duration::from_secs(2));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    // Since when this process has run no task, or last said so.
-    let mut idle_since = Instant::now();
     // Set on an interrupt: every task is being suspended, for the group
     // to hand over once this process leaves.
     let mut leaving = false;
@@ -175,7 +177,6 @@ pub(super) async fn run(
                             let span = tracing::info_span!("task", task);
                             runs.spawn(async move { (task, run.run_whole(options).await) }.instrument(span));
                             running.insert(task, Running { stop, lost: false });
-                            idle_since = Instant::now();
                         }
                     }
                     TaskChange::Revoked { tasks, done } => {
@@ -230,15 +231,6 @@ pub(super) async fn run(
                 if running.is_empty() && all_finished(&settings, count, &finished).await? {
                     tracing::info!(tasks = count, "every task has finished");
                     break;
-                }
-                if running.is_empty() && idle_since.elapsed() >= IDLE_NOTICE {
-                    idle_since = Instant::now();
-                    tracing::info!(
-                        source = %source,
-                        "running no task: the group has given this process none; a process that \
-                         died keeps its tasks until its session times out (the source's \
-                         `session.timeout.ms` property, 45 s unless set)"
-                    );
                 }
             }
         }
