@@ -42,6 +42,9 @@ mod kafka_tasks;
 #[cfg(feature = "kinesis")]
 #[path = "cli/kinesis.rs"]
 mod kinesis;
+#[cfg(feature = "kinesis")]
+#[path = "cli/kinesis_tasks.rs"]
+mod kinesis_tasks;
 #[path = "cli/lake.rs"]
 mod lake;
 #[cfg(feature = "kv")]

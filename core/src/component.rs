@@ -225,7 +225,8 @@ pub trait SourceFactory: Send + Sync + 'static {
         Ok(true)
     }
 
-    /// For a source whose partitions run as tasks (Kafka's `tasks: true`):
+    /// For a source whose partitions run as tasks (`tasks: true` on Kafka
+    /// or Kinesis):
     /// joins the group that shares the partitions between processes. The
     /// pipeline then runs once per partition this process is given, each
     /// run with its own checkpoints, which follow the partition to
@@ -247,12 +248,22 @@ pub trait SourceFactory: Send + Sync + 'static {
 /// partition (as in Kafka Streams).
 #[async_trait]
 pub trait TaskGroup: Send {
-    /// How many tasks (partitions) there are in all.
-    fn tasks(&self) -> u32;
+    /// Every task (partition) there is, as far as this process knows:
+    /// fixed for a Kafka topic; for a Kinesis stream, its shards, which a
+    /// reshard adds to. Empty until the group has found them.
+    fn tasks(&self) -> Vec<u32>;
 
     /// The next change of this process's tasks. `None`: the group has
     /// closed.
     async fn next(&mut self) -> Result<Option<TaskChange>>;
+
+    /// Task `task` ran here to the end of its input, its source having
+    /// recorded `positions` (one per instance) in its final checkpoint. A
+    /// group whose partitions can end (a Kinesis shard closed by a
+    /// reshard) records it, so that the partitions after it can be read.
+    async fn finished(&mut self, _task: u32, _positions: &[serde_json::Value]) -> Result<()> {
+        Ok(())
+    }
 
     /// Leaves the group, handing every task over.
     async fn leave(&mut self) -> Result<()>;

@@ -9,12 +9,13 @@
 //!
 //! Every window must be emitted once, with DataFusion's count.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::crash::committed;
 use super::kafka::{brokers, create_topic, produce, topic_size};
-use super::streams::{BASE_TS, chrono_millis, follow, message, save_logs, spawn, unique};
+use super::streams::{
+    BASE_TS, assert_every_window_once, follow, held_at_end, message, save_logs, spawn, task_of,
+    unique,
+};
 
 const PARTITIONS: usize = 8;
 const USERS: u64 = 40;
@@ -122,88 +123,6 @@ sinks:
     path
 }
 
-/// (window end in ms, `key`) → (clicks, id sum), by DataFusion.
-fn batch_answer(events: &Path, key: &str) -> BTreeMap<(i64, String), (i64, i64)> {
-    use std::sync::Arc;
-
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
-    use datafusion::prelude::SessionContext;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("user", DataType::Utf8, false),
-        Field::new("page", DataType::Utf8, false),
-        Field::new("ts", DataType::Int64, false),
-    ]));
-    let reader = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(65536)
-        .build(std::io::BufReader::new(
-            std::fs::File::open(events).unwrap(),
-        ))
-        .unwrap();
-    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let ctx = SessionContext::new();
-        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
-        ctx.register_table("clicks", Arc::new(table)).unwrap();
-        let sql = format!(
-            "SELECT (ts / 1000 + 1) * 1000, \"{key}\", count(*), sum(id) \
-             FROM clicks GROUP BY 1, 2"
-        );
-        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-        let mut answer = BTreeMap::new();
-        for batch in batches {
-            let int = |c: usize| {
-                datafusion::arrow::compute::cast(batch.column(c), &DataType::Int64).unwrap()
-            };
-            let (ends, counts, sums) = (int(0), int(2), int(3));
-            let users = batch.column(1).as_string::<i32>();
-            for row in 0..batch.num_rows() {
-                assert!(ends.is_valid(row) && counts.is_valid(row) && sums.is_valid(row));
-                answer.insert(
-                    (
-                        ends.as_primitive::<Int64Type>().value(row),
-                        users.value(row).to_string(),
-                    ),
-                    (
-                        counts.as_primitive::<Int64Type>().value(row),
-                        sums.as_primitive::<Int64Type>().value(row),
-                    ),
-                );
-            }
-        }
-        answer
-    })
-}
-
-/// The task a log line was written in, if any.
-fn task_of(line: &serde_json::Value) -> Option<u64> {
-    line["span"]["task"].as_u64()
-}
-
-/// The tasks a process held when its log ended: started, and not
-/// suspended or finished since.
-fn held_at_end(log: &[serde_json::Value]) -> BTreeSet<u64> {
-    let mut held = BTreeSet::new();
-    for line in log {
-        let task = line["task"].as_u64();
-        match (message(line), task) {
-            ("task starting from its latest checkpoint", Some(task)) => {
-                held.insert(task);
-            }
-            (
-                "task suspended at a checkpoint, for its next owner" | "task finished",
-                Some(task),
-            ) => {
-                held.remove(&task);
-            }
-            _ => {}
-        }
-    }
-    held
-}
-
 #[test]
 fn tasks_follow_their_partitions_so_a_killed_process_windows_finish_once_elsewhere() {
     let brokers = brokers();
@@ -281,44 +200,6 @@ fn tasks_follow_their_partitions_so_a_killed_process_windows_finish_once_elsewhe
     }
 
     assert_every_window_once(&dir.path().join("out"), &events, "user");
-}
-
-/// Every (window, `key`) committed to `out` once, with DataFusion's count
-/// and sum over `events`.
-fn assert_every_window_once(out: &Path, events: &Path, key: &str) {
-    let mut got: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
-    for line in committed(out) {
-        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let window = (
-            chrono_millis(row["window_end"].as_str().unwrap()),
-            row[key].as_str().unwrap().to_string(),
-        );
-        let value = (
-            row["clicks"].as_i64().unwrap(),
-            row["id_sum"].as_i64().unwrap(),
-        );
-        assert!(
-            got.insert(window.clone(), value).is_none(),
-            "window {window:?} was emitted twice"
-        );
-    }
-    let expected = batch_answer(events, key);
-    let wrong: Vec<_> = expected
-        .iter()
-        .filter(|(window, value)| got.get(*window) != Some(*value))
-        .map(|(window, value)| (window, value, got.get(window)))
-        .take(5)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "windows differ from DataFusion's (window, expected, got): {wrong:?}"
-    );
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|w| !expected.contains_key(*w))
-        .take(5)
-        .collect();
-    assert!(extra.is_empty(), "windows DataFusion has not: {extra:?}");
 }
 
 /// Counts per page, which is not the message key: the rows go keyed by

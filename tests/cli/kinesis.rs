@@ -22,14 +22,14 @@ use super::streams::{
     unique, windows,
 };
 
-fn endpoint() -> String {
+pub(super) fn endpoint() -> String {
     std::env::var("FLUMEN_TEST_KINESIS").expect(
         "this test needs a Kinesis-API server: run it through scripts/test.sh, which starts one",
     )
 }
 
 /// Runs `future` to its end on a runtime of its own.
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+pub(super) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -37,11 +37,11 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
         .block_on(future)
 }
 
-async fn client(endpoint: &str) -> Client {
+pub(super) async fn client(endpoint: &str) -> Client {
     AwsSettings::local(endpoint).kinesis_client().await
 }
 
-async fn create_stream(client: &Client, stream: &str, shards: i32) {
+pub(super) async fn create_stream(client: &Client, stream: &str, shards: i32) {
     client
         .create_stream()
         .stream_name(stream)
@@ -74,7 +74,7 @@ async fn wait_active(client: &Client, stream: &str) {
 }
 
 /// Splits the stream's first shard in two halves of its hash range.
-async fn split_first_shard(client: &Client, stream: &str) {
+pub(super) async fn split_first_shard(client: &Client, stream: &str) {
     let shards = client
         .list_shards()
         .stream_name(stream)
@@ -127,7 +127,7 @@ fn terminate(
 /// Puts `records` (partition key, data) in order, 500 to a request, and
 /// each request's failed entries again until none fails. Returns every
 /// record's (shard, sequence number).
-async fn put(
+pub(super) async fn put(
     client: &Client,
     stream: &str,
     records: &[(String, Vec<u8>)],
@@ -351,7 +351,7 @@ fn sigkilled_five_times_the_output_is_exactly_once() {
 /// table `table` (in moto's DynamoDB), reading slowly enough (25 records
 /// per call, five calls a second per shard) that shards change hands
 /// mid-stream.
-fn leased(table: &str) -> String {
+pub(super) fn leased(table: &str) -> String {
     let moto = std::env::var("FLUMEN_TEST_S3_ENDPOINT").expect(
         "this test needs moto for DynamoDB: run it through scripts/test.sh, which starts it",
     );

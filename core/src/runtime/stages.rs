@@ -264,7 +264,19 @@ pub(super) async fn run(pipeline: Pipeline, cut: Cut, options: RunOptions) -> Re
         ));
     };
     let settings = options.checkpoints.clone().expect("checked by task_group");
-    let producers = group.tasks() * pipeline.nodes[edge.from].parallelism as u32;
+    // Every writer is counted from the start, so the topic's partitions
+    // must be known and fixed: a Kinesis stream's shards are neither.
+    let tasks = group.tasks().len() as u32;
+    if tasks == 0 {
+        return Err(Error::graph_at(
+            &to.name,
+            "repartition",
+            format!(
+                "needs a task source with a fixed set of partitions (a kafka source); `{source}`'s are not known in advance"
+            ),
+        ));
+    }
+    let producers = tasks * pipeline.nodes[edge.from].parallelism as u32;
     let (first, second) = pipeline.stages(cut, producers)?;
     repartition.prepare().await?;
     let second_options = RunOptions {

@@ -1,5 +1,6 @@
 //! Runs a pipeline as tasks, as Kafka Streams does: its task source's
-//! group hands this process some of the partitions, and the pipeline runs
+//! group (a Kafka consumer group, a Kinesis lease table) hands this
+//! process some of the partitions (or shards), and the pipeline runs
 //! once per partition held, each run (a task) with its own watermark,
 //! state and checkpoints, kept under `tasks/<partition>/` of the shared
 //! checkpoint store.
@@ -68,7 +69,7 @@ impl Pipeline {
             if options.checkpoints.is_none() {
                 return Err(Error::config(
                     format!("sources.{}.tasks", node.name),
-                    "needs a `checkpoint` section: a task's state and offsets are kept in its checkpoints, where its next owner finds them",
+                    "needs a `checkpoint` section: a task's state and read position are kept in its checkpoints, where its next owner finds them",
                 ));
             }
             found = Some((node.name.clone(), factory));
@@ -106,10 +107,11 @@ pub(super) async fn run(
             interrupted.clone(),
         ))
     });
-    let count = group.tasks();
+    // A Kinesis stream's shards are found once the group has started.
+    let known = group.tasks().len();
     tracing::info!(
         source = %source,
-        tasks = count,
+        tasks = (known > 0).then_some(known),
         store = settings.store.display(),
         "running as tasks, one per partition"
     );
@@ -119,6 +121,8 @@ pub(super) async fn run(
     let mut reports: Vec<RunReport> = Vec::new();
     // Tasks that finished here, or were found finished in their store.
     let mut finished: BTreeSet<u32> = BTreeSet::new();
+    // Of those that finished here, the ones the group has been told of.
+    let mut told: BTreeSet<u32> = BTreeSet::new();
     let mut revoking: Vec<(BTreeSet<u32>, std::sync::mpsc::Sender<()>)> = Vec::new();
     let mut failure: Option<Error> = None;
     let mut ticks = tokio::time::interval(Duration::from_secs(2));
@@ -202,7 +206,11 @@ pub(super) async fn run(
                 }
             }
             Some(joined) = runs.join_next(), if !runs.is_empty() => {
-                record(joined, &mut running, &mut reports, &mut finished, &mut failure);
+                let ended = record(joined, &mut running, &mut reports, &mut finished, &mut failure);
+                if let Some(task) = ended.filter(|t| told.insert(*t)) {
+                    let positions = final_positions(&settings, task, &source).await?;
+                    group.finished(task, &positions).await?;
+                }
                 revoking.retain(|(tasks, done)| {
                     let stopped = tasks.iter().all(|t| !running.contains_key(t));
                     if stopped {
@@ -228,8 +236,9 @@ pub(super) async fn run(
             // A task still running here may have recorded its end, and
             // still be publishing what it wrote: wait for it.
             _ = ticks.tick(), if (!finished.is_empty() || running.is_empty()) && !leaving => {
-                if running.is_empty() && all_finished(&settings, count, &finished).await? {
-                    tracing::info!(tasks = count, "every task has finished");
+                let tasks = group.tasks();
+                if running.is_empty() && all_finished(&settings, &tasks, &finished).await? {
+                    tracing::info!(tasks = tasks.len(), "every task has finished");
                     break;
                 }
             }
@@ -260,19 +269,20 @@ pub(super) async fn run(
     })
 }
 
-/// Takes in a task's end.
+/// Takes in a task's end. Returns the task if it finished (ran to the
+/// end of its input).
 fn record(
     joined: std::result::Result<(u32, Result<RunReport>), tokio::task::JoinError>,
     running: &mut HashMap<u32, Running>,
     reports: &mut Vec<RunReport>,
     finished: &mut BTreeSet<u32>,
     failure: &mut Option<Error>,
-) {
+) -> Option<u32> {
     let (task, result) = match joined {
         Ok(ended) => ended,
         Err(error) => {
             failure.get_or_insert(Error::internal(format!("a task panicked: {error}")));
-            return;
+            return None;
         }
     };
     let lost = running.remove(&task).is_some_and(|r| r.lost);
@@ -285,7 +295,9 @@ fn record(
                     finished.insert(task);
                 }
             }
+            let ended = (!report.suspended).then_some(task);
             reports.push(report);
+            return ended;
         }
         // Stopped at once (lost, or another task failed): its next owner
         // starts from its last checkpoint.
@@ -299,16 +311,20 @@ fn record(
             failure.get_or_insert(error);
         }
     }
+    None
 }
 
 /// Whether every task has finished, here or in another process (as its
-/// latest checkpoint says).
+/// latest checkpoint says). Not while the tasks are still unknown.
 async fn all_finished(
     settings: &CheckpointSettings,
-    count: u32,
+    tasks: &[u32],
     finished: &BTreeSet<u32>,
 ) -> Result<bool> {
-    for task in 0..count {
+    if tasks.is_empty() {
+        return Ok(false);
+    }
+    for &task in tasks {
         if finished.contains(&task) {
             continue;
         }
@@ -318,6 +334,20 @@ async fn all_finished(
         }
     }
     Ok(true)
+}
+
+/// What task `task`'s source (node `source`) recorded in its latest
+/// checkpoint, per instance.
+async fn final_positions(
+    settings: &CheckpointSettings,
+    task: u32,
+    source: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let manifest = settings.store.task(task).latest_manifest().await?;
+    Ok(manifest
+        .and_then(|m| m.nodes.get(source).cloned())
+        .map(|node| node.instances.into_iter().map(|i| i.values).collect())
+        .unwrap_or_default())
 }
 
 /// Each node's counters, summed over the task runs.

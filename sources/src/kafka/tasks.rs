@@ -112,8 +112,8 @@ impl KafkaTasks {
 
 #[async_trait]
 impl TaskGroup for KafkaTasks {
-    fn tasks(&self) -> u32 {
-        self.tasks
+    fn tasks(&self) -> Vec<u32> {
+        (0..self.tasks).collect()
     }
 
     async fn next(&mut self) -> Result<Option<TaskChange>> {

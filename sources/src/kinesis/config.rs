@@ -103,6 +103,20 @@ pub struct KinesisSourceConfig {
     /// `checkpoint` section. Default: this process reads every shard.
     #[serde(default)]
     pub leases: Option<LeaseSettings>,
+
+    /// Run the pipeline as one task per shard, as Kafka Streams runs one
+    /// per partition: the processes share the shards through the lease
+    /// table (`leases`, needed), and each runs the whole pipeline once per
+    /// shard it holds, with checkpoints under `tasks/<shard number>/` of
+    /// the checkpoint store. When a shard changes hands (a process joins,
+    /// leaves or dies), its new owner starts its task from the latest
+    /// complete checkpoint, state and position together, so open windows
+    /// finish once and exactly. Needs a `checkpoint` section with a store
+    /// every process shares, and the pipeline's keys to be the records'
+    /// partition keys (rows of one key in one shard). A shard closed by a
+    /// reshard ends its task; see docs/kinesis.md.
+    #[serde(default)]
+    pub tasks: bool,
 }
 
 /// The lease table shared by the processes reading one stream.
@@ -218,6 +232,7 @@ impl KinesisSourceConfig {
             shard_discovery_interval: default_discovery_interval(),
             stall_timeout: default_stall_timeout(),
             leases: None,
+            tasks: false,
         }
     }
 
@@ -322,6 +337,12 @@ impl KinesisSourceConfig {
                     ));
                 }
             }
+        }
+        if self.tasks && self.leases.is_none() {
+            return Err(Error::config(
+                "tasks",
+                "needs `leases`: the processes running the tasks share the shards through the lease table",
+            ));
         }
         let format = Format::from_settings(self.format, &self.csv, self.avro.as_ref())?;
         let values = match payload::fixed_schema(self.schema.as_ref(), &format)? {

@@ -304,6 +304,22 @@ impl LeaseTable {
         self.conditional(update.send().await, "taking a lease")
     }
 
+    /// Gives up a lease `member` holds, for any process to take at once.
+    pub(crate) async fn release(
+        &self,
+        shard: &str,
+        member: &str,
+    ) -> std::result::Result<(), WriteError> {
+        let result = self
+            .update(shard)
+            .update_expression("REMOVE leaseOwner, transferTo")
+            .condition_expression("leaseOwner = :me")
+            .expression_attribute_values(":me", s(member))
+            .send()
+            .await;
+        self.conditional(result, "releasing a lease")
+    }
+
     /// Asks `lease`'s owner to hand it to `member` at its next checkpoint.
     pub(crate) async fn ask_for(
         &self,

@@ -17,6 +17,10 @@
 //! DynamoDB ([`leases`]): a process reads only the shards it holds, hands
 //! them over at checkpoints, and records each completed checkpoint in the
 //! table before its sinks publish it.
+//!
+//! With `tasks` as well, the pipeline runs once per shard this process
+//! leases ([`tasks`]), each run with its own state and checkpoints, which
+//! follow the shard from process to process.
 
 mod aggregated;
 mod config;
@@ -25,6 +29,7 @@ mod reader;
 mod sample;
 mod shards;
 mod source;
+mod tasks;
 
 pub use self::aggregated::aggregate;
 pub use self::config::{KinesisSourceConfig, LeaseSettings, MetadataColumns, StartFrom, StopAt};

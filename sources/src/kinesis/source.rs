@@ -21,6 +21,7 @@ use super::config::{KinesisSourceConfig, StartFrom};
 use super::leases::{LeaseBook, LeaseTable, LeaseWrite, WriteError, recorded_in, sequence_order};
 use super::reader::{RawRecord, ReadSettings, ShardEvent, StartAt, read_shard};
 use super::shards::ShardGraph;
+use super::tasks::{KinesisTasks, shard_of};
 use super::{StreamId, list_shards};
 use crate::payload::{Format, Payloads, ValueDecoder, shown};
 
@@ -104,7 +105,7 @@ struct SharedState {
 
 /// What an instance records in a checkpoint.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Position {
+pub(crate) struct Position {
     /// With `leases`: who this process is in the lease table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     member: Option<String>,
@@ -114,7 +115,7 @@ struct Position {
     shards: BTreeMap<String, String>,
     /// Shards read to their end.
     #[serde(default)]
-    finished: BTreeSet<String>,
+    pub(crate) finished: BTreeSet<String>,
     /// With `leases`: shards no longer read, to hand over to the process
     /// that asked for them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -171,8 +172,17 @@ impl SourceFactory for KinesisSource {
 
     fn create(&self, instance: InstanceInfo) -> Result<Box<dyn Source>> {
         let (events_tx, events) = mpsc::channel(16);
+        let source = match instance.task {
+            // Each task (a shard) reads on its own: it shares nothing with
+            // the other tasks of this process.
+            Some(_) => KinesisSource {
+                shared: Arc::default(),
+                ..self.clone()
+            },
+            None => self.clone(),
+        };
         Ok(Box::new(KinesisInstance {
-            source: self.clone(),
+            source,
             decoder: ValueDecoder::new(self.format.clone(), self.values.clone()),
             instance,
             node: "kinesis".into(),
@@ -192,6 +202,20 @@ impl SourceFactory for KinesisSource {
         }))
     }
 
+    fn runs_as_tasks(&self) -> bool {
+        self.config.tasks
+    }
+
+    fn task_group(&self) -> Result<Option<Box<dyn TaskGroup>>> {
+        if !self.config.tasks {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(KinesisTasks::join(
+            self.config.clone(),
+            self.stream.clone(),
+        )?)))
+    }
+
     fn default_event_time(&self) -> Option<EventTimeConfig> {
         self.config
             .metadata
@@ -202,9 +226,10 @@ impl SourceFactory for KinesisSource {
 
     /// With `leases`: whether the lease table shows the checkpoint
     /// recorded ([`recorded_in`]). If the process stopped in between,
-    /// another may have taken its shards from the checkpoint before.
+    /// another may have taken its shards from the checkpoint before. A
+    /// task's position is in its checkpoints alone.
     fn reported_upstream(&self, checkpoint: u64, positions: &[serde_json::Value]) -> Result<bool> {
-        let Some(settings) = &self.config.leases else {
+        let Some(settings) = self.config.leases.as_ref().filter(|_| !self.config.tasks) else {
             return Ok(true);
         };
         let mut member = None;
@@ -287,6 +312,12 @@ impl Drop for KinesisInstance {
 }
 
 impl KinesisInstance {
+    /// Whether this instance shares the stream's shards with other
+    /// processes itself. A task's shard is leased by its task group.
+    fn follows_leases(&self) -> bool {
+        self.source.config.leases.is_some() && self.instance.task.is_none()
+    }
+
     fn settings(&self) -> ReadSettings {
         let config = &self.source.config;
         ReadSettings {
@@ -367,9 +398,16 @@ impl KinesisInstance {
                 return Ok(());
             }
             let parallelism = self.instance.parallelism;
-            let ready: Vec<String> = state
-                .graph
-                .ready()
+            // A task reads its shard alone, once its group has leased it
+            // (after its parents ended).
+            let task_shard = self.instance.task.map(shard_of);
+            let candidates: Vec<&super::shards::Shard> = match &task_shard {
+                Some(shard) => state.graph.get(shard).into_iter().collect(),
+                None => state.graph.ready().collect(),
+            };
+            let ready: Vec<String> = candidates
+                .into_iter()
+                .filter(|shard| !state.graph.is_finished(&shard.id))
                 .filter(|shard| !state.owners.contains_key(&shard.id))
                 .filter(|shard| !state.finishing.contains(&shard.id))
                 .filter(|shard| !state.caught_up.contains(&shard.id))
@@ -474,6 +512,9 @@ impl KinesisInstance {
     /// read up to the present (by this instance or another) and this
     /// instance reads nothing more.
     fn reached_end(&self) -> bool {
+        if let Some(task) = self.instance.task {
+            return self.task_ended(&shard_of(task));
+        }
         if self.source.config.stop_at.is_none() {
             return false;
         }
@@ -492,6 +533,25 @@ impl KinesisInstance {
                 .unfinished()
                 .all(|shard| state.caught_up.contains(&shard.id) || elsewhere(&shard.id))
             && self.reading.keys().all(|id| state.caught_up.contains(id))
+    }
+
+    /// Whether a task's shard is read: to its end, or (with `stop_at:
+    /// latest`, and open when last listed) up to the present. A shard the
+    /// stream no longer lists has aged out: nothing is left to read.
+    fn task_ended(&self, shard: &str) -> bool {
+        let state = self.source.shared.state.lock().expect("not poisoned");
+        if !state.listed {
+            return false;
+        }
+        let Some(listed) = state.graph.get(shard) else {
+            tracing::warn!(node = %self.node, %shard, "the task's shard is no longer listed: it aged out of the stream");
+            return true;
+        };
+        state.graph.is_finished(shard)
+            || self.finished_here.contains(shard)
+            || (self.source.config.stop_at.is_some()
+                && state.caught_up.contains(shard)
+                && !listed.closed)
     }
 
     /// `shard` was read to its end: its children become readable once
@@ -769,7 +829,7 @@ impl Source for KinesisInstance {
                 client
             }
         };
-        if self.source.config.leases.is_some() {
+        if self.follows_leases() {
             self.follow_leases().await?;
         }
         self.refresh(&client).await?;
@@ -885,7 +945,7 @@ impl Source for KinesisInstance {
             .filter(|shard| self.finished_here.contains(*shard))
             .cloned()
             .collect();
-        if self.source.config.leases.is_some() {
+        if self.follows_leases() {
             self.record_in_leases(checkpoint, position, &finished_here)
                 .await?;
         }
@@ -915,7 +975,7 @@ impl Source for KinesisInstance {
 
 /// A name for this process in the lease table, unless a restored
 /// checkpoint gives its earlier one.
-fn new_member() -> String {
+pub(crate) fn new_member() -> String {
     format!("flumen-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
