@@ -13,8 +13,8 @@ use std::path::Path;
 
 use super::kafka::{brokers, create_topic, produce, topic_size};
 use super::streams::{
-    BASE_TS, assert_every_window_once, follow, held_at_end, message, save_logs, spawn, task_of,
-    unique,
+    BASE_TS, KillOneOfThree, assert_every_window_once, counts_per_user, follow, kill_one_of_three,
+    message, save_logs, spawn, task_pipeline, unique,
 };
 
 const PARTITIONS: usize = 8;
@@ -74,17 +74,8 @@ fn produce_clicks(brokers: &str, topic: &str, file: &Path) {
 /// to be interrupted mid-window; small batches keep few rows queued before
 /// it, so that a checkpoint barrier is not held up behind them for long.
 fn pipeline(dir: &Path, topic: &str, group: &str, brokers: &str) -> std::path::PathBuf {
-    let yaml = format!(
-        r#"
-checkpoint:
-  interval: 100ms
-  store: {dir}/store
-dead_letter:
-  type: file
-  path: {dir}/dead_letters
-sources:
-  clicks:
-    type: kafka
+    let source = format!(
+        r#"    type: kafka
     brokers: {brokers}
     topics: [{topic}]
     group: {group}
@@ -97,30 +88,9 @@ sources:
     properties:
       session.timeout.ms: "6000"
       heartbeat.interval.ms: "500"
-      max.poll.interval.ms: "10000"
-transforms:
-  per_user:
-    type: window
-    inputs: [clicks]
-    window: {{ tumble: 1s }}
-    group_by: [user]
-    aggregates: ["count(*) AS clicks", "sum(id) AS id_sum"]
-  paced:
-    type: buffer
-    inputs: [per_user]
-    rate: {{ events_per_second: 200 }}
-    max_events: 50
-sinks:
-  counts:
-    type: file
-    inputs: [paced]
-    path: {dir}/out
-"#,
-        dir = dir.display()
+      max.poll.interval.ms: "10000""#
     );
-    let path = dir.join("clicks.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    task_pipeline(dir, "clicks", &source, &counts_per_user(dir))
 }
 
 #[test]
@@ -134,71 +104,16 @@ fn tasks_follow_their_partitions_so_a_killed_process_windows_finish_once_elsewhe
     assert_eq!(topic_size(&brokers, &topic), EVENTS as i64);
     let file = pipeline(dir.path(), &topic, &unique("counts"), &brokers);
 
-    // A starts every task, hands some to B and C as they join, and is
-    // SIGKILLed once it has checkpointed the ones it kept a few times.
-    let mut a = spawn(&file);
-    let mut others = Vec::new();
-    let mut revoked = false;
-    let mut checkpoints_since = 0;
-    let a_log = follow(&mut a, |line| {
-        match message(line) {
-            "tasks assigned" if others.is_empty() => {
-                others.push(spawn(&file));
-                others.push(spawn(&file));
-            }
-            "tasks revoked; stopping them at a checkpoint" => revoked = true,
-            "checkpoint complete"
-                if revoked && line["state_bytes"].as_u64().is_some_and(|b| b > 0) =>
-            {
-                checkpoints_since += 1
-            }
-            _ => {}
-        }
-        // Two seconds or so in: each task it kept is thousands of events
-        // from its end.
-        checkpoints_since >= 20
-    });
-    a.kill().unwrap();
-    let status = a.wait().unwrap();
-    let a_log = a_log.join().unwrap();
-    save_logs("KAFKA_TEST_LOGS", &[("A", &a_log)]);
-    assert!(!status.success(), "A finished before it was killed");
-    let killed_with = held_at_end(&a_log);
-    assert!(!killed_with.is_empty(), "A held no task when killed");
-
-    // A replacement joins, as a supervisor would start one.
-    others.push(spawn(&file));
-    let mut logs = vec![("A".to_string(), a_log)];
-    let followers: Vec<_> = others
-        .iter_mut()
-        .map(|child| follow(child, |_| false))
-        .collect();
-    for ((name, child), log) in ["B", "C", "D"].iter().zip(&mut others).zip(followers) {
-        let log = log.join().unwrap();
-        let status = child.wait().unwrap();
-        logs.push((name.to_string(), log));
-        assert!(status.success(), "{name} failed");
-    }
-    let named: Vec<(&str, &[serde_json::Value])> = logs
-        .iter()
-        .map(|(n, l)| (n.as_str(), l.as_slice()))
-        .collect();
-    save_logs("KAFKA_TEST_LOGS", &named);
-
-    // The killed process's tasks were restored by the others, with their
-    // open windows.
-    for task in &killed_with {
-        let restored = logs[1..].iter().flat_map(|(_, log)| log).any(|line| {
-            message(line) == "restoring from checkpoint"
-                && task_of(line) == Some(*task)
-                && line["state_bytes"].as_u64().is_some_and(|b| b > 0)
-        });
-        assert!(
-            restored,
-            "task {task}, A's when it was killed, was not restored with its state elsewhere"
-        );
-    }
-
+    // A hands partitions over to B and C as they join; once A is killed,
+    // a replacement D joins, and its tasks move to B, C and D.
+    kill_one_of_three(
+        &file,
+        KillOneOfThree {
+            logs_variable: "KAFKA_TEST_LOGS",
+            taken_message: "tasks revoked; stopping them at a checkpoint",
+            replacement: true,
+        },
+    );
     assert_every_window_once(&dir.path().join("out"), &events, "user");
 }
 
@@ -212,17 +127,8 @@ fn repartitioned_pipeline(
     group: &str,
     brokers: &str,
 ) -> std::path::PathBuf {
-    let yaml = format!(
-        r#"
-checkpoint:
-  interval: 100ms
-  store: {dir}/store
-dead_letter:
-  type: file
-  path: {dir}/dead_letters
-sources:
-  clicks:
-    type: kafka
+    let source = format!(
+        r#"    type: kafka
     brokers: {brokers}
     topics: [{topic}]
     group: {group}
@@ -234,8 +140,10 @@ sources:
     properties:
       session.timeout.ms: "6000"
       heartbeat.interval.ms: "500"
-      max.poll.interval.ms: "10000"
-transforms:
+      max.poll.interval.ms: "10000""#
+    );
+    let rest = format!(
+        r#"transforms:
   per_page:
     type: window
     inputs: [clicks]
@@ -255,11 +163,9 @@ sinks:
     inputs: [paced]
     path: {dir}/out
 "#,
-        dir = dir.display()
+        dir = dir.display(),
     );
-    let path = dir.join("pages.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    task_pipeline(dir, "pages", &source, &rest)
 }
 
 /// The topic of clicks, the repartition topic's name, and the pipeline

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::kinesis::{block_on, client, create_stream, endpoint, put, split_first_shard};
 use super::streams::{
-    BASE_TS, assert_every_window_once, follow, held_at_end, message, save_logs, spawn, task_of,
-    unique,
+    BASE_TS, KillOneOfThree, assert_every_window_once, counts_per_user, follow, kill_one_of_three,
+    message, save_logs, spawn, task_pipeline, unique,
 };
 
 const SHARDS: i32 = 4;
@@ -54,17 +54,8 @@ fn pipeline(dir: &Path, stream: &str, table: &str) -> PathBuf {
     let moto = std::env::var("FLUMEN_TEST_S3_ENDPOINT").expect(
         "this test needs moto for DynamoDB: run it through scripts/test.sh, which starts it",
     );
-    let yaml = format!(
-        r#"
-checkpoint:
-  interval: 100ms
-  store: {dir}/store
-dead_letter:
-  type: file
-  path: {dir}/dead_letters
-sources:
-  clicks:
-    type: kinesis
+    let source = format!(
+        r#"    type: kinesis
     stream: {stream}
     aws: {{ endpoint: "{kinesis}", region: us-east-1, access_key_id: test, secret_access_key: test }}
     schema: {{ id: int64, ts: timestamp_ms }}
@@ -78,31 +69,10 @@ sources:
     leases:
       table: {table}
       failover_time: 3s
-      aws: {{ endpoint: "{moto}", region: us-east-1, access_key_id: test, secret_access_key: test }}
-transforms:
-  per_user:
-    type: window
-    inputs: [clicks]
-    window: {{ tumble: 1s }}
-    group_by: [user]
-    aggregates: ["count(*) AS clicks", "sum(id) AS id_sum"]
-  paced:
-    type: buffer
-    inputs: [per_user]
-    rate: {{ events_per_second: 200 }}
-    max_events: 50
-sinks:
-  counts:
-    type: file
-    inputs: [paced]
-    path: {dir}/out
-"#,
-        dir = dir.display(),
+      aws: {{ endpoint: "{moto}", region: us-east-1, access_key_id: test, secret_access_key: test }}"#,
         kinesis = endpoint(),
     );
-    let path = dir.join("clicks.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    task_pipeline(dir, "clicks", &source, &counts_per_user(dir))
 }
 
 #[test]
@@ -118,74 +88,22 @@ fn tasks_follow_their_shards_so_a_killed_process_windows_finish_once_elsewhere()
     });
     let file = pipeline(dir.path(), &stream, &unique("leases"));
 
-    // A takes every shard, and hands some to B and C as they ask for
-    // them; it is SIGKILLed once it has checkpointed the tasks it kept a
-    // few times.
-    let mut a = spawn(&file);
-    let mut others = Vec::new();
-    let mut asked = false;
-    let mut checkpoints_since = 0;
-    let a_log = follow(&mut a, |line| {
-        match message(line) {
-            "tasks assigned" if others.is_empty() => {
-                others.push(spawn(&file));
-                others.push(spawn(&file));
-            }
-            "task asked for by another process; stopping it at a checkpoint" => asked = true,
-            "checkpoint complete"
-                if asked && line["state_bytes"].as_u64().is_some_and(|b| b > 0) =>
-            {
-                checkpoints_since += 1
-            }
-            _ => {}
-        }
-        checkpoints_since >= 20
-    });
-    a.kill().unwrap();
-    let status = a.wait().unwrap();
-    let a_log = a_log.join().unwrap();
-    save_logs("KINESIS_TEST_LOGS", &[("A", &a_log)]);
-    assert!(!status.success(), "A finished before it was killed");
-    let killed_with = held_at_end(&a_log);
-    assert!(!killed_with.is_empty(), "A held no task when killed");
+    // A hands shards over to B and C as they ask for them; once A is
+    // killed, B and C take its leases when they expire.
+    let logs = kill_one_of_three(
+        &file,
+        KillOneOfThree {
+            logs_variable: "KINESIS_TEST_LOGS",
+            taken_message: "task asked for by another process; stopping it at a checkpoint",
+            replacement: false,
+        },
+    );
     assert!(
-        a_log
+        logs[0]
             .iter()
             .any(|line| message(line) == "lease handed over"),
         "A handed no lease over to the processes that asked"
     );
-
-    // B and C take A's leases once they expire, and finish every task.
-    let mut logs = vec![("A".to_string(), a_log)];
-    let followers: Vec<_> = others
-        .iter_mut()
-        .map(|child| follow(child, |_| false))
-        .collect();
-    for ((name, child), log) in ["B", "C"].iter().zip(&mut others).zip(followers) {
-        let log = log.join().unwrap();
-        let status = child.wait().unwrap();
-        logs.push((name.to_string(), log));
-        assert!(status.success(), "{name} failed");
-    }
-    let named: Vec<(&str, &[serde_json::Value])> = logs
-        .iter()
-        .map(|(n, l)| (n.as_str(), l.as_slice()))
-        .collect();
-    save_logs("KINESIS_TEST_LOGS", &named);
-
-    // The killed process's tasks were restored by the others, with their
-    // open windows.
-    for task in &killed_with {
-        let restored = logs[1..].iter().flat_map(|(_, log)| log).any(|line| {
-            message(line) == "restoring from checkpoint"
-                && task_of(line) == Some(*task)
-                && line["state_bytes"].as_u64().is_some_and(|b| b > 0)
-        });
-        assert!(
-            restored,
-            "task {task}, A's when it was killed, was not restored with its state elsewhere"
-        );
-    }
 
     assert_every_window_once(&dir.path().join("out"), &events, "user");
 }

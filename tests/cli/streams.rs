@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -368,4 +368,139 @@ pub(super) fn assert_every_window_once(out: &Path, events: &Path, key: &str) {
         .take(5)
         .collect();
     assert!(extra.is_empty(), "windows DataFusion has not: {extra:?}");
+}
+
+/// How [`kill_one_of_three`] runs: what the logs are saved as, the
+/// message a process logs when a task is taken from it, and whether a
+/// replacement joins after the kill.
+pub(super) struct KillOneOfThree {
+    pub(super) logs_variable: &'static str,
+    pub(super) taken_message: &'static str,
+    pub(super) replacement: bool,
+}
+
+/// Runs a pipeline as tasks in three processes sharing `file`'s store and
+/// output: A starts every task, hands some to B and C as they join, and is
+/// SIGKILLed mid-window, once it has checkpointed the tasks it kept twenty
+/// times (two seconds or so: each is thousands of events from its end).
+/// B and C (and a replacement D, if asked) run to the end. Checks that
+/// every task A held when killed was restored elsewhere with its state,
+/// and returns every process's log, A's first.
+pub(super) fn kill_one_of_three(file: &Path, how: KillOneOfThree) -> Vec<Vec<serde_json::Value>> {
+    let mut a = spawn(file);
+    let mut others = Vec::new();
+    let mut taken = false;
+    let mut checkpoints_since = 0;
+    let a_log = follow(&mut a, |line| {
+        match message(line) {
+            "tasks assigned" if others.is_empty() => {
+                others.push(spawn(file));
+                others.push(spawn(file));
+            }
+            m if m == how.taken_message => taken = true,
+            "checkpoint complete"
+                if taken && line["state_bytes"].as_u64().is_some_and(|b| b > 0) =>
+            {
+                checkpoints_since += 1
+            }
+            _ => {}
+        }
+        checkpoints_since >= 20
+    });
+    a.kill().unwrap();
+    let status = a.wait().unwrap();
+    let a_log = a_log.join().unwrap();
+    save_logs(how.logs_variable, &[("A", &a_log)]);
+    assert!(!status.success(), "A finished before it was killed");
+    let killed_with = held_at_end(&a_log);
+    assert!(!killed_with.is_empty(), "A held no task when killed");
+
+    if how.replacement {
+        // As a supervisor would start one.
+        others.push(spawn(file));
+    }
+    let followers: Vec<_> = others
+        .iter_mut()
+        .map(|child| follow(child, |_| false))
+        .collect();
+    let mut logs = vec![a_log];
+    for ((name, child), log) in ["B", "C", "D"].iter().zip(&mut others).zip(followers) {
+        let log = log.join().unwrap();
+        let status = child.wait().unwrap();
+        logs.push(log);
+        assert!(status.success(), "{name} failed");
+    }
+    let named: Vec<(&str, &[serde_json::Value])> = ["A", "B", "C", "D"]
+        .into_iter()
+        .zip(&logs)
+        .map(|(n, l)| (n, l.as_slice()))
+        .collect();
+    save_logs(how.logs_variable, &named);
+
+    // The killed process's tasks were restored by the others, with their
+    // open windows.
+    for task in &killed_with {
+        let restored = logs[1..].iter().flatten().any(|line| {
+            message(line) == "restoring from checkpoint"
+                && task_of(line) == Some(*task)
+                && line["state_bytes"].as_u64().is_some_and(|b| b > 0)
+        });
+        assert!(
+            restored,
+            "task {task}, A's when it was killed, was not restored with its state elsewhere"
+        );
+    }
+    logs
+}
+
+/// The rest of a task test's pipeline after its source `clicks`: each
+/// user's clicks counted per second, let out at 200 windows a second per
+/// task (so that a run lasts long enough to be interrupted mid-window),
+/// into files under `dir/out`.
+pub(super) fn counts_per_user(dir: &Path) -> String {
+    format!(
+        r#"transforms:
+  per_user:
+    type: window
+    inputs: [clicks]
+    window: {{ tumble: 1s }}
+    group_by: [user]
+    aggregates: ["count(*) AS clicks", "sum(id) AS id_sum"]
+  paced:
+    type: buffer
+    inputs: [per_user]
+    rate: {{ events_per_second: 200 }}
+    max_events: 50
+sinks:
+  counts:
+    type: file
+    inputs: [paced]
+    path: {dir}/out
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Writes `dir/<name>.yaml`: a pipeline whose processes share `dir`'s
+/// checkpoint store (checkpointing every 100 ms) and dead letters, with the
+/// source `clicks` (its settings, indented by four spaces) and `rest`
+/// (its transforms and sinks).
+pub(super) fn task_pipeline(dir: &Path, name: &str, source: &str, rest: &str) -> PathBuf {
+    let yaml = format!(
+        r#"
+checkpoint:
+  interval: 100ms
+  store: {dir}/store
+dead_letter:
+  type: file
+  path: {dir}/dead_letters
+sources:
+  clicks:
+{source}
+{rest}"#,
+        dir = dir.display()
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
 }
