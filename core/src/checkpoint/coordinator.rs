@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::store::{InstanceRecord, Manifest, NodeRecord};
 use super::{CheckpointStore, Snapshot};
@@ -113,6 +113,9 @@ pub(crate) struct Coordinator {
     /// The checkpoint in progress that the run stops at.
     suspending: Option<u64>,
     signals: Signals,
+    /// Asks the dead-letter task to commit what it has been sent, before
+    /// a checkpoint is written (see [`Coordinator::flush_dead_letters`]).
+    dead_letters: Option<mpsc::UnboundedSender<oneshot::Sender<()>>>,
 }
 
 impl Coordinator {
@@ -165,6 +168,7 @@ impl Coordinator {
             saving: None,
             suspending: None,
             signals,
+            dead_letters: None,
         };
         let handles = CoordinatorHandles {
             acks: ack_tx,
@@ -174,6 +178,36 @@ impl Coordinator {
             restored: 0,
         };
         (coordinator, handles)
+    }
+
+    /// Has the dead letters flushed before each checkpoint is written.
+    pub(crate) fn flush_dead_letters_with(
+        &mut self,
+        flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    ) {
+        self.dead_letters = Some(flushes);
+    }
+
+    /// Commits the dead letters sent so far. Every instance has answered
+    /// the checkpoint, and each sent what it rejected before its barrier
+    /// ahead of its answer: so every record rejected before the checkpoint
+    /// is committed before the checkpoint is, and a restore from it, which
+    /// does not read those records again, loses none of them. (Records
+    /// rejected after the barrier and committed here are rejected again
+    /// after such a restore: dead letters are at least once.)
+    async fn flush_dead_letters(&self) {
+        let Some(flushes) = &self.dead_letters else {
+            return;
+        };
+        let (done, flushed) = oneshot::channel();
+        if flushes.send(done).is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = self.signals.abort.cancelled() => {}
+            // A dead-letter task that failed has failed the run.
+            _ = flushed => {}
+        }
     }
 
     fn instances(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
@@ -318,6 +352,7 @@ impl Coordinator {
                 }
             }
         }
+        self.flush_dead_letters().await;
         self.write(&mut manifest, &snapshots).await?;
         crash_point(id);
         if self.saving.take() == Some(id) {
@@ -392,6 +427,7 @@ impl Coordinator {
                 snapshots.push((name.clone(), i, snapshot.clone()));
             }
         }
+        self.flush_dead_letters().await;
         self.write(&mut manifest, &snapshots).await?;
         crash_point(id);
         self.completed.send_replace((id, true));

@@ -1,13 +1,16 @@
 //! The dead-letter sink's task: writes what the components reject, and
-//! commits it every second, so that a crash loses at most the last second
-//! of dead letters that were not yet committed (they are rejected again
-//! when the input is replayed from a checkpoint).
+//! commits it every second and, in a checkpointed run, before each
+//! checkpoint is written: so that a record rejected before a checkpoint
+//! is committed with it, and one rejected after is rejected again when
+//! the input is replayed from it. Dead letters are at least once: a
+//! record rejected after a checkpoint and committed before a crash
+//! appears again after the restore.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Signals;
 use super::tasks::wall_clock_millis;
@@ -19,6 +22,7 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 pub(crate) async fn run(
     factory: Arc<dyn SinkFactory>,
     mut rejected: mpsc::Receiver<RecordBatch>,
+    mut flushes: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
     signals: Signals,
     task: Option<u32>,
     stage: usize,
@@ -59,6 +63,18 @@ pub(crate) async fn run(
                 // Every component has finished.
                 None => break,
             },
+            Some(flushed) = next_flush(&mut flushes) => {
+                // Everything sent so far is in the channel.
+                while let Ok(batch) = rejected.try_recv() {
+                    sink.write(batch, &mut ctx).await.map_err(in_node)?;
+                    pending = true;
+                }
+                if pending {
+                    commit(sink.as_mut(), &mut ctx, &mut last).await.map_err(in_node)?;
+                    pending = false;
+                }
+                let _ = flushed.send(());
+            }
             _ = ticks.tick() => {
                 if pending {
                     commit(sink.as_mut(), &mut ctx, &mut last).await.map_err(in_node)?;
@@ -70,7 +86,22 @@ pub(crate) async fn run(
     sink.finish(&mut ctx).await.map_err(in_node)?;
     commit(sink.as_mut(), &mut ctx, &mut last)
         .await
-        .map_err(in_node)
+        .map_err(in_node)?;
+    // The final checkpoint may still ask: everything is committed.
+    while let Some(flushed) = next_flush(&mut flushes).await {
+        let _ = flushed.send(());
+    }
+    Ok(())
+}
+
+/// The next request to commit, or `None` once none can come.
+async fn next_flush(
+    flushes: &mut Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+) -> Option<oneshot::Sender<()>> {
+    match flushes {
+        Some(flushes) => flushes.recv().await,
+        None => None,
+    }
 }
 
 /// Publishes what was written so far, numbered by the time, and after the

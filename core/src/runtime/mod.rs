@@ -280,11 +280,24 @@ impl Pipeline {
             }
             None => (None, None, None),
         };
+        let mut coordinator = coordinator;
         let (dead_letter_tx, dead_letter_task) = match &self.dead_letter {
             Some(sink) => {
                 let (tx, rx) = mpsc::channel(capacity);
-                let task =
-                    dead_letter::run(sink.0.clone(), rx, signals.clone(), self.task, self.stage);
+                // Checkpoints wait for the dead letters rejected before them.
+                let flushes = coordinator.as_mut().map(|coordinator| {
+                    let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+                    coordinator.flush_dead_letters_with(flush_tx);
+                    flush_rx
+                });
+                let task = dead_letter::run(
+                    sink.0.clone(),
+                    rx,
+                    flushes,
+                    signals.clone(),
+                    self.task,
+                    self.stage,
+                );
                 (Some(tx), Some(task))
             }
             None => (None, None),
