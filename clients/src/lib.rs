@@ -14,3 +14,5 @@ pub mod aws;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "http-client")]
+pub mod retry;

@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use super::sink::HttpSink;
+pub use flumen_clients::retry::{CircuitBreakerConfig, RetryConfig};
 
 /// How rows are put in a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
@@ -64,56 +65,6 @@ pub struct HttpSinkConfig {
     pub circuit_breaker: CircuitBreakerConfig,
 }
 
-/// Capped exponential backoff with full jitter.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// The first wait.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub initial_backoff: Duration,
-    /// The longest wait (a `Retry-After` longer than this is cut to it).
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub max_backoff: Duration,
-    /// Attempts per batch before the pipeline fails. Default: retry until
-    /// the server takes it.
-    #[serde(default)]
-    pub max_attempts: Option<u32>,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-            max_attempts: None,
-        }
-    }
-}
-
-/// When to stop sending for a while.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CircuitBreakerConfig {
-    /// Failures in a row that open the circuit.
-    #[serde(default = "default_failures")]
-    pub failures: u32,
-    /// How long it stays open before one request tries again.
-    #[serde(default = "default_open_for", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub open_for: Duration,
-}
-
-impl Default for CircuitBreakerConfig {
-    fn default() -> Self {
-        CircuitBreakerConfig {
-            failures: default_failures(),
-            open_for: default_open_for(),
-        }
-    }
-}
-
 fn default_batch_size() -> usize {
     500
 }
@@ -121,18 +72,6 @@ fn one() -> usize {
     1
 }
 fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_initial_backoff() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_failures() -> u32 {
-    5
-}
-fn default_open_for() -> Duration {
     Duration::from_secs(10)
 }
 
@@ -155,18 +94,8 @@ impl SinkConfig for HttpSinkConfig {
         if self.concurrency == 0 {
             return Err(Error::config("concurrency", "must be at least 1"));
         }
-        if self.retry.initial_backoff > self.retry.max_backoff {
-            return Err(Error::config(
-                "retry.initial_backoff",
-                "is longer than `retry.max_backoff`",
-            ));
-        }
-        if self.circuit_breaker.failures == 0 {
-            return Err(Error::config(
-                "circuit_breaker.failures",
-                "must be at least 1",
-            ));
-        }
+        self.retry.check("retry")?;
+        self.circuit_breaker.check("circuit_breaker")?;
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &self.headers {
             let key = format!("headers.{name}");
