@@ -25,6 +25,9 @@ mod crash;
 mod deploy;
 #[path = "cli/docs.rs"]
 mod docs;
+#[cfg(feature = "http")]
+#[path = "cli/enrich.rs"]
+mod enrich;
 #[path = "cli/first_hour.rs"]
 mod first_hour;
 #[cfg(feature = "http")]
@@ -452,6 +455,10 @@ impl Running {
     fn start(dir: &tempfile::TempDir, yaml: &str, args: &[&str]) -> Running {
         let path = dir.path().join("pipeline.yaml");
         std::fs::write(&path, yaml).unwrap();
+        Running::start_file(&path, args)
+    }
+
+    fn start_file(path: &Path, args: &[&str]) -> Running {
         let mut child = flumen()
             .args(["run", path.to_str().unwrap()])
             .args(args)

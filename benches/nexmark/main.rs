@@ -8,6 +8,7 @@
 //! cargo bench --bench nexmark -- kafka         # Kafka source and sink (starts tansu)
 //! cargo bench --bench nexmark -- kinesis       # Kinesis source and sink (starts kinesis-local)
 //! cargo bench --bench nexmark -- ingest drain  # HTTP ingest, the buffer's drain rate
+//! cargo bench --bench nexmark -- enrich        # the enrich transform against a bare reqwest loop
 //! cargo bench --bench nexmark -- kv            # the key-value sink (kv_embedded, kv_redis) and serving (kv_serve)
 //! cargo bench --bench nexmark -- search        # the search sink's indexing (search_index) and queries (search_serve)
 //! NEXMARK_EVENTS=2000000 JSON_FILE_MB=256 cargo bench --bench nexmark
@@ -31,6 +32,8 @@ use flumen::sources::nexmark::{EventKind, GeneratorSettings, NexmarkGenerator, b
 use flumen_core::testing::MemorySource;
 
 mod checkpoints;
+#[cfg(feature = "http")]
+mod enrich;
 #[cfg(feature = "http")]
 mod ingest;
 #[cfg(feature = "kafka")]
@@ -119,6 +122,10 @@ fn main() {
     }
     #[cfg(feature = "http")]
     ingest::run(&runtime, &wanted);
+    #[cfg(feature = "http")]
+    if wanted("enrich") {
+        enrich::run(&runtime);
+    }
     #[cfg(feature = "kafka")]
     if wanted("kafka") {
         kafka::run(&runtime);

@@ -1,11 +1,14 @@
 //! Flumen's operators: the steps between sources and sinks: SQL and
 //! closure transforms, windows, top-N, joins, dedupe, routing and the
-//! rate-limited buffer.
+//! rate-limited buffer; and (`enrich` feature) asynchronous enrichment
+//! from an HTTP service.
 
 pub mod aggregate;
 pub mod buffer;
 mod config;
 pub mod dedupe;
+#[cfg(feature = "enrich")]
+pub mod enrich;
 pub mod join;
 pub mod route;
 pub mod running;
@@ -17,6 +20,8 @@ pub mod window;
 pub use self::buffer::{Buffer, BufferConfig};
 pub use self::config::{SqlConfig, UnionConfig, UnnestConfig};
 pub use self::dedupe::{Dedupe, DedupeConfig};
+#[cfg(feature = "enrich")]
+pub use self::enrich::{Enrich, EnrichConfig};
 pub use self::join::{Join, JoinConfig, JoinType};
 pub use self::route::{Route, RouteConfig};
 pub use self::running::{AggregateConfig, Emit, RunningAggregate};
@@ -39,4 +44,6 @@ pub const COMPONENTS: &[ComponentType] = &[
     ComponentType::transform::<DedupeConfig>(),
     ComponentType::transform::<BufferConfig>(),
     ComponentType::transform::<RouteConfig>(),
+    #[cfg(feature = "enrich")]
+    ComponentType::transform::<EnrichConfig>(),
 ];

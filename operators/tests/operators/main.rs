@@ -4,6 +4,8 @@
 mod buffer;
 mod checkpoints;
 mod common;
+#[cfg(feature = "enrich")]
+mod enrich;
 mod joins;
 mod routing;
 mod running;
