@@ -55,7 +55,8 @@ pub struct EnrichConfig {
     #[serde(default = "one")]
     pub batch_size: usize,
 
-    /// Calls in flight at once, per instance.
+    /// Calls in flight at once, over all the component's instances in
+    /// this process (they share one client, cache and circuit breaker).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
 

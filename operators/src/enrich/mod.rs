@@ -1,7 +1,7 @@
 //! Asynchronous enrichment: each row gets columns from an HTTP service's
 //! answer to a call made for it, as Flink's async I/O does.
 //!
-//! Calls run concurrently, up to `concurrency` per instance, and across
+//! Calls run concurrently, up to `concurrency` at once, and across
 //! batches: a batch's calls start when it arrives, and it goes out once
 //! they are all answered, in the input's order or (with `ordered: false`)
 //! as soon as it is done. Up to `max_in_flight` rows wait for answers;

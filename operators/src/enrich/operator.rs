@@ -21,8 +21,7 @@ pub struct Enrich {
     /// The added columns, and the JSON pointer each is read from.
     columns: Arc<[(Field, String)]>,
     /// One caller for every instance (and task) of the component in this
-    /// process: one cache, one breaker, one bound on calls in flight
-    /// per instance's share.
+    /// process: one cache, one breaker, one bound on calls in flight.
     caller: Arc<OnceLock<Arc<Caller>>>,
 }
 
