@@ -51,8 +51,11 @@ fn batches() -> Vec<RecordBatch> {
     [0..10i64, 10..20]
         .into_iter()
         .map(|ids| {
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(ids))])
-                .unwrap()
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(ids))],
+            )
+            .unwrap()
         })
         .collect()
 }
@@ -85,12 +88,19 @@ async fn ordered_rows_wait_for_earlier_ones_and_unordered_ones_do_not() {
     };
     let expected: Vec<(i64, Option<i64>)> = (0..20).map(|id| (id, Some(id * 2))).collect();
 
-    let ordered = rows(&run_operator(settings(true).build().unwrap(), batches()).await.unwrap());
+    let ordered = rows(
+        &run_operator(settings(true).build().unwrap(), batches())
+            .await
+            .unwrap(),
+    );
     assert_eq!(ordered, expected);
 
     // The second batch is answered at once, the first after 300 ms.
-    let unordered =
-        rows(&run_operator(settings(false).build().unwrap(), batches()).await.unwrap());
+    let unordered = rows(
+        &run_operator(settings(false).build().unwrap(), batches())
+            .await
+            .unwrap(),
+    );
     assert_eq!(unordered[..10], expected[10..]);
     assert_eq!(unordered[10..], expected[..10]);
 }
@@ -104,7 +114,11 @@ async fn a_call_for_many_rows_carries_their_bodies_and_answers_each() {
         "batch_size": 7,
         "columns": { "twice": "int64" },
     }));
-    let out = rows(&run_operator(enrich.build().unwrap(), batches()).await.unwrap());
+    let out = rows(
+        &run_operator(enrich.build().unwrap(), batches())
+            .await
+            .unwrap(),
+    );
     let expected: Vec<(i64, Option<i64>)> = (0..20).map(|id| (id, Some(id * 2))).collect();
     assert_eq!(out, expected);
 }
@@ -117,7 +131,11 @@ async fn a_row_the_service_has_no_record_of_keeps_null_columns_when_asked() {
         "columns": { "twice": "int64" },
         "not_found": "keep",
     }));
-    let out = rows(&run_operator(enrich.build().unwrap(), batches()).await.unwrap());
+    let out = rows(
+        &run_operator(enrich.build().unwrap(), batches())
+            .await
+            .unwrap(),
+    );
     assert_eq!(out, (0..20).map(|id| (id, None)).collect::<Vec<_>>());
 
     // By default, such a row is refused (here: the run fails with it).
@@ -136,13 +154,18 @@ async fn a_row_the_service_has_no_record_of_keeps_null_columns_when_asked() {
 fn settings_that_cannot_work_are_refused_with_their_key() {
     let refused = |settings: Value| config(settings).build().unwrap_err().to_string();
     let error = refused(json!({ "url": "http://x/{id", "columns": { "a": "int64" } }));
-    assert!(error.contains("`url`") && error.contains("does not close"), "{error}");
+    assert!(
+        error.contains("`url`") && error.contains("does not close"),
+        "{error}"
+    );
     let error = refused(json!({ "url": "http://x/{id}", "columns": { "a": "decimal9" } }));
     assert!(error.contains("columns.a"), "{error}");
     let error = refused(json!({
         "url": "http://x/{id}", "columns": { "a": "int64" }, "body": { "id": "id" }, "batch_size": 10,
     }));
     assert!(error.contains("names a column"), "{error}");
-    let error = refused(json!({ "url": "http://x/{id}", "columns": { "a": { "type": "int64", "path": "a.b" } } }));
+    let error = refused(
+        json!({ "url": "http://x/{id}", "columns": { "a": { "type": "int64", "path": "a.b" } } }),
+    );
     assert!(error.contains("not a JSON pointer"), "{error}");
 }
