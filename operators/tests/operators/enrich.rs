@@ -3,25 +3,58 @@
 //! service has no record of.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arrow::array::{Array, AsArray, Int64Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flumen_core::prelude::*;
-use flumen_core::testing::run_operator;
+use flumen_core::testing::{ChannelSource, CollectSink, run_operator};
 use flumen_operators::EnrichConfig;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
-/// `GET /double/{id}` → `{"twice": 2 * id}`, after 300 ms for ids below
-/// 10; `POST /double` with `[{"id": …}, …]` → the answers, in order;
-/// `GET /missing/{id}` → 404.
-async fn service() -> String {
-    async fn double(Path(id): Path<i64>) -> axum::Json<Value> {
+/// When the first batch's calls are answered: once `open`, which the
+/// service sets itself after ten other calls if `after_others`, else the
+/// test does.
+#[derive(Default)]
+struct Gate {
+    after_others: bool,
+    others: AtomicUsize,
+    open: AtomicBool,
+    opened: Notify,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
+/// `GET /double/{id}` → `{"twice": 2 * id}`; ids below 10 (the first
+/// batch) are answered once the gate opens; `POST /double` with
+/// `[{"id": …}, …]` → the answers, in order; `GET /missing/{id}` → 404.
+async fn service(gate: Arc<Gate>) -> String {
+    async fn double(State(gate): State<Arc<Gate>>, Path(id): Path<i64>) -> axum::Json<Value> {
         if id < 10 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            gate.wait().await;
+        } else if gate.others.fetch_add(1, Ordering::SeqCst) + 1 == 10 && gate.after_others {
+            gate.open();
         }
         axum::Json(json!({ "twice": id * 2 }))
     }
@@ -40,12 +73,22 @@ async fn service() -> String {
     let app = axum::Router::new()
         .route("/double/{id}", axum::routing::get(double))
         .route("/double", axum::routing::post(doubles))
-        .route("/missing/{id}", axum::routing::get(missing));
+        .route("/missing/{id}", axum::routing::get(missing))
+        .with_state(gate);
     tokio::spawn(async move { axum::serve(listener, app).await });
     address
 }
 
-/// Two batches: ids 0..10 (slow to answer), then 10..20.
+/// A service whose gate opens by itself.
+async fn open_service() -> String {
+    let gate = Gate {
+        after_others: true,
+        ..Gate::default()
+    };
+    service(Arc::new(gate)).await
+}
+
+/// Two batches: ids 0..10 (answered once the gate opens), then 10..20.
 fn batches() -> Vec<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
     [0..10i64, 10..20]
@@ -78,36 +121,55 @@ fn rows(out: &[RecordBatch]) -> Vec<(i64, Option<i64>)> {
 
 #[tokio::test]
 async fn ordered_rows_wait_for_earlier_ones_and_unordered_ones_do_not() {
-    let address = service().await;
-    let settings = |ordered: bool| {
+    let settings = |address: String, ordered: bool| {
         config(json!({
             "url": format!("http://{address}/double/{{id}}"),
             "columns": { "twice": "int64" },
             "ordered": ordered,
+            "concurrency": 32,
         }))
     };
     let expected: Vec<(i64, Option<i64>)> = (0..20).map(|id| (id, Some(id * 2))).collect();
 
-    let ordered = rows(
-        &run_operator(settings(true).build().unwrap(), batches())
-            .await
-            .unwrap(),
-    );
+    // Ordered: the first batch, answered after the second, still goes
+    // out first.
+    let enrich = settings(open_service().await, true).build().unwrap();
+    let ordered = rows(&run_operator(enrich, batches()).await.unwrap());
     assert_eq!(ordered, expected);
 
-    // The second batch is answered at once, the first after 300 ms.
-    let unordered = rows(
-        &run_operator(settings(false).build().unwrap(), batches())
-            .await
-            .unwrap(),
-    );
-    assert_eq!(unordered[..10], expected[10..]);
+    // Unordered: the second batch goes out while the first still waits
+    // for its answers, which come only once it has. (The input stays
+    // open meanwhile: at its end every batch is waited for.)
+    let gate = Arc::new(Gate::default());
+    let enrich = settings(service(gate.clone()).await, false)
+        .build()
+        .unwrap();
+    let (sink, collected) = CollectSink::new();
+    let (source, input) = ChannelSource::new(batches()[0].schema());
+    for batch in batches() {
+        input.send(batch).await.unwrap();
+    }
+    let mut graph = GraphBuilder::new();
+    graph.source("input", source);
+    graph.operator("enrich", enrich, ["input"]);
+    graph.sink("output", sink, ["enrich"]);
+    let run = tokio::spawn(graph.build().unwrap().run_with(RunOptions {
+        handle_signals: false,
+        ..RunOptions::default()
+    }));
+    collected.wait_until(|c| c.rows() >= 10).await;
+    assert_eq!(rows(&collected.batches()), expected[10..]);
+    gate.open();
+    collected.wait_until(|c| c.rows() >= 20).await;
+    drop(input);
+    run.await.unwrap().unwrap();
+    let unordered = rows(&collected.batches());
     assert_eq!(unordered[10..], expected[..10]);
 }
 
 #[tokio::test]
 async fn a_call_for_many_rows_carries_their_bodies_and_answers_each() {
-    let address = service().await;
+    let address = open_service().await;
     let enrich = config(json!({
         "url": format!("http://{address}/double"),
         "body": { "id": "id" },
@@ -125,7 +187,7 @@ async fn a_call_for_many_rows_carries_their_bodies_and_answers_each() {
 
 #[tokio::test]
 async fn a_row_the_service_has_no_record_of_keeps_null_columns_when_asked() {
-    let address = service().await;
+    let address = open_service().await;
     let enrich = config(json!({
         "url": format!("http://{address}/missing/{{id}}"),
         "columns": { "twice": "int64" },
