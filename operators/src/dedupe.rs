@@ -207,15 +207,13 @@ impl Operator for DedupeInstance {
         _ctx: &mut Context,
         _out: &mut Collector,
     ) -> Result<()> {
-        if self.time.is_some() {
+        // The end of the input is not the passing of time: the keys stay
+        // in the final checkpoint, so that a later run carrying on from it
+        // (a Kafka or Kinesis source read up to `stop_at` again) still
+        // drops the repeats of rows this run kept.
+        if self.time.is_some() && watermark != EventTime::MAX {
             self.forget_until(watermark);
         }
-        Ok(())
-    }
-
-    async fn on_end(&mut self, _ctx: &mut Context, _out: &mut Collector) -> Result<()> {
-        self.seen.clear();
-        self.expiry.clear();
         Ok(())
     }
 

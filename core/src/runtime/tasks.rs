@@ -297,7 +297,8 @@ pub(crate) async fn run_operator(
 ) -> Result<()> {
     // One snapshot, or after a change of parallelism one part per earlier
     // instance.
-    for snapshot in restore {
+    // An instance that ended holding nothing left no snapshot to take back.
+    for snapshot in restore.into_iter().filter(|s| !s.is_empty()) {
         operator.restore(snapshot)?;
     }
     let mut ctx = env.context();

@@ -6,7 +6,9 @@
 //! rest to a new instance restored from the snapshot (and to the first
 //! instance too, which the snapshot must not have changed). After the cut
 //! all three must, step by step, emit the same rows on every output (late
-//! ones included) and forward the same watermark, and end with no state.
+//! ones included) and forward the same watermark, and end with the same
+//! state: none, but for a dedupe, which keeps the keys it saw within its
+//! horizon of the last watermark for a run that carries on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -153,6 +155,18 @@ fn watermark_after(steps: &[Step]) -> EventTime {
 /// checks that after the cut, step by step, the restored and the
 /// snapshotted instance do what the uninterrupted one did.
 async fn check_cut(factory: &dyn OperatorFactory, inputs: usize, steps: &[Step], cut: usize) {
+    check_cut_ending(factory, inputs, steps, cut, true).await
+}
+
+/// [`check_cut`], for an operator that may end holding state
+/// (`empty_at_end` false).
+async fn check_cut_ending(
+    factory: &dyn OperatorFactory,
+    inputs: usize,
+    steps: &[Step],
+    cut: usize,
+    empty_at_end: bool,
+) {
     let schemas = vec![events_schema(); inputs];
     let create = || factory.create(InstanceInfo::SINGLE, &schemas).unwrap();
     let (before, after) = steps.split_at(cut);
@@ -170,7 +184,9 @@ async fn check_cut(factory: &dyn OperatorFactory, inputs: usize, steps: &[Step],
     let did = feed(restored.as_mut(), after, watermark, true).await;
     assert_eq!(did, expected[cut..], "restored, cut at {cut}");
     assert_eq!(restored.state_size(), whole.state_size());
-    assert_eq!(restored.state_size().rows, 0);
+    if empty_at_end {
+        assert_eq!(restored.state_size().rows, 0);
+    }
 
     // Taking the snapshot changed nothing in the first instance.
     let did = feed(first.as_mut(), after, watermark, true).await;
@@ -314,7 +330,7 @@ proptest! {
         }
         .build()
         .unwrap();
-        block_on(check_cut(&factory, 1, &steps, cut % (steps.len() + 1)));
+        block_on(check_cut_ending(&factory, 1, &steps, cut % (steps.len() + 1), false));
     }
 
     #[test]
