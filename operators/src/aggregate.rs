@@ -22,7 +22,6 @@ use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggrega
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use datafusion::prelude::SessionContext;
 use flumen_core::prelude::*;
 use flumen_core::sql::planning_error;
 
@@ -57,7 +56,7 @@ impl Aggregates {
                 "lists no aggregates; e.g. `count(*) AS events`",
             ));
         }
-        let ctx = SessionContext::new();
+        let ctx = flumen_core::sql::context();
         let df_schema = DFSchema::try_from(input.as_ref().clone())?;
         let props = ExecutionProps::new();
         let simplifier = ExprSimplifier::new(

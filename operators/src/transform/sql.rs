@@ -13,7 +13,6 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::prelude::SessionContext;
 use flumen_core::event_time::{event_time_column, with_event_time};
 use flumen_core::prelude::*;
 use flumen_core::sql::{condition, parse, physical};
@@ -66,7 +65,7 @@ impl SqlTransform {
     /// Plans the expressions against the input schema: names are resolved,
     /// types checked and coerced, once.
     fn plan(&self, input: &SchemaRef) -> Result<Plan> {
-        let ctx = SessionContext::new();
+        let ctx = flumen_core::sql::context();
         let df_schema = DFSchema::try_from(input.as_ref().clone())?;
 
         let filter = match &self.filter {

@@ -40,8 +40,11 @@ impl Session {
             .options_mut()
             .execution
             .listing_table_ignore_subdirectory = true;
+        // Flumen's own functions, as in pipelines: `key_bucket`.
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udf(flumen_core::sql::key_bucket());
         Ok(Session {
-            ctx: SessionContext::new_with_config_rt(config, runtime),
+            ctx,
             memory_limit: memory_limit.to_string(),
             stores: Default::default(),
         })

@@ -22,6 +22,17 @@ use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
 
+mod key_bucket;
+pub use key_bucket::{bucket_of, key_bucket};
+
+/// A DataFusion context with Flumen's own SQL functions
+/// ([`key_bucket`]): every component plans its expressions in one.
+pub fn context() -> SessionContext {
+    let ctx = SessionContext::new();
+    ctx.register_udf(key_bucket());
+    ctx
+}
+
 /// The error for `sql`, set at `key`, that DataFusion could not plan
 /// against `input`: a column that does not exist is
 /// [`Error::UnknownColumn`], an aggregate given a type it does not take
@@ -115,7 +126,7 @@ pub fn conditions<'a>(
     sqls: impl IntoIterator<Item = (String, &'a str)>,
     input: &SchemaRef,
 ) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
-    let ctx = SessionContext::new();
+    let ctx = context();
     let df_schema = DFSchema::try_from(input.as_ref().clone())?;
     sqls.into_iter()
         .map(|(key, sql)| condition(&ctx, sql, &df_schema, &key))
