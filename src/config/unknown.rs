@@ -266,7 +266,30 @@ fn under(base: &Path, path: &str) -> Option<String> {
     if base.as_os_str().is_empty() {
         return None;
     }
-    Some(base.join(path).to_string_lossy().into_owned())
+    Some(folded(&base.join(path)).to_string_lossy().into_owned())
+}
+
+/// `path` with `.` and `name/..` folded away, as a shell's `cd` reads them
+/// (`examples/pub_sub/../../out` is `examples/out`): object stores, and so
+/// `file://` tables, take no `..` in a path. A leading `..` stays.
+fn folded(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut folded = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(folded.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                folded.pop();
+            }
+            other => folded.push(other),
+        }
+    }
+    match folded.as_os_str().is_empty() {
+        true => std::path::PathBuf::from("."),
+        false => folded,
+    }
 }
 
 /// Whether a schema without a list of names takes strings.
@@ -312,6 +335,8 @@ mod tests {
         output: Option<std::path::PathBuf>,
         name: String,
         tls: Option<Tls>,
+        #[schemars(extend("format" = "path"))]
+        dir: String,
     }
 
     #[derive(Deserialize, JsonSchema)]
@@ -329,6 +354,7 @@ mod tests {
             "output": "s3://bucket/out",
             "name": "data/not-a-path",
             "tls": { "cert": "../certs/c.pem" },
+            "dir": "./out/../../../state",
         });
         known.resolve_paths(&mut settings, Path::new("pipelines"));
         assert_eq!(
@@ -337,7 +363,8 @@ mod tests {
                 "input": "pipelines/data/in.jsonl",
                 "output": "s3://bucket/out",
                 "name": "data/not-a-path",
-                "tls": { "cert": "pipelines/../certs/c.pem" },
+                "tls": { "cert": "certs/c.pem" },
+                "dir": "../state",
             })
         );
         let mut absolute = json!({ "input": "/data/in.jsonl", "name": "x" });
