@@ -50,6 +50,16 @@ mod kinesis;
 mod kinesis_tasks;
 #[path = "cli/lake.rs"]
 mod lake;
+#[cfg(all(
+    feature = "kafka",
+    feature = "kinesis",
+    feature = "http",
+    feature = "dynamodb",
+    feature = "search",
+    feature = "serve"
+))]
+#[path = "cli/patterns/mod.rs"]
+mod patterns;
 #[cfg(feature = "kv")]
 #[path = "cli/rescale.rs"]
 mod rescale;

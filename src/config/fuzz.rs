@@ -13,7 +13,7 @@ const EXAMPLES: &[&str] = &[
     include_str!("../../examples/dead_letters.yaml"),
     include_str!("../../examples/checkpointed_bids.yaml"),
     include_str!("../../examples/coffee_orders.yaml"),
-    include_str!("../../examples/load_leveling/ingest.yaml"),
+    include_str!("../../examples/patterns/load_leveling/ingest.yaml"),
     include_str!("../../examples/operators/top_items.yaml"),
     include_str!("../../examples/nexmark/q5_hot_items.yaml"),
 ];

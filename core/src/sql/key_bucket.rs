@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn buckets_are_fnv_1a_of_the_text_and_fixed_for_good() {
         // FNV-1a 64 of "" is its offset basis; of "a", a published value.
-        assert_eq!(bucket_of("", u64::MAX), 0xcbf29ce484222325 % u64::MAX);
+        assert_eq!(bucket_of("", u64::MAX), 0xcbf29ce484222325);
         assert_eq!(bucket_of("a", u64::MAX), 0xaf63dc4c8601ec8c);
         // Pinned (and checked by hand with another FNV-1a): a change here
         // would move customers between a strangler's services.

@@ -4,12 +4,13 @@
 //! `Retry-After`, as a fragile backend does.
 //!
 //! ```sh
-//! cargo run --release --example legacy_service -- articles 100000 examples/load_leveling/articles.jsonl
+//! cargo run --release --example legacy_service -- articles 100000 examples/patterns/load_leveling/articles.jsonl
 //! cargo run --release --example legacy_service -- serve 127.0.0.1:8088
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -26,6 +27,8 @@ struct Counters {
     requests: AtomicU64,
     overloaded: AtomicU64,
     in_flight: AtomicU64,
+    /// The ids taken, to tell a repeat from a new article.
+    ids: Mutex<HashSet<i64>>,
 }
 
 const MAX_IN_FLIGHT: u64 = 4;
@@ -49,6 +52,8 @@ async fn migrate(
         counters
             .articles
             .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let mut ids = counters.ids.lock().unwrap();
+        ids.extend(body.iter().filter_map(|article| article["id"].as_i64()));
         StatusCode::OK.into_response()
     };
     counters.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -58,6 +63,7 @@ async fn migrate(
 async fn stats(State(counters): State<Arc<Counters>>) -> axum::Json<Value> {
     axum::Json(json!({
         "articles": counters.articles.load(Ordering::Relaxed),
+        "distinct": counters.ids.lock().unwrap().len(),
         "requests": counters.requests.load(Ordering::Relaxed),
         "overloaded": counters.overloaded.load(Ordering::Relaxed),
     }))
