@@ -27,6 +27,8 @@
 # runs the ready_ functions of all the services at once.
 
 FLUMEN_CACHE="${FLUMEN_CACHE:-$HOME/.cache/flumen}"
+# This directory: helper scripts beside this one.
+FLUMEN_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SERVICES_DIR="$(mktemp -d -t flumen-services.XXXXXX)"
 
 # free_ports N [bus]: N distinct free ports, none handed out before by this
@@ -101,7 +103,8 @@ launch_s3() {
   fi
   local port log="$SERVICES_DIR/moto.log"
   port=$(free_port) || return
-  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  # moto with DynamoDB's conditional writes made atomic (see the script).
+  "$venv/bin/python" "$FLUMEN_SCRIPTS/moto_server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
   echo $! >>"$SERVICES_DIR/pids"
   export FLUMEN_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
   # For tests that run their own, to pause it (SIGSTOP) without holding up

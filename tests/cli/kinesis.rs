@@ -523,14 +523,22 @@ fn processes_sharing_a_resharded_stream_read_parents_before_children() {
     let mut b = spawn(&files[1]);
     let b_log = follow(&mut b, |_| false);
     let mut logs = Vec::new();
-    for (name, mut run, log) in [("A", a, a_log), ("B", b, b_log)] {
-        let status = run.wait().unwrap();
-        let log = log.join().unwrap();
-        assert!(status.success(), "{name} failed: {log:?}");
-        check_reads_were_leased(name, &log);
-        logs.push(log);
+    let mut statuses = Vec::new();
+    for (mut run, log) in [(a, a_log), (b, b_log)] {
+        statuses.push(run.wait().unwrap());
+        logs.push(log.join().unwrap());
     }
     save_logs("KINESIS_TEST_LOGS", &[("A", &logs[0]), ("B", &logs[1])]);
+    for ((name, status), log) in ["A", "B"].iter().zip(&statuses).zip(&logs) {
+        // Both logs: what one process did explains the other's failure.
+        assert!(
+            status.success(),
+            "{name} failed; A: {:?}\nB: {:?}",
+            logs[0],
+            logs[1]
+        );
+        check_reads_were_leased(name, log);
+    }
 
     // A child was first read after each of its parents was read to its
     // end, whichever process read either.

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
@@ -87,7 +88,9 @@ impl Example {
 
     /// `flumen run FILE` in the background, its log in a file.
     fn start(&self, file: &str, extra: &[(&str, String)]) -> Background {
-        let log = self.out().join(format!("{file}.{}.log", extra.len()));
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let start = STARTS.fetch_add(1, Ordering::Relaxed);
+        let log = self.out().join(format!("{file}.{start}.log"));
         let child = self
             .command(&[
                 "run",
@@ -112,6 +115,17 @@ impl Example {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `flumen sql --pipeline FILE QUERY`'s rows, over the tables the
+    /// pipeline's sinks wrote.
+    fn sql(&self, file: &str, query: &str) -> Vec<Value> {
+        let pipeline = self.file(file);
+        let pipeline = pipeline.to_str().unwrap();
+        self.read(&["sql", "--pipeline", pipeline, "--format", "json", query])
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
     }
 
     /// A key-value store's entries, by key (`flumen kv scan`).

@@ -41,19 +41,10 @@ fn subscribers(
             .or_insert(0) += 1;
     }
     let loyalty = example.kv(example.out().join("loyalty.redb").to_str().unwrap());
-    let analytics = example.file("analytics.yaml");
-    let hourly = example.read(&[
-        "sql",
-        "--pipeline",
-        analytics.to_str().unwrap(),
-        "--format",
-        "json",
+    let hourly = example.sql(
+        "analytics.yaml",
         "SELECT channel, window_start, orders, takings FROM per_hour",
-    ]);
-    let hourly = hourly
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    );
     let hourly = by_key(hourly, |row| {
         format!(
             "{} {}",

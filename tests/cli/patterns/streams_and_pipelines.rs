@@ -97,19 +97,10 @@ fn clicks_from_kinesis_reach_both_views_the_index_and_the_lake_as_datafusion_ans
     }
 
     // The lake, through `flumen sql` over the pipeline's Parquet sink.
-    let pipeline = example.file("clickstream.yaml");
-    let history = example.read(&[
-        "sql",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--format",
-        "json",
+    let history = example.sql(
+        "clickstream.yaml",
         "SELECT section, count(*) AS clicks, count(DISTINCT user) AS users FROM history GROUP BY section ORDER BY section",
-    ]);
-    let history: Vec<Value> = history
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    );
     let expected = answer(
         "SELECT coalesce(nullif(split_part(lower(page), '/', 2), ''), 'home') AS section, \
          count(*) AS clicks, count(DISTINCT user) AS users FROM clicks GROUP BY 1 ORDER BY 1",
