@@ -17,6 +17,10 @@
 #                 redis://...:P3: a cluster of three masters, no replicas)
 #              -> FLUMEN_TEST_REDIS_SERVER (the binary, for tests that run
 #                 their own server to restart it)
+#   A browser: headless chromium, driven by chromedriver over WebDriver
+#              (Debian packages chromium and chromium-driver)
+#              -> FLUMEN_TEST_WEBDRIVER (http://127.0.0.1:PORT),
+#                 FLUMEN_TEST_CHROMIUM (the browser's binary)
 #   Kubernetes manifests: kubernetes-validate (PyPI, in the same virtualenv),
 #              the API's schemas, offline; not a server
 #              -> FLUMEN_TEST_KUBERNETES_VALIDATE (the binary)
@@ -177,6 +181,29 @@ ready_kinesis() {
   echo "Kinesis API (kinesis-local) at $FLUMEN_TEST_KINESIS"
 }
 
+# Headless Chromium driven through WebDriver (chromedriver), for the
+# console's browser test.
+launch_browser() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "installing chromium and chromium-driver (Debian packages)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver ||
+      { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } ||
+      return
+  fi
+  local port log="$SERVICES_DIR/chromedriver.log"
+  port=$(free_port) || return
+  chromedriver --port="$port" >"$log" 2>&1 &
+  echo $! >>"$SERVICES_DIR/pids"
+  export FLUMEN_TEST_WEBDRIVER="http://127.0.0.1:$port"
+  export FLUMEN_TEST_CHROMIUM="$(command -v chromium)"
+}
+
+ready_browser() {
+  wait_for "chromedriver" "$SERVICES_DIR/chromedriver.log" \
+    curl -fsS "$FLUMEN_TEST_WEBDRIVER/status" || return
+  echo "WebDriver (chromedriver, headless chromium) at $FLUMEN_TEST_WEBDRIVER"
+}
+
 REDIS_CLUSTER_PORTS=()
 
 launch_redis() {
@@ -268,7 +295,7 @@ install_kubernetes_validate() {
 start_services() {
   trap stop_services EXIT
   local service pids=() failed_tools=0
-  local services=(redis s3 kafka kinesis)
+  local services=(redis s3 kafka kinesis browser)
   for service in "${services[@]}"; do
     if ! "launch_$service"; then
       echo "$service: could not launch its server" >&2

@@ -19,6 +19,9 @@ use flumen_core::testing::free_port;
 #[cfg(feature = "serve")]
 #[path = "cli/bulk_server.rs"]
 mod bulk_server;
+#[cfg(feature = "serve")]
+#[path = "cli/console.rs"]
+mod console;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/deploy.rs"]

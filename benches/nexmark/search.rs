@@ -230,6 +230,7 @@ fn serve(runtime: &tokio::runtime::Runtime, batches: &[RecordBatch], documents: 
             &ServeConfig::new("127.0.0.1:0"),
             BTreeMap::new(),
             BTreeMap::from([("tweets".to_string(), path.clone())]),
+            None,
         ))
         .expect("server");
     server.pipeline_finished();

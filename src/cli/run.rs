@@ -32,6 +32,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "metrics_addr")]
     metrics_linger: Option<Duration>,
 
+    /// Serve the console at `http://HOST:PORT/`: a live page of the
+    /// pipeline, and its status API (`/v1/status`, `/v1/nodes`, …) that
+    /// `flumen top` reads. A `serve:` section's server serves it too.
+    #[cfg(feature = "serve")]
+    #[arg(long, value_name = "HOST:PORT")]
+    ui: Option<SocketAddr>,
+
     /// `auto`: a progress bar on a terminal, a status line every 10 s
     /// otherwise; `off`: neither.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
@@ -76,12 +83,40 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
             tracing::info!("serving metrics at http://{address}/metrics");
         }
         #[cfg(feature = "serve")]
+        let console = std::sync::Arc::new(flumen::serve::Console::new(
+            args.file.display().to_string(),
+            &loaded.pipeline,
+            super::graph::render(
+                &loaded,
+                super::graph::GraphFormat::Svg,
+                super::graph::EdgeLabels::Partitioning,
+            )
+            .ok(),
+        ));
+        #[cfg(feature = "serve")]
+        let _console_server = match args.ui {
+            Some(address) => {
+                let server = flumen::serve::ViewServer::start(
+                    &flumen::serve::ServeConfig::new(address.to_string()),
+                    Default::default(),
+                    Default::default(),
+                    Some(console.clone()),
+                )
+                .await
+                .map_err(|e| Failure::Usage(format!("--ui {address}: {e}")))?;
+                tracing::info!("console at http://{}/", server.address());
+                Some(server)
+            }
+            None => None,
+        };
+        #[cfg(feature = "serve")]
         let server = match &loaded.serve {
             Some(served) => {
                 let server = flumen::serve::ViewServer::start(
                     &served.config,
                     served.views.clone(),
                     served.indexes.clone(),
+                    Some(console.clone()),
                 )
                 .await
                 .map_err(|e| Failure::Usage(e.to_string()))?;

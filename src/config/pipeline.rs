@@ -528,14 +528,8 @@ impl FileParser<'_> {
         };
         let embedded = paths("kv");
         let indexes = paths("search");
+        // With no view or index, the server still serves the console.
         let views = match &config.views {
-            None if embedded.is_empty() && indexes.is_empty() => {
-                return Err(self.error(
-                    "serve",
-                    Target::Key,
-                    "there is nothing to serve: no `kv` sink has a `path` (an embedded store), and no `search` sink has one (an embedded index)",
-                ));
-            }
             None => embedded,
             Some(names) => {
                 let mut views = std::collections::BTreeMap::new();

@@ -10,7 +10,9 @@ use flumen_clients::http::{AuthConfig, RateLimitConfig, TlsConfig};
 /// with a `path`) and queries of its search indexes while it runs:
 /// `GET /v1/views/{sink}/{key}`, `GET /v1/views/{sink}?prefix=&limit=&cursor=`
 /// and `GET /v1/search/{sink}?q=&limit=&offset=`. Readers see committed
-/// checkpoints only.
+/// checkpoints only. It also serves the console: the pipeline's status
+/// (`/v1/status`, `/v1/nodes`, `/v1/checkpoints`,
+/// `/v1/dead_letters/recent`) and a live page at `/`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {

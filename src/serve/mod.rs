@@ -7,12 +7,16 @@
 //! - `GET /v1/search/{sink}?q=&limit=&offset=`: a search index's best
 //!   hits, with their stored fields and highlighted snippets.
 //!
+//! With a [`Console`], it also answers the console's status API and page
+//! (see [`console`]).
+//!
 //! Reads run in redb read transactions beside the sink's writer, on the
 //! writer's own database handle: a reader sees the store as the last
 //! committed checkpoint left it, never part of one. Connections, TLS and
 //! authentication are the HTTP source's ([`flumen_clients::http`]).
 
 mod config;
+pub mod console;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +39,7 @@ use flumen_sinks::kv::{EmbeddedReader, Entry};
 use flumen_sinks::search::SearchReader;
 
 pub use self::config::ServeConfig;
+pub use self::console::Console;
 
 /// A view the server answers reads of: a `kv` sink's embedded store.
 struct View {
@@ -86,6 +91,8 @@ struct Served {
     /// Whether the pipeline has finished: its sinks have closed their
     /// stores.
     finished: AtomicBool,
+    /// The running pipeline's status and page, if served.
+    console: Option<Arc<Console>>,
 }
 
 /// A running `serve:` server; dropping it stops it.
@@ -97,12 +104,14 @@ pub struct ViewServer {
 
 impl ViewServer {
     /// Starts serving `views` (sink name → embedded store path) and
-    /// `indexes` (sink name → search index path) as `config` says. They
-    /// answer 503 until their sinks have opened them.
+    /// `indexes` (sink name → search index path) as `config` says, and the
+    /// `console` if given. Views answer 503 until their sinks have opened
+    /// them.
     pub async fn start(
         config: &ServeConfig,
         views: BTreeMap<String, PathBuf>,
         indexes: BTreeMap<String, PathBuf>,
+        console: Option<Arc<Console>>,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -145,6 +154,7 @@ impl ViewServer {
             auth: config.auth.as_ref().map(Authenticator::new),
             limiter,
             finished: AtomicBool::new(false),
+            console,
         });
         let limits = ConnectionLimits {
             deadline: config.request_timeout,
@@ -216,6 +226,20 @@ async fn handle(
         return over;
     }
     let path = parts.uri.path();
+    if let Some(console) = &served.console {
+        if path == "/" {
+            return typed(console::PAGE, "text/html; charset=utf-8");
+        }
+        if path == "/v1/graph.svg" {
+            return match console.graph_svg() {
+                Some(svg) => typed(svg, "image/svg+xml"),
+                None => refuse(StatusCode::NOT_FOUND, "no picture of this pipeline"),
+            };
+        }
+        if let Some(body) = console.answer(path) {
+            return answer(body);
+        }
+    }
     if let Some(name) = path.strip_prefix("/v1/search/") {
         // A query reads the index's files: off the threads that serve
         // connections.
@@ -373,6 +397,16 @@ fn search(served: &Served, name: &str, query: &str) -> Response {
         }
         Err(e) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+/// `body` as `content_type`.
+fn typed(body: &str, content_type: &'static str) -> Response {
+    let mut response = json_answer(StatusCode::OK, body.as_bytes().to_vec());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn answer(body: serde_json::Value) -> Response {

@@ -46,6 +46,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, batches: &[RecordBatch]) {
             &ServeConfig::new("127.0.0.1:0"),
             BTreeMap::from([("bids".to_string(), path.clone())]),
             BTreeMap::new(),
+            None,
         ))
         .expect("server");
     server.pipeline_finished();

@@ -3,6 +3,7 @@
 //! report it upstream, and then tells the sinks to commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -11,7 +12,7 @@ use super::store::{InstanceRecord, Manifest, NodeRecord};
 use super::{CheckpointStore, Snapshot};
 use crate::error::{Error, Result};
 use crate::partition::KeyGroups;
-use crate::runtime::Signals;
+use crate::runtime::{NodeStats, RunStatus, Signals};
 
 /// What an instance tells the coordinator.
 #[derive(Debug)]
@@ -116,7 +117,13 @@ pub(crate) struct Coordinator {
     /// Asks the dead-letter task to commit what it has been sent, before
     /// a checkpoint is written (see [`Coordinator::flush_dead_letters`]).
     dead_letters: Option<mpsc::UnboundedSender<oneshot::Sender<()>>>,
+    /// Where each checkpoint is reported as it starts and completes (the
+    /// console), with the instances whose barrier alignment it reports.
+    status: Option<(Arc<RunStatus>, NodeStatsList)>,
 }
+
+/// Every node's live counters, in node order.
+type NodeStatsList = Arc<[Arc<NodeStats>]>;
 
 impl Coordinator {
     /// A coordinator for checkpoints `after + 1, ...` of these nodes, and
@@ -169,6 +176,7 @@ impl Coordinator {
             suspending: None,
             signals,
             dead_letters: None,
+            status: None,
         };
         let handles = CoordinatorHandles {
             acks: ack_tx,
@@ -276,10 +284,24 @@ impl Coordinator {
         self.in_flight.is_none() && self.reporting.is_none()
     }
 
+    /// Reports each checkpoint to `status` as it starts and completes,
+    /// with the longest barrier alignment among the instances of `stats`.
+    pub(crate) fn reporting_to(
+        mut self,
+        status: Arc<RunStatus>,
+        stats: NodeStatsList,
+    ) -> Self {
+        self.status = Some((status, stats));
+        self
+    }
+
     /// Sends the next checkpoint's barriers from the sources.
     fn start(&mut self) {
         let id = self.next_id;
         self.next_id += 1;
+        if let Some((status, _)) = &self.status {
+            status.checkpoint_started(id);
+        }
         self.in_flight = Some((id, HashMap::new()));
         tracing::debug!(checkpoint = id, "checkpoint triggered");
         self.trigger.send_replace(id);
@@ -531,6 +553,20 @@ impl Coordinator {
             finished = manifest.finished,
             "checkpoint complete"
         );
+        if let Some((status, stats)) = &self.status {
+            let alignment = stats
+                .iter()
+                .flat_map(|node| node.instances())
+                .map(|instance| instance.last_alignment())
+                .max()
+                .unwrap_or_default();
+            status.checkpoint_completed(
+                manifest.id,
+                manifest.state_bytes(),
+                alignment,
+                manifest.finished,
+            );
+        }
         if let Err(error) = self.store.retain(self.keep).await {
             tracing::warn!(%error, "could not delete old checkpoints");
         }

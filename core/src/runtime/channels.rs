@@ -29,6 +29,10 @@ pub(crate) struct Inputs {
     /// read until it has arrived on every channel.
     blocked: Vec<bool>,
     aligning: Option<Barrier>,
+    /// When the barrier being aligned first arrived, and how long the
+    /// last one waited for the rest of the channels.
+    aligning_since: Option<std::time::Instant>,
+    last_alignment: std::time::Duration,
     /// Things to hand over before reading again.
     pending: VecDeque<Received>,
     next: usize,
@@ -55,6 +59,8 @@ impl Inputs {
             ended: vec![false; n],
             blocked: vec![false; n],
             aligning: None,
+            aligning_since: None,
+            last_alignment: std::time::Duration::ZERO,
             pending: VecDeque::new(),
             next: 0,
             watermarks: WatermarkTracker::new(n),
@@ -110,7 +116,11 @@ impl Inputs {
                                 barrier.checkpoint, aligning.checkpoint
                             )));
                         }
-                        _ => self.aligning = Some(barrier),
+                        Some(_) => {}
+                        None => {
+                            self.aligning = Some(barrier);
+                            self.aligning_since = Some(std::time::Instant::now());
+                        }
                     }
                     self.blocked[channel] = true;
                     if let Some(barrier) = self.aligned() {
@@ -131,7 +141,17 @@ impl Inputs {
         }
         self.blocked.fill(false);
         self.aligning = None;
+        self.last_alignment = self
+            .aligning_since
+            .take()
+            .map_or(std::time::Duration::ZERO, |since| since.elapsed());
         Some(barrier)
+    }
+
+    /// How long the last aligned barrier waited, from its arrival on the
+    /// first channel to its arrival on the last.
+    pub(crate) fn last_alignment(&self) -> std::time::Duration {
+        self.last_alignment
     }
 
     /// Messages waiting in this instance's channels.

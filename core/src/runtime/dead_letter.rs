@@ -22,6 +22,7 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 pub(crate) async fn run(
     factory: Arc<dyn SinkFactory>,
     mut rejected: mpsc::Receiver<RecordBatch>,
+    status: Arc<super::RunStatus>,
     mut flushes: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
     signals: Signals,
     task: Option<u32>,
@@ -57,6 +58,7 @@ pub(crate) async fn run(
             _ = signals.abort.cancelled() => return Err(Error::ShuttingDown),
             batch = rejected.recv() => match batch {
                 Some(batch) => {
+                    remember(&status, &batch);
                     sink.write(batch, &mut ctx).await.map_err(in_node)?;
                     pending = true;
                 }
@@ -66,6 +68,7 @@ pub(crate) async fn run(
             Some(flushed) = next_flush(&mut flushes) => {
                 // Everything sent so far is in the channel.
                 while let Ok(batch) = rejected.try_recv() {
+                    remember(&status, &batch);
                     sink.write(batch, &mut ctx).await.map_err(in_node)?;
                     pending = true;
                 }
@@ -92,6 +95,28 @@ pub(crate) async fn run(
         let _ = flushed.send(());
     }
     Ok(())
+}
+
+/// Keeps the rejected records in the run's status, for the console.
+fn remember(status: &super::RunStatus, batch: &RecordBatch) {
+    use arrow::array::{Array, AsArray};
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+    };
+    let (Some(component), Some(error), Some(record)) =
+        (text("component"), text("error"), text("record"))
+    else {
+        return;
+    };
+    for row in 0..batch.num_rows() {
+        let value = |column: &arrow::array::StringArray| match column.is_valid(row) {
+            true => column.value(row).to_string(),
+            false => String::new(),
+        };
+        status.dead_lettered(&value(component), &value(error), &value(record));
+    }
 }
 
 /// The next request to commit, or `None` once none can come.

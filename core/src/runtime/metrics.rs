@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arrow::record_batch::RecordBatch;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-use super::stats::NodeStats;
+use super::stats::{InstanceStats, NodeStats};
 use crate::component::StateSize;
 use crate::message::{EventTime, Watermark};
 
@@ -115,6 +115,8 @@ pub fn describe() {
 /// live counters.
 pub(crate) struct NodeMetrics {
     stats: Arc<NodeStats>,
+    /// This instance's own counters (the console's).
+    live: Arc<InstanceStats>,
     events_in: Counter,
     events_out: Counter,
     bytes_in: Counter,
@@ -162,6 +164,7 @@ impl NodeMetrics {
             instance,
             side_outputs,
         } = labels;
+        let live = stats.instance(instance);
         let component = component.to_string();
         let instance = instance.to_string();
         // Registered now so that they show as 0 rather than not at all.
@@ -173,10 +176,12 @@ impl NodeMetrics {
         let reads = kind != MetricsKind::Source;
         if reads {
             gauge!(CHANNEL_CAPACITY, "component" => component.clone()).set(channel_capacity as f64);
+            live.set_capacity(channel_capacity as u64);
         }
         let operator = kind == MetricsKind::Operator;
         NodeMetrics {
             stats,
+            live,
             events_in: if reads { labelled(EVENTS_TOTAL, "in") } else { Counter::noop() },
             events_out: labelled(EVENTS_TOTAL, "out"),
             bytes_in: if reads { labelled(BYTES_TOTAL, "in") } else { Counter::noop() },
@@ -207,6 +212,7 @@ impl NodeMetrics {
             batch.get_array_memory_size() as u64,
         );
         self.stats.add_in(rows, bytes);
+        self.live.add_in(rows);
         self.events_in.increment(rows);
         self.bytes_in.increment(bytes);
     }
@@ -218,6 +224,7 @@ impl NodeMetrics {
     pub(crate) fn record_written(&self, rows: usize, bytes: usize) {
         let (rows, bytes) = (rows as u64, bytes as u64);
         self.stats.add_out(rows, bytes);
+        self.live.add_out(rows);
         self.events_out.increment(rows);
         self.bytes_out.increment(bytes);
     }
@@ -230,6 +237,7 @@ impl NodeMetrics {
     }
 
     pub(crate) fn record_state(&self, size: StateSize) {
+        self.live.set_state(size.rows, size.bytes);
         let rows = self.last_state.0.swap(size.rows, Ordering::Relaxed);
         let bytes = self.last_state.1.swap(size.bytes, Ordering::Relaxed);
         if (rows, bytes) != (size.rows, size.bytes) {
@@ -244,10 +252,12 @@ impl NodeMetrics {
 
     pub(crate) fn record_rejected(&self, records: u64) {
         self.stats.add_rejected(records);
+        self.live.add_rejected(records);
     }
 
     pub(crate) fn record_finished(&self) {
         self.stats.add_finished();
+        self.live.set_finished();
     }
 
     /// The error counter, for the task wrapper to count failures with.
@@ -261,12 +271,19 @@ impl NodeMetrics {
 
     pub(crate) fn record_queued(&self, batches: usize) {
         self.queued.set(batches as f64);
+        self.live.set_queued(batches as u64);
+    }
+
+    /// How long the last barrier waited to be aligned on every input.
+    pub(crate) fn record_alignment(&self, waited: Duration) {
+        self.live.set_alignment(waited);
     }
 
     pub(crate) fn record_watermark(&self, watermark: Watermark) {
         let Watermark::EventTime(watermark) = watermark else {
             return;
         };
+        self.live.set_watermark(watermark);
         if watermark == EventTime::MAX {
             self.watermark_delay.set(0.0);
             return;
@@ -280,5 +297,6 @@ impl NodeMetrics {
 
     pub(crate) fn record_source_lag(&self, events: u64) {
         self.source_lag.set(events as f64);
+        self.live.set_source_lag(events);
     }
 }

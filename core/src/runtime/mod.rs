@@ -10,6 +10,7 @@ mod dead_letter;
 pub mod metrics;
 mod stages;
 mod stats;
+mod status;
 mod task_group;
 mod tasks;
 
@@ -24,7 +25,10 @@ use tracing::Instrument;
 
 use self::channels::{EdgeSender, InputChannel, Inputs, Outputs};
 use self::metrics::{MetricsKind, MetricsLabels, NodeMetrics};
-pub use self::stats::NodeStats;
+pub use self::stats::{InstanceStats, NodeStats};
+pub use self::status::{
+    CheckpointInProgress, CheckpointRecord, DeadLetterRecord, RunState, RunStatus,
+};
 pub use self::tasks::wall_clock_millis;
 use self::tasks::{DeadLetters, TaskCheckpoint, TaskEnv};
 use crate::checkpoint::{
@@ -188,6 +192,8 @@ impl RunReport {
 pub struct Pipeline {
     plan: Plan,
     pub(crate) stats: Arc<[Arc<NodeStats>]>,
+    /// The run's state, checkpoints and dead letters, for the console.
+    pub(crate) status: Arc<RunStatus>,
     pub(crate) signals: Signals,
     /// In a pipeline run as tasks: the task this run is.
     pub(crate) task: Option<u32>,
@@ -208,6 +214,7 @@ impl Pipeline {
     pub(crate) fn new(plan: Plan) -> Pipeline {
         Pipeline {
             stats: plan.nodes.iter().map(|_| Arc::default()).collect(),
+            status: Arc::default(),
             signals: Signals::default(),
             task: None,
             stage: 0,
@@ -235,6 +242,11 @@ impl Pipeline {
     /// Live counters of every node, in the order of [`Pipeline::nodes`].
     pub fn stats(&self) -> Arc<[Arc<NodeStats>]> {
         self.stats.clone()
+    }
+
+    /// The run's state, its recent checkpoints and dead letters.
+    pub fn status(&self) -> Arc<RunStatus> {
+        self.status.clone()
     }
 
     /// Runs until every sink has finished, with default [`RunOptions`]
@@ -270,6 +282,7 @@ impl Pipeline {
             tokio::spawn(handle_os_signals(signals.clone(), interrupted.clone()))
         });
 
+        self.status.set_state(RunState::Running);
         let (inputs, outputs) = self.wire(capacity);
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
@@ -293,6 +306,7 @@ impl Pipeline {
                 let task = dead_letter::run(
                     sink.0.clone(),
                     rx,
+                    self.status.clone(),
                     flushes,
                     signals.clone(),
                     self.task,
@@ -372,11 +386,14 @@ impl Pipeline {
         }
 
         if let Some(error) = failure {
+            self.status.set_state(RunState::Failed);
             return Err(error);
         }
         if signals.abort.is_cancelled() && !suspended {
+            self.status.set_state(RunState::Failed);
             return Err(Error::Interrupted);
         }
+        self.status.set_state(RunState::Finished);
         if interrupted.load(Ordering::Relaxed) {
             tracing::info!("drained after interrupt");
         }
@@ -478,6 +495,7 @@ impl Pipeline {
             after,
             self.signals.clone(),
         );
+        let coordinator = coordinator.reporting_to(self.status.clone(), self.stats.clone());
         handles.restored = restored_id;
         Ok((coordinator, handles, restored))
     }

@@ -359,6 +359,7 @@ pub(crate) async fn run_operator(
                 outputs.send_to_all(Message::Watermark(forwarded)).await?;
             }
             Received::Barrier(barrier) => {
+                env.metrics.record_alignment(inputs.last_alignment());
                 operator
                     .on_barrier(barrier.checkpoint, &mut ctx, &mut out)
                     .await?;
@@ -520,6 +521,7 @@ async fn sink_loop(
                 }
             }
             Received::Barrier(barrier) => {
+                env.metrics.record_alignment(inputs.last_alignment());
                 last_checkpoint = barrier.checkpoint;
                 let transaction = sink.pre_commit(barrier.checkpoint, ctx).await?;
                 // A sink that sends at the barrier learns of refusals then.
