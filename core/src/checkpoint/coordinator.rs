@@ -286,11 +286,7 @@ impl Coordinator {
 
     /// Reports each checkpoint to `status` as it starts and completes,
     /// with the longest barrier alignment among the instances of `stats`.
-    pub(crate) fn reporting_to(
-        mut self,
-        status: Arc<RunStatus>,
-        stats: NodeStatsList,
-    ) -> Self {
+    pub(crate) fn reporting_to(mut self, status: Arc<RunStatus>, stats: NodeStatsList) -> Self {
         self.status = Some((status, stats));
         self
     }
