@@ -100,6 +100,15 @@ fn run_pipeline(file: &Path, crash_before_commit: Option<u64>) -> std::process::
     command.stderr(Stdio::null()).status().unwrap()
 }
 
+/// Runs `future` to its end on a runtime of its own.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 fn flumen() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flumen"));
     command.current_dir(env!("CARGO_MANIFEST_DIR"));

@@ -103,7 +103,13 @@ pub fn run(args: RunArgs, registry: &Registry, log_format: LogFormat) -> Result<
                     Some(console.clone()),
                 )
                 .await
-                .map_err(|e| Failure::Usage(format!("--ui {address}: {e}")))?;
+                .map_err(|e| match e {
+                    // The server's errors name `serve:` keys; here, the flag.
+                    Error::Config { message, .. } => {
+                        Failure::Usage(format!("--ui: cannot listen on {message}"))
+                    }
+                    e => Failure::Usage(format!("--ui {address}: {e}")),
+                })?;
                 tracing::info!("console at http://{}/", server.address());
                 Some(server)
             }

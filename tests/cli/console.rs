@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use flumen_core::testing::free_port;
 use serde_json::{Value, json};
 
-use super::flumen;
+use super::{block_on, flumen};
 
 /// Text no page may turn into markup: it is in the pipeline's file name
 /// and in the error of some rejected rows.
@@ -111,14 +111,6 @@ impl Drop for Running {
     }
 }
 
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
 fn get(port: u16, path: &str) -> Value {
     block_on(async {
         let answer = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
@@ -167,9 +159,19 @@ fn the_status_api_moves_while_running_and_agrees_with_the_final_report() {
     assert_eq!(status["state"], "running", "{status}");
     assert!(status["pipeline"].as_str().unwrap().ends_with("bids.yaml"));
     let first = get(port, "/v1/nodes");
-    std::thread::sleep(Duration::from_millis(1200));
-    let second = get(port, "/v1/nodes");
     let read = |nodes: &Value| node(nodes, "bids")["rows_out"].as_u64().unwrap();
+    // Read again until a rate has been measured since the first read (the
+    // API measures over a second or more).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let now = get(port, "/v1/nodes");
+        let rate = node(&now, "bids")["rows_out_per_second"].as_f64().unwrap();
+        if read(&now) > read(&first) && rate > 0.0 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no rate measured: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(read(&second) > read(&first), "{first}\n{second}");
     assert!(
         node(&second, "bids")["rows_out_per_second"]

@@ -28,14 +28,7 @@ pub(super) fn endpoint() -> String {
     )
 }
 
-/// Runs `future` to its end on a runtime of its own.
-pub(super) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
+pub(super) use super::block_on;
 
 pub(super) async fn client(endpoint: &str) -> Client {
     AwsSettings::local(endpoint).kinesis_client().await

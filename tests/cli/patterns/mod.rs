@@ -17,7 +17,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
-use super::flumen;
+use super::{block_on, flumen};
 
 mod aggregator;
 mod decoupled_messaging;
@@ -208,15 +208,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "waited a minute for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Runs `future` on a runtime of its own.
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
 }
 
 /// Sends `request`; returns the status and the body, as JSON if it is.
