@@ -111,6 +111,7 @@ fn tasks_follow_their_partitions_so_a_killed_process_windows_finish_once_elsewhe
         KillOneOfThree {
             logs_variable: "KAFKA_TEST_LOGS",
             taken_message: "tasks revoked; stopping them at a checkpoint",
+            handed_message: None,
             replacement: true,
         },
     );

@@ -95,6 +95,7 @@ fn tasks_follow_their_shards_so_a_killed_process_windows_finish_once_elsewhere()
         KillOneOfThree {
             logs_variable: "KINESIS_TEST_LOGS",
             taken_message: "task asked for by another process; stopping it at a checkpoint",
+            handed_message: Some("lease handed over"),
             replacement: false,
         },
     );

@@ -376,6 +376,9 @@ pub(super) fn assert_every_window_once(out: &Path, events: &Path, key: &str) {
 pub(super) struct KillOneOfThree {
     pub(super) logs_variable: &'static str,
     pub(super) taken_message: &'static str,
+    /// A line A logs once it has handed a task over, if it logs one: A is
+    /// killed only after it.
+    pub(super) handed_message: Option<&'static str>,
     pub(super) replacement: bool,
 }
 
@@ -390,6 +393,7 @@ pub(super) fn kill_one_of_three(file: &Path, how: KillOneOfThree) -> Vec<Vec<ser
     let mut a = spawn(file);
     let mut others = Vec::new();
     let mut taken = false;
+    let mut handed = how.handed_message.is_none();
     let mut checkpoints_since = 0;
     let a_log = follow(&mut a, |line| {
         match message(line) {
@@ -398,6 +402,7 @@ pub(super) fn kill_one_of_three(file: &Path, how: KillOneOfThree) -> Vec<Vec<ser
                 others.push(spawn(file));
             }
             m if m == how.taken_message => taken = true,
+            m if Some(m) == how.handed_message => handed = true,
             "checkpoint complete"
                 if taken && line["state_bytes"].as_u64().is_some_and(|b| b > 0) =>
             {
@@ -405,7 +410,7 @@ pub(super) fn kill_one_of_three(file: &Path, how: KillOneOfThree) -> Vec<Vec<ser
             }
             _ => {}
         }
-        checkpoints_since >= 20
+        handed && checkpoints_since >= 20
     });
     a.kill().unwrap();
     let status = a.wait().unwrap();
